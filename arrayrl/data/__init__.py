@@ -1,0 +1,1 @@
+"""Batches of arrays: :class:`ArrayDict`, a TensorDict-lite for any Array API library."""

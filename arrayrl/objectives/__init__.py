@@ -1,0 +1,1 @@
+"""Loss modules and value estimators (``arrayrl.objectives.value``)."""

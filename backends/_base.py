@@ -1,0 +1,152 @@
+"""The :class:`Backend` interface and the :class:`ScanKernels` bundle it hands out."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Names accepted by the ``kernel=`` keyword of the estimators.
+KERNEL_NAMES = ("auto", "reference", "numba", "cuda")
+
+
+@dataclass(frozen=True)
+class ScanKernels:
+    """The scans one backend runs, for one choice of ``kernel=``.
+
+    ``linear_scan(a, b, init)`` computes the reverse linear recurrence
+    ``y[:, t] = a[:, t] + b[:, t] * y[:, t + 1]`` with ``y[:, T] = init`` on arrays laid
+    out as ``[N, T, F]`` (``init`` is ``[N, F]``). ``fused`` maps an estimator name
+    (``"gae"``, ``"td_lambda"``, ``"vtrace"``, ``"reward2go"``) to a kernel that reads
+    the raw inputs and writes the outputs in one pass; an estimator missing from it is
+    computed from ``linear_scan`` and Array API element-wise maths.
+    """
+
+    name: str
+    linear_scan: Callable[..., Any]
+    fused: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+
+
+class Backend:
+    """One array library on one device.
+
+    Attributes
+    ----------
+    name : str
+        ``"numpy"``, ``"torch"``, ``"cupy"``, ``"array_api_strict"`` or ``"generic"``.
+    xp : module
+        The array-api-compat namespace of the library.
+    device : object
+        The device the arrays live on (the library's own device object).
+    differentiable : bool
+        Whether the library records gradients (torch).
+    """
+
+    name: str = "abstract"
+    differentiable: bool = False
+
+    def __init__(self, xp: Any, device: Any) -> None:
+        self.xp = xp
+        self.device = device
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r}, device={self.device!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Backend)
+            and self.name == other.name
+            and str(self.device) == str(other.device)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.name, str(self.device)))
+
+    # -- arrays ---------------------------------------------------------------
+    def is_array(self, x: Any) -> bool:
+        """Whether ``x`` is an array of this backend."""
+        raise NotImplementedError
+
+    def asarray(self, x: Any, dtype: Any = None) -> Any:
+        """``x`` as an array of this backend on its device."""
+        return self.xp.asarray(x, dtype=dtype, device=self.device)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """A NumPy copy (or view, on the CPU) of ``x``, detached from any graph."""
+        return np.asarray(x)
+
+    def from_numpy(self, x: np.ndarray) -> Any:
+        """``x`` as an array of this backend on its device."""
+        return self.asarray(x)
+
+    def from_dlpack(self, x: Any) -> Any:
+        """Zero-copy import through DLPack, or a copy through NumPy where DLPack fails."""
+        try:
+            return self.xp.from_dlpack(x)
+        except (TypeError, RuntimeError, BufferError, AttributeError, ValueError):
+            return self.from_numpy(_host_copy(x))
+
+    # -- autograd -------------------------------------------------------------
+    def stop_gradient(self, x: Any) -> Any:
+        """``x`` with no gradient flowing through it (identity without autograd)."""
+        return x
+
+    def no_grad(self) -> contextlib.AbstractContextManager[None]:
+        """A context in which no graph is recorded (a no-op without autograd)."""
+        return contextlib.nullcontext()
+
+    def requires_grad(self, *arrays: Any) -> bool:
+        """Whether any of ``arrays`` would carry a gradient out of a computation."""
+        return False
+
+    # -- randomness -----------------------------------------------------------
+    def rng(self, seed: int) -> Any:
+        """A seeded generator of this library (a NumPy one where it has none)."""
+        return np.random.default_rng(seed)
+
+    # -- kernels --------------------------------------------------------------
+    def kernel_names(self) -> tuple[str, ...]:
+        """The ``kernel=`` values this backend accepts besides ``"auto"``."""
+        return ("reference",)
+
+    def kernels(self, kernel: str = "auto", *, needs_grad: bool = False) -> ScanKernels:
+        """The scans for ``kernel`` (``"auto"`` picks the fastest that fits)."""
+        check_kernel_name(kernel)
+        if kernel in ("auto", "reference"):
+            return reference_kernels(self.xp)
+        raise ValueError(self._unsupported(kernel))
+
+    def _unsupported(self, kernel: str) -> str:
+        return (
+            f"kernel={kernel!r} is not available for {self.name} arrays on {self.device}; "
+            f"expected one of {('auto', *self.kernel_names())}"
+        )
+
+
+def check_kernel_name(kernel: str) -> None:
+    """Raise ``ValueError`` unless ``kernel`` is one of :data:`KERNEL_NAMES`."""
+    if kernel not in KERNEL_NAMES:
+        raise ValueError(f"kernel must be one of {KERNEL_NAMES}, got {kernel!r}")
+
+
+def reference_kernels(xp: Any) -> ScanKernels:
+    """The Array-API reference scans (the float64 oracle) for namespace ``xp``."""
+    from ._reference import reference_linear_scan
+
+    def linear_scan(a: Any, b: Any, init: Any) -> Any:
+        return reference_linear_scan(a, b, init, xp=xp)
+
+    return ScanKernels("reference", linear_scan)
+
+
+def _host_copy(x: Any) -> np.ndarray:
+    for attr in ("get", "cpu"):  # cupy.ndarray.get(), torch.Tensor.cpu()
+        if hasattr(x, attr) and not isinstance(x, np.ndarray):
+            x = getattr(x, attr)()
+            break
+    if hasattr(x, "detach"):
+        x = x.detach()
+    return np.asarray(x)

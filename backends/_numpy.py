@@ -1,0 +1,53 @@
+"""NumPy on the CPU; its estimator scans are Numba kernels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat.numpy as xp_numpy
+import numpy as np
+
+from ._base import Backend, ScanKernels, check_kernel_name, reference_kernels
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+class NumpyBackend(Backend):
+    """NumPy arrays (always on the CPU)."""
+
+    name = "numpy"
+
+    def __init__(self) -> None:
+        super().__init__(xp_numpy, "cpu")
+        self._numba: ScanKernels | None = None
+
+    def is_array(self, x: Any) -> bool:
+        return isinstance(x, np.ndarray)
+
+    def asarray(self, x: Any, dtype: Any = None) -> Any:
+        return np.asarray(x, dtype=dtype)
+
+    def from_numpy(self, x: np.ndarray) -> Any:
+        return x
+
+    def from_dlpack(self, x: Any) -> Any:
+        if isinstance(x, np.ndarray):
+            return x
+        return super().from_dlpack(x)
+
+    def kernel_names(self) -> tuple[str, ...]:
+        return ("reference", "numba")
+
+    def kernels(self, kernel: str = "auto", *, needs_grad: bool = False) -> ScanKernels:
+        check_kernel_name(kernel)
+        if kernel == "reference":
+            return reference_kernels(self.xp)
+        if kernel in ("auto", "numba"):
+            if self._numba is None:
+                from ._host_kernels import numba_kernels
+
+                self._numba = numba_kernels(_identity, _identity)
+            return self._numba
+        raise ValueError(self._unsupported(kernel))

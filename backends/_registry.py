@@ -1,0 +1,144 @@
+"""Which backend owns an array: detection without importing any framework."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+from ._base import Backend
+
+_CACHE: dict[tuple[str, str], Backend] = {}
+
+
+def _library_of(x: Any) -> str | None:
+    """The library name of array ``x``, or ``None`` for Python scalars and ``None``."""
+    if type(x) is np.ndarray:
+        return "numpy"
+    if x is None or isinstance(x, (bool, int, float, complex, np.generic)):
+        return None
+    module = type(x).__module__.split(".", 1)[0]
+    if module == "torch" and "torch" in sys.modules:
+        return "torch"
+    if module == "cupy" and "cupy" in sys.modules:
+        return "cupy"
+    if module == "array_api_strict":
+        return "array_api_strict"
+    if module in ("jax", "jaxlib"):
+        return "generic"
+    if isinstance(x, np.ndarray):
+        return "numpy"
+    if hasattr(x, "__array_namespace__"):
+        return "generic"
+    raise TypeError(f"expected an array, got {type(x).__module__}.{type(x).__qualname__}")
+
+
+def _make_backend(library: str, x: Any) -> Backend:
+    if library == "numpy":
+        from ._numpy import NumpyBackend
+
+        return NumpyBackend()
+    if library == "torch":
+        from ._torch import TorchBackend
+
+        return TorchBackend(x.device)
+    if library == "cupy":
+        from ._cupy import CupyBackend
+
+        return CupyBackend(x.device)
+    from ._generic import GenericBackend
+
+    return GenericBackend.for_array(x)
+
+
+def _device_key(library: str, x: Any) -> str:
+    if library == "numpy":
+        return "cpu"
+    return str(getattr(x, "device", "cpu"))
+
+
+def _backend_for(library: str, x: Any) -> Backend:
+    key = (library, _device_key(library, x))
+    if library == "generic":
+        key = (type(x).__module__ + "." + type(x).__qualname__, key[1])
+    backend = _CACHE.get(key)
+    if backend is None:
+        backend = _CACHE[key] = _make_backend(library, x)
+    return backend
+
+
+def backend_of(*arrays: Any, **named_arrays: Any) -> Backend:
+    """The one :class:`Backend` that owns all the given arrays.
+
+    ``None`` and Python scalars are ignored. With no array at all, the NumPy backend is
+    returned. Keyword arguments name the arrays, so that the error says which ones
+    disagree.
+
+    Raises
+    ------
+    TypeError
+        If the arrays belong to different libraries or live on different devices, or an
+        argument is not an array.
+    """
+    items = [(f"argument {i}", x) for i, x in enumerate(arrays)]
+    items += list(named_arrays.items())
+    found: Backend | None = None
+    first_name = ""
+    for name, x in items:
+        try:
+            library = _library_of(x)
+        except TypeError as err:
+            raise TypeError(f"{name}: {err}") from None
+        if library is None:
+            continue
+        backend = _backend_for(library, x)
+        if found is None:
+            found, first_name = backend, name
+        elif backend != found:
+            raise TypeError(
+                f"arrays from different backends or devices: {first_name} is "
+                f"{found.name} on {found.device}, {name} is {backend.name} on "
+                f"{backend.device}; convert them to one backend first (ArrayDict.to)"
+            )
+    if found is None:
+        return get_backend("numpy")
+    return found
+
+
+def get_backend(name: str, device: Any = None) -> Backend:
+    """The backend called ``name`` (``"numpy"``, ``"torch"``, ``"cupy"``,
+    ``"array_api_strict"``, ``"jax"``) on ``device`` (its default device if ``None``)."""
+    if isinstance(name, Backend):
+        return name
+    if name == "numpy":
+        return _backend_for("numpy", np.empty(0))
+    if name == "torch":
+        import torch
+
+        return _backend_for("torch", torch.empty(0, device=device))
+    if name == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(device if device is not None else 0):
+            return _backend_for("cupy", cupy.empty(0))
+    if name == "array_api_strict":
+        import array_api_strict
+
+        kwargs = {} if device is None else {"device": device}
+        return _backend_for("array_api_strict", array_api_strict.empty(0, **kwargs))
+    if name == "jax":
+        import jax.numpy as jnp
+
+        x = jnp.empty(0) if device is None else jax_put(jnp.empty(0), device)
+        return _backend_for("generic", x)
+    raise ValueError(
+        f"unknown backend {name!r}; expected 'numpy', 'torch', 'cupy', "
+        "'array_api_strict' or 'jax'"
+    )
+
+
+def jax_put(x: Any, device: Any) -> Any:
+    import jax
+
+    return jax.device_put(x, device)
