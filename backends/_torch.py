@@ -1,0 +1,150 @@
+"""PyTorch on the CPU or CUDA; supplies autograd.
+
+Scans: tensors that need no gradient go straight to the Numba kernels (CPU, viewed as
+NumPy arrays without a copy) or to the ``numba.cuda`` kernels (CUDA, on torch's current
+stream). Tensors that need a gradient go through :class:`LinearScanFunction`, a
+``torch.autograd.Function`` whose backward is the adjoint scan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._base import Backend, ScanKernels, check_kernel_name, reference_kernels
+
+
+class LinearScanFunction(torch.autograd.Function):
+    r"""Differentiable reverse linear recurrence ``y_t = a_t + b_t y_{t+1}``, ``y_T = init``.
+
+    The forward runs ``scan`` (a Numba or CUDA kernel); the backward runs the adjoint
+    recurrence, which goes forward in time:
+
+    .. math::
+
+        u_0 = \bar y_0, \quad u_t = \bar y_t + b_{t-1} u_{t-1}, \qquad
+        \bar a = u, \quad \bar b_t = u_t \, y_{t+1}, \quad \bar{\text{init}} = b_{T-1} u_{T-1}.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, a, b, init, scan: Callable, adjoint: Callable):
+        y = scan(a.detach(), b.detach(), init.detach())
+        ctx.save_for_backward(b, init, y)
+        ctx.adjoint = adjoint
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_y):
+        b, init, y = ctx.saved_tensors
+        if y.shape[1] == 0:
+            return torch.zeros_like(y), torch.zeros_like(b), torch.zeros_like(init), None, None
+        u = ctx.adjoint(b.detach(), grad_y.contiguous())
+        grad_b = grad_init = None
+        if ctx.needs_input_grad[1]:
+            y_next = torch.cat([y[:, 1:], init[:, None]], dim=1)
+            grad_b = u * y_next
+        if ctx.needs_input_grad[2]:
+            grad_init = b[:, -1] * u[:, -1]
+        return u, grad_b, grad_init, None, None
+
+
+def _autograd_kernels(inner: ScanKernels, adjoint: Callable) -> ScanKernels:
+    def linear_scan(a: Any, b: Any, init: Any) -> Any:
+        return LinearScanFunction.apply(a, b, init, inner.linear_scan, adjoint)
+
+    return ScanKernels(f"{inner.name}+autograd", linear_scan)
+
+
+def _numpy_view(x: torch.Tensor) -> np.ndarray:
+    return x.detach().numpy()
+
+
+class TorchBackend(Backend):
+    """torch tensors on one device."""
+
+    name = "torch"
+    differentiable = True
+
+    def __init__(self, device: Any) -> None:
+        import array_api_compat.torch as xp_torch
+
+        super().__init__(xp_torch, torch.device(device))
+        self._kernels: dict[tuple[str, bool], ScanKernels] = {}
+
+    def is_array(self, x: Any) -> bool:
+        return isinstance(x, torch.Tensor) and x.device == self.device
+
+    def asarray(self, x: Any, dtype: Any = None) -> Any:
+        return torch.as_tensor(x, dtype=dtype, device=self.device)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return x.detach().cpu().numpy()
+
+    def from_numpy(self, x: np.ndarray) -> Any:
+        return torch.from_numpy(np.asarray(x)).to(self.device)
+
+    def from_dlpack(self, x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            return x.detach().to(self.device)
+        try:
+            return torch.from_dlpack(x).to(self.device)
+        except (TypeError, RuntimeError, BufferError, AttributeError, ValueError):
+            return super().from_dlpack(x)
+
+    def stop_gradient(self, x: Any) -> Any:
+        return x.detach()
+
+    def no_grad(self) -> contextlib.AbstractContextManager[None]:
+        return torch.no_grad()
+
+    def requires_grad(self, *arrays: Any) -> bool:
+        if not torch.is_grad_enabled():
+            return False
+        return any(isinstance(x, torch.Tensor) and x.requires_grad for x in arrays)
+
+    def rng(self, seed: int) -> Any:
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def kernel_names(self) -> tuple[str, ...]:
+        return ("reference", "cuda" if self.is_cuda else "numba")
+
+    def kernels(self, kernel: str = "auto", *, needs_grad: bool = False) -> ScanKernels:
+        check_kernel_name(kernel)
+        if kernel == "reference":
+            return reference_kernels(self.xp)
+        if kernel not in ("auto", *self.kernel_names()):
+            raise ValueError(self._unsupported(kernel))
+        key = (kernel, needs_grad)
+        if key not in self._kernels:
+            self._kernels[key] = self._make_kernels(needs_grad)
+        return self._kernels[key]
+
+    def _make_kernels(self, needs_grad: bool) -> ScanKernels:
+        if self.is_cuda:
+            from ._cuda_glue import cuda_adjoint, cuda_kernels
+
+            inner = cuda_kernels(self._empty_like, self._cuda_stream)
+            adjoint = cuda_adjoint(self._empty_like, self._cuda_stream)
+        else:
+            from ._host_kernels import numba_adjoint, numba_kernels
+
+            inner = numba_kernels(_numpy_view, torch.from_numpy)
+            adjoint = numba_adjoint(_numpy_view, torch.from_numpy)
+        return _autograd_kernels(inner, adjoint) if needs_grad else inner
+
+    def _empty_like(self, x: Any) -> Any:
+        return torch.empty(x.shape, dtype=x.dtype, device=self.device)
+
+    def _cuda_stream(self) -> Any:
+        from numba import cuda
+
+        return cuda.external_stream(torch.cuda.current_stream(self.device).cuda_stream)
