@@ -1,0 +1,23 @@
+"""The README's quickstart is what CI runs, word for word."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _quickstart_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Quickstart", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [line.split("#", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_ci_runs_the_readme_quickstart():
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    commands = _quickstart_commands()
+    assert len(commands) == 3
+    install, main_job, tests = commands
+    assert install in ci_lines
+    assert tests in ci_lines
+    assert any(line.startswith(main_job) for line in ci_lines)
