@@ -42,19 +42,20 @@ def _matrix(cells: list[Any], per_case: bool) -> str:
     for cell in cells:
         table[(_row_key(cell.case, per_case), cell.dtype)][cell.target].append(cell)
     name_width = max(len(k[0]) for k in table) + 9
-    lines = [" " * name_width + "".join(f"{t:>24}" for t in targets)]
+    width = max(24, *(len(t) + 2 for t in targets))
+    lines = [" " * name_width + "".join(f"{t:>{width}}" for t in targets)]
     for (row, dtype), by_target in table.items():
         entries = []
         for target in targets:
             group = by_target.get(target, [])
             if not group:
-                entries.append(f"{'-':>24}")
+                entries.append(f"{'-':>{width}}")
                 continue
             failed = sum(not c.passed for c in group)
             worst = max(c.error for c in group)
             mark = "ok" if not failed else f"FAIL {failed}/{len(group)}"
             dev = "*" if any(c.note.startswith("deviation") for c in group) else ""
-            entries.append(f"{worst:>12.2e} {mark + dev:>11}")
+            entries.append(f"{worst:>{width - 12}.2e} {mark + dev:>11}")
         lines.append(f"{row + ' ' + dtype:<{name_width}}" + "".join(entries))
     return "\n".join(lines)
 
