@@ -81,6 +81,8 @@ def backend_of(*arrays: Any, **named_arrays: Any) -> Backend:
         If the arrays belong to different libraries or live on different devices, or an
         argument is not an array.
     """
+    if _all_numpy(arrays) and _all_numpy(named_arrays.values()):
+        return _numpy_backend()
     items = [(f"argument {i}", x) for i, x in enumerate(arrays)]
     items += list(named_arrays.items())
     found: Backend | None = None
@@ -106,13 +108,25 @@ def backend_of(*arrays: Any, **named_arrays: Any) -> Backend:
     return found
 
 
+def _all_numpy(arrays: Any) -> bool:
+    """Whether every entry is a plain ``np.ndarray`` (the common, fast case)."""
+    return all(type(x) is np.ndarray for x in arrays)
+
+
+def _numpy_backend() -> Backend:
+    backend = _CACHE.get(("numpy", "cpu"))
+    if backend is None:
+        backend = _backend_for("numpy", None)
+    return backend
+
+
 def get_backend(name: str, device: Any = None) -> Backend:
     """The backend called ``name`` (``"numpy"``, ``"torch"``, ``"cupy"``,
     ``"array_api_strict"``, ``"jax"``) on ``device`` (its default device if ``None``)."""
     if isinstance(name, Backend):
         return name
     if name == "numpy":
-        return _backend_for("numpy", np.empty(0))
+        return _numpy_backend()
     if name == "torch":
         import torch
 

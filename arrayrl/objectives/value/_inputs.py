@@ -9,6 +9,7 @@ layout. Nothing here writes into the caller's arrays.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,8 +53,13 @@ class ScanInputs:
         return self.xp.zeros((n, f), dtype=self.dtype, device=self.backend.device)
 
 
+@functools.lru_cache(maxsize=64)
+def _is_real_floating(xp: Any, dtype: Any) -> bool:
+    return bool(xp.isdtype(dtype, "real floating"))
+
+
 def _check_float(name: str, x: Any, xp: Any) -> None:
-    if not xp.isdtype(x.dtype, "real floating"):
+    if not _is_real_floating(xp, x.dtype):
         raise TypeError(
             f"{name} must be a real floating-point array, got dtype {x.dtype}; "
             f"convert it first (for example {name}.astype(float32))"
@@ -202,7 +208,7 @@ def _param_array(
     if isinstance(p, bool) or not (_is_python_scalar(p) or hasattr(p, "shape")):
         raise TypeError(f"{name} must be a float or a floating array, got {type(p).__name__}")
     if _is_python_scalar(p):
-        return xp.broadcast_to(xp.asarray(p, dtype=dtype, device=backend.device), ntf)
+        return xp.broadcast_to(backend.asarray(p, dtype=dtype), ntf)
     _check_float(name, p, xp)
     if p.dtype != dtype:
         p = xp.astype(p, dtype)
