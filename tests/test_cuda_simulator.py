@@ -87,6 +87,30 @@ for dtype in (np.float64, np.float32):
     # no columns: nothing is launched, nothing fails
     empty = cuda.to_device(np.zeros((0, T, F), dtype))
     G.reward2go(empty, empty, cuda.to_device(np.zeros((0, T, F), bool)), out=empty)
+
+# the glue that binds the kernels to a backend's allocator and stream
+from arrayrl.backends._cuda_glue import cuda_adjoint, cuda_kernels
+
+
+def empty_like(x):
+    return cuda.device_array(x.shape, dtype=x.dtype)
+
+
+bound = cuda_kernels(empty_like, lambda: stream)
+calls = {name: bound.fused[name] for name in ("gae", "td_lambda", "vtrace", "reward2go")}
+calls["linear_scan"] = bound.linear_scan
+calls["linear_scan_adjoint"] = cuda_adjoint(empty_like, lambda: stream)
+arrays = make(rng, np.float64)
+for name, call in calls.items():
+    host = [arrays[a] for a in ARGS[name]]
+    want = getattr(C, name)(*host)
+    want = want if isinstance(want, tuple) else (want,)
+    got = call(*[cuda.to_device(x) for x in host])
+    got = got if isinstance(got, tuple) else (got,)
+    stream.synchronize()
+    errors[f"glue-{name}-float64"] = max(
+        float(np.nanmax(np.abs(g.copy_to_host() - w))) for g, w in zip(got, want)
+    )
 print(json.dumps(errors))
 """
 
@@ -100,7 +124,8 @@ def test_cuda_kernels_match_cpu_kernels_under_simulator():
     )
     assert proc.returncode == 0, proc.stderr
     errors = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(errors) == 2 * (4 + 2 * 2)  # every output of every kernel, both dtypes
+    # every output of every kernel in both dtypes, then the six bound kernels
+    assert len(errors) == 2 * (4 + 2 * 2) + 6
     for key, error in errors.items():
         dtype = key.rsplit("-", 1)[1]
         assert error < TOLERANCE[dtype], f"{key}: max abs error {error}"
