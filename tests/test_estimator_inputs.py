@@ -167,3 +167,46 @@ def test_works_on_every_backend(xp, data):
     converted = {k: xp.to(v) for k, v in data.items()}
     for got, want in zip(_gae(converted), expected):
         np.testing.assert_allclose(xp.back(got), want, rtol=1e-12)
+
+
+def test_torch_cpu_reaches_numba_without_copies(data, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from arrayrl.backends import _numba_cpu, get_backend
+
+    seen = {}
+    original = _numba_cpu.gae
+
+    def spy(*arrays):
+        seen["value"] = arrays[2]
+        seen["outputs"] = original(*arrays)
+        return seen["outputs"]
+
+    monkeypatch.setattr(_numba_cpu, "gae", spy)
+    backend = get_backend("torch")
+    monkeypatch.setattr(backend, "_kernels", {})  # rebuild the bound kernels with the spy
+    tensors = {k: torch.from_numpy(v) for k, v in data.items()}
+    advantage, _ = _gae(tensors)
+    assert np.shares_memory(seen["value"], tensors["value"].numpy())
+    assert np.shares_memory(advantage.numpy(), seen["outputs"][0])
+
+
+def test_tensordict_batch_entries_work(data):
+    torch = pytest.importorskip("torch")
+    tensordict = pytest.importorskip("tensordict")
+    batch = tensordict.TensorDict(
+        {
+            "state_value": torch.from_numpy(data["value"]),
+            "reward": torch.from_numpy(data["reward"]),
+            "done": torch.from_numpy(data["done"]),
+            "terminated": torch.from_numpy(data["terminated"]),
+            "next": {"state_value": torch.from_numpy(data["next_value"])},
+        },
+        batch_size=[3, 6],
+    )
+    advantage, target = F.generalized_advantage_estimate(
+        0.9, 0.95, batch["state_value"], batch["next", "state_value"], batch["reward"],
+        batch["done"], batch["terminated"],
+    )
+    expected = _gae(data)
+    np.testing.assert_allclose(advantage.numpy(), expected[0], rtol=1e-12)
+    np.testing.assert_allclose(target.numpy(), expected[1], rtol=1e-12)

@@ -335,16 +335,10 @@ def td1_return_estimate(
 
     See :func:`td_lambda_return_estimate`.
     """
-    _check_discounts(gamma)
-    _check_rolling(rolling_gamma, gamma)
-    s = prepare(
-        values={"next_state_value": next_state_value, "reward": reward},
-        masks={"done": done, "terminated": terminated},
-        params={"gamma": gamma, "lmbda": 1.0},
-        time_dim=time_dim,
-        kernel=kernel,
+    return td_lambda_return_estimate(
+        gamma, 1.0, next_state_value, reward, done, terminated, rolling_gamma,
+        time_dim=time_dim, kernel=kernel,
     )
-    return s.restore(_td_lambda(s, s.params["lmbda"], rolling_gamma))
 
 
 def td1_advantage_estimate(
