@@ -27,6 +27,7 @@ a term, so NaN and inf propagate exactly as the written recurrences say.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -91,6 +92,7 @@ def _is_time_major(x: np.ndarray) -> bool:
     return rows > 1 and steps > 1 and abs(x.strides[1]) > abs(x.strides[0])
 
 
+@functools.cache
 def _threads() -> int:
     """Threads a large scan is split over: ``NUMBA_NUM_THREADS``, else the usable CPUs."""
     configured = os.environ.get("NUMBA_NUM_THREADS")

@@ -87,7 +87,10 @@ def backend_of(*arrays: Any, **named_arrays: Any) -> Backend:
     items += list(named_arrays.items())
     found: Backend | None = None
     first_name = ""
+    owner: tuple[type, Any] | None = None  # (type, device) of arrays already matched
     for name, x in items:
+        if owner is not None and type(x) is owner[0] and getattr(x, "device", None) == owner[1]:
+            continue  # same library and device as an array already seen
         try:
             library = _library_of(x)
         except TypeError as err:
@@ -97,6 +100,7 @@ def backend_of(*arrays: Any, **named_arrays: Any) -> Backend:
         backend = _backend_for(library, x)
         if found is None:
             found, first_name = backend, name
+            owner = (type(x), getattr(x, "device", None))
         elif backend != found:
             raise TypeError(
                 f"arrays from different backends or devices: {first_name} is "

@@ -61,7 +61,7 @@ def _autograd_kernels(inner: ScanKernels, adjoint: Callable) -> ScanKernels:
 
 
 def _numpy_view(x: torch.Tensor) -> np.ndarray:
-    return x.detach().numpy()
+    return x.detach().numpy() if x.requires_grad else x.numpy()
 
 
 class TorchBackend(Backend):

@@ -120,6 +120,8 @@ def _layout(x: Any, xp: Any, time_axis: int, ndim: int) -> tuple[Any, tuple[int,
 
 
 def _to_ntf(x: Any, xp: Any, moved_shape: tuple[int, ...]) -> Any:
+    if len(moved_shape) == 3:
+        return x
     n = math.prod(moved_shape[:-2])
     return xp.reshape(x, (n, moved_shape[-2], moved_shape[-1]))
 
@@ -192,6 +194,13 @@ def _is_python_scalar(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+@functools.lru_cache(maxsize=256)
+def _broadcast_scalar(backend: Backend, value: float, dtype: Any, shape: tuple[int, ...]) -> Any:
+    """A read-only ``shape`` view of one scalar; cached, since estimators are called with
+    the same γ and λ on the same shapes over and over."""
+    return backend.xp.broadcast_to(backend.asarray(value, dtype=dtype), shape)
+
+
 def _param_array(
     name: str,
     p: Any,
@@ -208,7 +217,7 @@ def _param_array(
     if isinstance(p, bool) or not (_is_python_scalar(p) or hasattr(p, "shape")):
         raise TypeError(f"{name} must be a float or a floating array, got {type(p).__name__}")
     if _is_python_scalar(p):
-        return xp.broadcast_to(backend.asarray(p, dtype=dtype), ntf)
+        return _broadcast_scalar(backend, float(p), dtype, ntf)
     _check_float(name, p, xp)
     if p.dtype != dtype:
         p = xp.astype(p, dtype)
