@@ -132,11 +132,11 @@ def _td_lambda_kernel(one, gamma, lmbda, next_value, reward, done, terminated, r
     n, f = _column(i, feats)
     carry = next_value[n, steps - 1, f] * (one - terminated[n, steps - 1, f])
     for t in range(steps - 1, -1, -1):
+        # the CPU kernel's single multiply-add form of TorchRL's step
         nv = next_value[n, t, f] * (one - terminated[n, t, f])
-        is_done = done[n, t, f]
-        carry = carry * (one - is_done) + nv * (one * is_done)
-        lm = lmbda[n, t, f]
-        carry = reward[n, t, f] + gamma[n, t, f] * ((one - lm) * nv + lm * carry)
+        g = gamma[n, t, f]
+        trace = g * lmbda[n, t, f] * (one - done[n, t, f])
+        carry = reward[n, t, f] + g * nv - trace * nv + trace * carry
         returns[n, t, f] = carry
 
 
