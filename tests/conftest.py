@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-BACKENDS = ["numpy", "torch", "array_api_strict", "jax"]
+BACKENDS = ["numpy", "torch", "array_api_strict", "jax", "cupy", "torch-cuda"]
 
 
 def _converter(name: str) -> tuple[Callable[[np.ndarray], Any], Callable[[Any], np.ndarray]]:
@@ -25,6 +25,16 @@ def _converter(name: str) -> tuple[Callable[[np.ndarray], Any], Callable[[Any], 
         return (lambda x: torch.from_numpy(np.ascontiguousarray(x))), (
             lambda t: t.detach().cpu().numpy()
         )
+    if name == "torch-cuda":
+        import torch
+
+        return (lambda x: torch.from_numpy(np.ascontiguousarray(x)).cuda()), (
+            lambda t: t.detach().cpu().numpy()
+        )
+    if name == "cupy":
+        import cupy
+
+        return cupy.asarray, cupy.asnumpy
     if name == "array_api_strict":
         import array_api_strict
 
@@ -45,7 +55,22 @@ class XP:
 @pytest.fixture(params=BACKENDS)
 def xp(request: pytest.FixtureRequest) -> XP:
     name = request.param
-    module = "jax" if name == "jax" else name
+    module = "torch" if name == "torch-cuda" else name
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"{name} is not installed")
+    if name in ("cupy", "torch-cuda") and not _has_gpu(module):
+        pytest.skip(f"{name}: no CUDA device here")
     return XP(name)
+
+
+def _has_gpu(module: str) -> bool:
+    try:
+        if module == "torch":
+            import torch
+
+            return torch.cuda.is_available()
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no driver or no device both mean no GPU
+        return False
