@@ -86,5 +86,5 @@ def _cupy_has_gpu() -> bool:
         import cupy
 
         return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
+    except Exception:  # no driver or no device: no CuPy target
         return False

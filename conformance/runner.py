@@ -79,7 +79,7 @@ def run_target(case: Case, dtype: str, target: Target, reference: list[np.ndarra
     args = tuple(target.convert(a) if isinstance(a, np.ndarray) else a for a in args)
     try:
         outs = [target.to_numpy(o) for o in _call(case, args, kwargs, target.kernel)]
-    except Exception as err:
+    except Exception as err:  # a crash is a failed cell, reported as such
         note = f"{type(err).__name__}: {err}"
         return Cell(case.name, dtype, target.name, float("inf"), False, note)
     error = max(scaled_error(o, r) for o, r in zip(outs, reference, strict=True))
