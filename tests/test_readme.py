@@ -21,3 +21,18 @@ def test_ci_runs_the_readme_quickstart():
     assert install in ci_lines
     assert tests in ci_lines
     assert any(line.startswith(main_job) for line in ci_lines)
+
+
+def test_readme_examples_run():
+    import re
+
+    import pytest
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        if "import torch" in block:
+            pytest.importorskip("torch")
+        namespace: dict = {}
+        exec(block, namespace)  # the README's own example, as a user would paste it
+        assert "advantage" in namespace
