@@ -68,7 +68,10 @@ def available_targets() -> list[Target]:
             Target("array_api_strict", "reference", array_api_strict.asarray, np.asarray)
         )
     if _have("jax"):
+        import jax
         import jax.numpy as jnp
+
+        jax.config.update("jax_enable_x64", True)  # else JAX turns float64 into float32
 
         targets.append(Target("jax", "reference", jnp.asarray, np.asarray))
     if _have("cupy") and _cupy_has_gpu():

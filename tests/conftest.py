@@ -39,8 +39,10 @@ def _converter(name: str) -> tuple[Callable[[np.ndarray], Any], Callable[[Any], 
         import array_api_strict
 
         return array_api_strict.asarray, np.asarray
+    import jax
     import jax.numpy as jnp
 
+    jax.config.update("jax_enable_x64", True)  # else JAX turns float64 inputs into float32
     return jnp.asarray, np.asarray
 
 
