@@ -2,9 +2,9 @@
 
 Every estimator reads arrays of one shape ``[*B, T, *F]`` with time at ``time_dim``.
 :func:`prepare` checks them (one backend, floating values, boolean masks, equal shapes,
-hyper-parameters in range), moves time to axis 1 of a ``[N, T, F]`` view, and returns a
-:class:`ScanInputs` whose :meth:`~ScanInputs.restore` puts results back in the caller's
-layout. Nothing here writes into the caller's arrays.
+hyper-parameters in range) and lays them out as ``[N, T, F]`` views; the returned
+:class:`ScanInputs` puts results back in the caller's layout with
+:meth:`~ScanInputs.restore`. Nothing here writes into the caller's arrays.
 """
 
 from __future__ import annotations
@@ -12,26 +12,83 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from arrayrl.backends import Backend, ScanKernels, backend_of
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where time sits in the caller's arrays, and how to get to ``[N, T, F]`` and back.
+
+    ``time_axis=None`` is for functions without a time axis (TD(0)): every element is
+    its own row, ``[N, 1, 1]``.
+    """
+
+    caller_shape: tuple[int, ...]
+    time_axis: int | None
+
+    @classmethod
+    def for_shape(cls, shape: tuple[int, ...], time_dim: int | None) -> Layout:
+        """The layout of inputs of ``shape``; ``ValueError`` for a bad ``time_dim``."""
+        if time_dim is None:
+            return cls(shape, None)
+        if not isinstance(time_dim, int) or isinstance(time_dim, bool):
+            raise TypeError(f"time_dim must be an int, got {type(time_dim).__name__}")
+        ndim = len(shape)
+        if ndim == 0 or not -ndim <= time_dim < ndim:
+            raise ValueError(
+                f"time_dim={time_dim} is out of range for inputs with {ndim} dimension(s)"
+            )
+        return cls(shape, time_dim % ndim)
+
+    @property
+    def moved_shape(self) -> tuple[int, ...]:
+        """The caller's shape with time at axis -2 (and a feature axis for 1-D input)."""
+        shape, axis = self.caller_shape, self.time_axis
+        if axis is None:
+            return (math.prod(shape), 1, 1)
+        if len(shape) == 1:
+            return (shape[0], 1)
+        rest = shape[:axis] + shape[axis + 1 :]
+        return (*rest[:-1], shape[axis], rest[-1])
+
+    @property
+    def ntf(self) -> tuple[int, int, int]:
+        """The ``[N, T, F]`` shape the kernels see."""
+        moved = self.moved_shape
+        return (math.prod(moved[:-2]), moved[-2], moved[-1])
+
+    @property
+    def _moves_time(self) -> bool:
+        axis, ndim = self.time_axis, len(self.caller_shape)
+        return axis is not None and ndim >= 2 and axis != ndim - 2
+
+    def to_ntf(self, x: Any, xp: Any) -> Any:
+        """``x`` of the caller's shape as an ``[N, T, F]`` array (a view where possible)."""
+        if self._moves_time:
+            x = xp.moveaxis(x, self.time_axis, -2)
+        return x if tuple(x.shape) == self.ntf else xp.reshape(x, self.ntf)
+
+    def restore(self, y: Any, xp: Any) -> Any:
+        """``y`` (``[N, T, F]``) back in the caller's shape and time axis."""
+        y = xp.reshape(y, self.moved_shape)
+        if self._moves_time:
+            y = xp.moveaxis(y, -2, self.time_axis)
+        return y if tuple(y.shape) == self.caller_shape else xp.reshape(y, self.caller_shape)
+
+
 @dataclass
 class ScanInputs:
-    """Estimator inputs in the ``[N, T, F]`` layout, with what is needed to undo it."""
+    """Estimator inputs as ``[N, T, F]`` arrays, their backend, kernels and layout."""
 
     backend: Backend
     kernels: ScanKernels
     dtype: Any
     arrays: dict[str, Any]
-    params: dict[str, Any] = field(default_factory=dict)
-    caller_shape: tuple[int, ...] = ()
-    moved_shape: tuple[int, ...] = ()
-    time_axis: int = 0
-    move_time_back: bool = False
-    added_feature_axis: bool = False
+    params: dict[str, Any]
+    layout: Layout
 
     @property
     def xp(self) -> Any:
@@ -39,17 +96,11 @@ class ScanInputs:
 
     def restore(self, y: Any) -> Any:
         """``y`` (``[N, T, F]``) back in the caller's shape and time axis."""
-        xp = self.xp
-        y = xp.reshape(y, self.moved_shape)
-        if self.move_time_back:
-            y = xp.moveaxis(y, -2, self.time_axis)
-        if self.added_feature_axis:
-            y = xp.reshape(y, self.caller_shape)
-        return y
+        return self.layout.restore(y, self.xp)
 
     def zeros_carry(self) -> Any:
         """A ``[N, F]`` array of zeros: the value past the last step of a scan."""
-        n, _, f = self.arrays[next(iter(self.arrays))].shape
+        n, _, f = self.layout.ntf
         return self.xp.zeros((n, f), dtype=self.dtype, device=self.backend.device)
 
 
@@ -90,16 +141,6 @@ def _check_shapes(named: Mapping[str, Any]) -> tuple[int, ...]:
     return tuple(first.shape)
 
 
-def _time_axis(time_dim: int, ndim: int) -> int:
-    if not isinstance(time_dim, int) or isinstance(time_dim, bool):
-        raise TypeError(f"time_dim must be an int, got {type(time_dim).__name__}")
-    if ndim == 0 or not -ndim <= time_dim < ndim:
-        raise ValueError(
-            f"time_dim={time_dim} is out of range for inputs with {ndim} dimension(s)"
-        )
-    return time_dim % ndim
-
-
 def check_scalar_range(name: str, value: Any, low: float, high: float, *, low_open: bool) -> None:
     """Raise ``ValueError`` when the Python scalar ``value`` is outside its range."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -110,20 +151,8 @@ def check_scalar_range(name: str, value: Any, low: float, high: float, *, low_op
         raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value}")
 
 
-def _layout(x: Any, xp: Any, time_axis: int, ndim: int) -> tuple[Any, tuple[int, ...]]:
-    """``x`` with time moved to axis -2 (a feature axis added to 1-D input), and that shape."""
-    if ndim == 1:
-        x = xp.reshape(x, (x.shape[0], 1))
-    elif time_axis != ndim - 2:
-        x = xp.moveaxis(x, time_axis, -2)
-    return x, tuple(x.shape)
-
-
-def _to_ntf(x: Any, xp: Any, moved_shape: tuple[int, ...]) -> Any:
-    if len(moved_shape) == 3:
-        return x
-    n = math.prod(moved_shape[:-2])
-    return xp.reshape(x, (n, moved_shape[-2], moved_shape[-1]))
+def _is_python_scalar(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def prepare(
@@ -138,60 +167,32 @@ def prepare(
 
     ``values`` are floating arrays, ``masks`` boolean ones (``None`` entries are
     dropped), ``params`` are Python floats or arrays (0-d, or the inputs' shape).
-    ``time_dim=None`` means the function has no time axis (TD(0)): the arrays keep
-    their shape as ``[N, 1, F]``.
+    ``time_dim=None`` is for functions without a time axis (TD(0)).
     """
-    present_masks = {k: v for k, v in masks.items() if v is not None}
+    masks = {k: v for k, v in masks.items() if v is not None}
     array_params = {k: v for k, v in params.items() if not _is_python_scalar(v)}
-    backend = backend_of(**values, **present_masks, **array_params)
+    backend = backend_of(**values, **masks, **array_params)
     xp = backend.xp
     for name, x in values.items():
         _check_float(name, x, xp)
-    present_masks = {k: _as_mask(k, v, xp) for k, v in present_masks.items()}
-    shape = _check_shapes({**values, **present_masks})
+    masks = {k: _as_mask(k, v, xp) for k, v in masks.items()}
+    layout = Layout.for_shape(_check_shapes({**values, **masks}), time_dim)
     dtype = xp.result_type(*values.values())
-    ndim = len(shape)
-    if time_dim is None:
-        time_axis, ndim_for_layout = 0, max(ndim, 1)
-        moved_shape = (math.prod(shape), 1, 1)
-    else:
-        time_axis = _time_axis(time_dim, ndim)
-        if ndim == 1 and time_axis != 0:
-            raise ValueError(f"time_dim={time_dim} is out of range for 1-D inputs")
-        ndim_for_layout = ndim
-        moved_shape = None
-    arrays = {}
-    for name, x in {**values, **present_masks}.items():
-        if name in values and x.dtype != dtype:
-            x = xp.astype(x, dtype)
-        if time_dim is None:
-            arrays[name] = xp.reshape(x, moved_shape)
-            continue
-        x, moved_shape_x = _layout(x, xp, time_axis, ndim_for_layout)
-        arrays[name] = _to_ntf(x, xp, moved_shape_x)
-        moved_shape = moved_shape_x
-    ntf = arrays[next(iter(values))].shape
-    converted = {
-        name: _param_array(name, p, backend, dtype, shape, ntf, time_axis, ndim, time_dim)
-        for name, p in params.items()
-    }
+    arrays = {k: layout.to_ntf(_with_dtype(x, dtype, xp), xp) for k, x in values.items()}
+    arrays.update({k: layout.to_ntf(x, xp) for k, x in masks.items()})
     needs_grad = backend.requires_grad(*values.values(), *array_params.values())
     return ScanInputs(
         backend=backend,
         kernels=backend.kernels(kernel, needs_grad=needs_grad),
         dtype=dtype,
         arrays=arrays,
-        params=converted,
-        caller_shape=shape,
-        moved_shape=moved_shape if time_dim is not None else shape,
-        time_axis=time_axis,
-        move_time_back=time_dim is not None and ndim >= 2 and time_axis != ndim - 2,
-        added_feature_axis=time_dim is not None and ndim == 1,
+        params={k: _param_array(k, p, backend, dtype, layout) for k, p in params.items()},
+        layout=layout,
     )
 
 
-def _is_python_scalar(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+def _with_dtype(x: Any, dtype: Any, xp: Any) -> Any:
+    return x if x.dtype == dtype else xp.astype(x, dtype)
 
 
 @functools.lru_cache(maxsize=256)
@@ -201,34 +202,20 @@ def _broadcast_scalar(backend: Backend, value: float, dtype: Any, shape: tuple[i
     return backend.xp.broadcast_to(backend.asarray(value, dtype=dtype), shape)
 
 
-def _param_array(
-    name: str,
-    p: Any,
-    backend: Backend,
-    dtype: Any,
-    shape: tuple[int, ...],
-    ntf: tuple[int, ...],
-    time_axis: int,
-    ndim: int,
-    time_dim: int | None,
-) -> Any:
+def _param_array(name: str, p: Any, backend: Backend, dtype: Any, layout: Layout) -> Any:
     """A hyper-parameter as an ``[N, T, F]`` array (a broadcast view for scalars)."""
     xp = backend.xp
-    if isinstance(p, bool) or not (_is_python_scalar(p) or hasattr(p, "shape")):
-        raise TypeError(f"{name} must be a float or a floating array, got {type(p).__name__}")
     if _is_python_scalar(p):
-        return _broadcast_scalar(backend, float(p), dtype, ntf)
+        return _broadcast_scalar(backend, float(p), dtype, layout.ntf)
+    if not hasattr(p, "shape"):
+        raise TypeError(f"{name} must be a float or a floating array, got {type(p).__name__}")
     _check_float(name, p, xp)
-    if p.dtype != dtype:
-        p = xp.astype(p, dtype)
+    p = _with_dtype(p, dtype, xp)
     if tuple(p.shape) in ((), (1,)):
-        return xp.broadcast_to(xp.reshape(p, ()), ntf)
-    if tuple(p.shape) != shape:
+        return xp.broadcast_to(xp.reshape(p, ()), layout.ntf)
+    if tuple(p.shape) != layout.caller_shape:
         raise ValueError(
-            f"{name} must be a float, a 0-d array, or an array of the inputs' shape {shape}; "
-            f"got shape {tuple(p.shape)}"
+            f"{name} must be a float, a 0-d array, or an array of the inputs' shape "
+            f"{layout.caller_shape}; got shape {tuple(p.shape)}"
         )
-    if time_dim is None:
-        return xp.reshape(p, ntf)
-    p, moved = _layout(p, xp, time_axis, ndim)
-    return _to_ntf(p, xp, moved)
+    return layout.to_ntf(p, xp)
