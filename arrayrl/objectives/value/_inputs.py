@@ -43,7 +43,7 @@ class Layout:
             )
         return cls(shape, time_dim % ndim)
 
-    @property
+    @functools.cached_property
     def moved_shape(self) -> tuple[int, ...]:
         """The caller's shape with time at axis -2 (and a feature axis for 1-D input)."""
         shape, axis = self.caller_shape, self.time_axis
@@ -54,13 +54,13 @@ class Layout:
         rest = shape[:axis] + shape[axis + 1 :]
         return (*rest[:-1], shape[axis], rest[-1])
 
-    @property
+    @functools.cached_property
     def ntf(self) -> tuple[int, int, int]:
         """The ``[N, T, F]`` shape the kernels see."""
         moved = self.moved_shape
         return (math.prod(moved[:-2]), moved[-2], moved[-1])
 
-    @property
+    @functools.cached_property
     def _moves_time(self) -> bool:
         axis, ndim = self.time_axis, len(self.caller_shape)
         return axis is not None and ndim >= 2 and axis != ndim - 2
