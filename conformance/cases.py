@@ -191,12 +191,3 @@ def all_cases() -> list[Case]:
         )
     )
     return cases
-
-
-def case_by_name(name: str) -> Case:
-    """The case called ``name``."""
-    for case in all_cases():
-        if case.name == name:
-            return case
-    raise KeyError(f"no conformance case named {name!r}")
-
