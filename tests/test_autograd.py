@@ -58,16 +58,22 @@ def test_gradcheck(name):
     assert torch.autograd.gradcheck(fn, inputs, check_undefined_grad=False)
 
 
+def _gradients(seed: int, estimate) -> dict:
+    """Gradients of ``_scalar(estimate(inputs))`` w.r.t. every float input (0 if unused)."""
+    d = _tensors(seed, batch=3, steps=9)
+    _scalar(estimate(d)).backward()
+    return {
+        k: (d[k].grad.numpy() if d[k].grad is not None else np.zeros(d[k].shape))
+        for k in FLOAT_KEYS
+    }
+
+
 @pytest.mark.parametrize("name", ESTIMATORS)
 def test_autograd_kernel_matches_reference_gradients(name):
-    grads = {}
-    for kernel in ("auto", "reference"):
-        d = _tensors(1, batch=3, steps=9)
-        _scalar(ESTIMATORS[name](d, kernel)).backward()
-        grads[kernel] = {
-            k: (d[k].grad.numpy() if d[k].grad is not None else np.zeros(d[k].shape))
-            for k in FLOAT_KEYS
-        }
+    grads = {
+        kernel: _gradients(1, lambda d, kernel=kernel: ESTIMATORS[name](d, kernel))
+        for kernel in ("auto", "reference")
+    }
     for key in FLOAT_KEYS:
         np.testing.assert_allclose(grads["auto"][key], grads["reference"][key], rtol=1e-10,
                                    atol=1e-12, err_msg=key)
@@ -118,14 +124,10 @@ TORCHRL_GRADIENT_CASES = {
 @pytest.mark.parametrize("name", TORCHRL_GRADIENT_CASES)
 def test_gradients_match_torchrl(name):
     torchrl_functional = pytest.importorskip("torchrl.objectives.value.functional")
-    grads = {}
-    for label, module in (("arrayrl", F), ("torchrl", torchrl_functional)):
-        d = _tensors(5, batch=3, steps=9)
-        _scalar(TORCHRL_GRADIENT_CASES[name](getattr(module, name), d)).backward()
-        grads[label] = {
-            k: (d[k].grad.numpy() if d[k].grad is not None else np.zeros(d[k].shape))
-            for k in FLOAT_KEYS
-        }
+    grads = {
+        label: _gradients(5, lambda d, m=module: TORCHRL_GRADIENT_CASES[name](getattr(m, name), d))
+        for label, module in (("arrayrl", F), ("torchrl", torchrl_functional))
+    }
     # TorchRL rounds its discounts to float32 (recorded deviation torchrl-float32-masks),
     # which shows in float64 gradients at a few 1e-6 relative
     for key in FLOAT_KEYS:
