@@ -9,6 +9,10 @@ All arrays are ``[N, T, F]`` with any strides. One thread owns one ``(n, f)`` co
 walks its time steps sequentially; ``_THREADS`` threads per block. Terminal flags enter
 the arithmetic as ``1 - done`` factors, so NaN and inf propagate as the formulas say.
 Everything also runs under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
+
+Every public function takes ``[N, T, F]`` device arrays of one float dtype (bool for
+``done``/``terminated``), any strides, then ``out`` (one array, or a tuple for two
+outputs) and ``stream`` (a numba stream, or 0 for the default one).
 """
 
 from __future__ import annotations
@@ -185,66 +189,32 @@ def _reward2go_kernel(one, gamma, reward, done, returns):
 # Public launchers
 # ---------------------------------------------------------------------------------------
 def linear_scan(a: Any, b: Any, init: Any, *, out: Any, stream: Any = 0) -> None:
-    r"""Reverse linear recurrence over the time axis, on the GPU.
+    """Reverse linear recurrence ``y_t = a_t + b_t y_{t+1}``, ``y_T = init``, on the GPU.
 
-    .. math:: y_t = a_t + b_t \, y_{t+1}, \qquad y_T = \mathrm{init}
-
-    for ``t = T - 1, ..., 0``, one thread per ``(n, f)`` column.
-
-    Parameters
-    ----------
-    a, b : device array
-        ``[N, T, F]`` float32 or float64 arrays of one dtype, any strides.
-    init : device array
-        ``[N, F]`` array of the same dtype.
-    out : device array
-        ``[N, T, F]`` array that receives ``y``.
-    stream : numba stream or 0
-        The stream to launch on (0: the default stream).
+    Same recurrence, argument order and dtypes as
+    :func:`arrayrl.backends._numba_cpu.linear_scan`, where the maths is
+    written out; writes ``y`` into ``out``.
     """
     _launch(_linear_scan_kernel, a, (a, b, init, out), stream)
 
 
 def linear_scan_adjoint(b: Any, g: Any, *, out: Any, stream: Any = 0) -> None:
-    r"""Forward linear recurrence, the adjoint of :func:`linear_scan`, on the GPU.
+    """Forward recurrence ``u_t = g_t + b_{t-1} u_{t-1}`` (adjoint of ``linear_scan``), GPU.
 
-    .. math:: u_0 = g_0, \qquad u_t = g_t + b_{t-1} \, u_{t-1} \quad (t \ge 1)
-
-    Parameters
-    ----------
-    b, g : device array
-        ``[N, T, F]`` float arrays of one dtype, any strides.
-    out : device array
-        ``[N, T, F]`` array that receives ``u``.
-    stream : numba stream or 0
-        The stream to launch on.
+    Same recurrence, argument order and dtypes as
+    :func:`arrayrl.backends._numba_cpu.linear_scan_adjoint`, where the maths is
+    written out; writes ``u`` into ``out``.
     """
     _launch(_adjoint_kernel, g, (b, g, out), stream)
 
 
 def gae(gamma: Any, lmbda: Any, value: Any, next_value: Any, reward: Any, done: Any,
         terminated: Any, *, out: tuple[Any, Any], stream: Any = 0) -> None:
-    r"""Generalized advantage estimation on the GPU.
+    """Generalized advantage estimation, on the GPU.
 
-    With :math:`\bar d_t = 1 - \mathrm{done}_t`, :math:`\bar e_t = 1 - \mathrm{terminated}_t`
-    and :math:`V'` the ``next_value``, for ``t = T - 1, ..., 0``:
-
-    .. math::
-
-        \delta_t &= r_t + \gamma_t \bar e_t V'_t - V_t \\
-        A_t &= \delta_t + \gamma_t \lambda_t \bar d_t A_{t+1}, \qquad A_T = 0 \\
-        \mathrm{target}_t &= A_t + V_t
-
-    Parameters
-    ----------
-    gamma, lmbda, value, next_value, reward : device array
-        ``[N, T, F]`` float arrays of one dtype, any strides.
-    done, terminated : device array
-        ``[N, T, F]`` bool arrays.
-    out : (device array, device array)
-        ``(advantage, value_target)``, written in place.
-    stream : numba stream or 0
-        The stream to launch on.
+    Same recurrence, argument order and dtypes as
+    :func:`arrayrl.backends._numba_cpu.gae`, where the maths is
+    written out; writes ``(advantage, value_target)`` into ``out``.
     """
     advantage, value_target = out
     arrays = (gamma, lmbda, value, next_value, reward, done, terminated, advantage,
@@ -254,27 +224,11 @@ def gae(gamma: Any, lmbda: Any, value: Any, next_value: Any, reward: Any, done: 
 
 def td_lambda(gamma: Any, lmbda: Any, next_value: Any, reward: Any, done: Any,
               terminated: Any, *, out: Any, stream: Any = 0) -> None:
-    r"""TD(λ) returns on the GPU.
+    """TD(λ) returns, on the GPU.
 
-    With :math:`v_t = V'_t (1 - \mathrm{terminated}_t)` and :math:`d_t = \mathrm{done}_t`,
-    start from :math:`G = v_{T-1}` and for ``t = T - 1, ..., 0``:
-
-    .. math::
-
-        G &\leftarrow G (1 - d_t) + v_t d_t \\
-        R_t &= r_t + \gamma_t \big((1 - \lambda_t) v_t + \lambda_t G\big) \\
-        G &\leftarrow R_t
-
-    Parameters
-    ----------
-    gamma, lmbda, next_value, reward : device array
-        ``[N, T, F]`` float arrays of one dtype, any strides.
-    done, terminated : device array
-        ``[N, T, F]`` bool arrays.
-    out : device array
-        ``[N, T, F]`` array that receives the returns :math:`R`.
-    stream : numba stream or 0
-        The stream to launch on.
+    Same recurrence, argument order and dtypes as
+    :func:`arrayrl.backends._numba_cpu.td_lambda`, where the maths is
+    written out; writes the returns into ``out``.
     """
     arrays = (gamma, lmbda, next_value, reward, done, terminated, out)
     _launch(_td_lambda_kernel, next_value, arrays, stream)
@@ -283,34 +237,11 @@ def td_lambda(gamma: Any, lmbda: Any, next_value: Any, reward: Any, done: Any,
 def vtrace(gamma: Any, log_pi: Any, log_mu: Any, value: Any, next_value: Any, reward: Any,
            done: Any, terminated: Any, rho_thresh: Any, c_thresh: Any, *,
            out: tuple[Any, Any], stream: Any = 0) -> None:
-    r"""V-trace advantages and value targets on the GPU.
+    """V-trace advantages and value targets, on the GPU.
 
-    With :math:`\rho_t = \exp(\log\pi_t - \log\mu_t)`,
-    :math:`\bar\rho_t = \min(\rho_t, \bar\rho^{\max}_t)` and
-    :math:`\bar c_t = \min(\rho_t, \bar c^{\max}_t)` (both NaN-propagating),
-    :math:`\bar d_t = 1 - \mathrm{done}_t`, :math:`\bar e_t = 1 - \mathrm{terminated}_t`,
-    for ``t = T - 1, ..., 0``:
-
-    .. math::
-
-        \delta_t &= \bar\rho_t (r_t + \gamma_t \bar e_t V'_t - V_t) \\
-        a_t &= \delta_t + \gamma_t \bar d_t \bar c_t a_{t+1}, \qquad a_T = 0 \\
-        v^s_t &= a_t + V_t \\
-        A_t &= \bar\rho_t (r_t + \gamma_t \bar e_t \hat v_t - V_t)
-
-    where :math:`\hat v_t = V'_t` if ``done[t]`` or ``t == T - 1`` and
-    :math:`\hat v_t = v^s_{t+1}` otherwise.
-
-    Parameters
-    ----------
-    gamma, log_pi, log_mu, value, next_value, reward, rho_thresh, c_thresh : device array
-        ``[N, T, F]`` float arrays of one dtype, any strides.
-    done, terminated : device array
-        ``[N, T, F]`` bool arrays.
-    out : (device array, device array)
-        ``(advantage, vs)``, written in place.
-    stream : numba stream or 0
-        The stream to launch on.
+    Same recurrence, argument order and dtypes as
+    :func:`arrayrl.backends._numba_cpu.vtrace`, where the maths is
+    written out; writes ``(advantage, vs)`` into ``out``.
     """
     advantage, vs = out
     arrays = (gamma, log_pi, log_mu, value, next_value, reward, done, terminated, rho_thresh,
@@ -319,19 +250,10 @@ def vtrace(gamma: Any, log_pi: Any, log_mu: Any, value: Any, next_value: Any, re
 
 
 def reward2go(gamma: Any, reward: Any, done: Any, *, out: Any, stream: Any = 0) -> None:
-    r"""Discounted reward-to-go on the GPU, restarted at every ``done``.
+    """Discounted reward-to-go, restarted at every ``done``, on the GPU.
 
-    .. math:: R_t = r_t + \gamma_t (1 - \mathrm{done}_t) R_{t+1}, \qquad R_T = 0
-
-    Parameters
-    ----------
-    gamma, reward : device array
-        ``[N, T, F]`` float arrays of one dtype, any strides.
-    done : device array
-        ``[N, T, F]`` bool array.
-    out : device array
-        ``[N, T, F]`` array that receives the returns :math:`R`.
-    stream : numba stream or 0
-        The stream to launch on.
+    Same recurrence, argument order and dtypes as
+    :func:`arrayrl.backends._numba_cpu.reward2go`, where the maths is
+    written out; writes the returns into ``out``.
     """
     _launch(_reward2go_kernel, reward, (gamma, reward, done, out), stream)

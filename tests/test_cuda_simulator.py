@@ -13,8 +13,11 @@ import os
 import subprocess
 import sys
 
+from .test_numba_kernels import ARGS
+
 SCRIPT = r"""
 import json
+import sys
 
 import numpy as np
 from numba import config, cuda
@@ -25,15 +28,7 @@ from arrayrl.backends import _numba_cpu as C
 assert config.ENABLE_CUDASIM
 
 N, T, F = 5, 6, 2
-ARGS = {
-    "linear_scan": ("a", "b", "init"),
-    "linear_scan_adjoint": ("b", "g"),
-    "gae": ("gamma", "lmbda", "value", "next_value", "reward", "done", "terminated"),
-    "td_lambda": ("gamma", "lmbda", "next_value", "reward", "done", "terminated"),
-    "vtrace": ("gamma", "log_pi", "log_mu", "value", "next_value", "reward", "done",
-               "terminated", "rho_thresh", "c_thresh"),
-    "reward2go": ("gamma", "reward", "done"),
-}
+ARGS = json.loads(sys.argv[1])  # the argument names, from tests/test_numba_kernels.py
 OUTPUTS = {"gae": 2, "vtrace": 2}
 
 
@@ -120,7 +115,11 @@ TOLERANCE = {"float64": 1e-12, "float32": 1e-5}
 def test_cuda_kernels_match_cpu_kernels_under_simulator():
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", SCRIPT, json.dumps(ARGS)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     errors = json.loads(proc.stdout.strip().splitlines()[-1])

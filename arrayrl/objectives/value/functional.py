@@ -354,12 +354,10 @@ def td1_advantage_estimate(
     kernel: str = "auto",
 ) -> Any:
     """TD(1) advantage: :func:`td1_return_estimate` minus ``state_value``."""
-    _check_same_shape(state_value, next_state_value)
-    returns = td1_return_estimate(
-        gamma, next_state_value, reward, done, terminated, rolling_gamma,
-        time_dim=time_dim, kernel=kernel,
+    return td_lambda_advantage_estimate(
+        gamma, 1.0, state_value, next_state_value, reward, done, terminated, rolling_gamma,
+        time_dim, kernel=kernel,
     )
-    return returns - state_value
 
 
 def _check_same_shape(state_value: Any, next_state_value: Any) -> None:
