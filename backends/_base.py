@@ -89,6 +89,12 @@ class Backend:
         except (TypeError, RuntimeError, BufferError, AttributeError, ValueError):
             return self.from_numpy(_host_copy(x))
 
+    # -- maths that a library does faster in one call -----------------------
+    def linear(self, x: Any, weight: Any, bias: Any = None) -> Any:
+        """``x @ weight.T + bias`` (``weight`` is ``(out, in)``, as in ``torch.nn.Linear``)."""
+        y = x @ self.xp.matrix_transpose(weight)
+        return y if bias is None else y + bias
+
     # -- autograd -------------------------------------------------------------
     def stop_gradient(self, x: Any) -> Any:
         """``x`` with no gradient flowing through it (identity without autograd)."""

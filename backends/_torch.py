@@ -96,6 +96,9 @@ class TorchBackend(Backend):
         except (TypeError, RuntimeError, BufferError, AttributeError, ValueError):
             return super().from_dlpack(x)
 
+    def linear(self, x: Any, weight: Any, bias: Any = None) -> Any:
+        return torch.nn.functional.linear(x, weight, bias)
+
     def stop_gradient(self, x: Any) -> Any:
         return x.detach()
 

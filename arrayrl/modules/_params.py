@@ -1,0 +1,89 @@
+"""Parameter trees: nested ``dict[str, array | tree]``, the data a module computes with.
+
+Parameters are plain data in arrayrl. A module reads them from the tree passed to it, so a
+target network is a second tree, an ensemble is a tree of stacked arrays, and a loss is a
+pure function of its trees. On torch the leaves are leaf tensors with ``requires_grad``,
+which ``torch.optim`` updates in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from arrayrl.backends import Backend, backend_of, get_backend
+
+Params = dict[str, Any]
+
+__all__ = [
+    "Params",
+    "convert_params",
+    "flatten_params",
+    "map_params",
+    "params_backend",
+    "unflatten_params",
+]
+
+
+def _walk(tree: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:
+    for name, value in tree.items():
+        full = f"{prefix}{name}"
+        if isinstance(value, Mapping):
+            yield from _walk(value, f"{full}.")
+        else:
+            yield full, value
+
+
+def flatten_params(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"0": {"weight": w}}`` → ``{"0.weight": w}`` (in insertion order)."""
+    return dict(_walk(tree, f"{prefix}." if prefix else ""))
+
+
+def unflatten_params(flat: Mapping[str, Any]) -> Params:
+    """The inverse of :func:`flatten_params`."""
+    tree: Params = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def map_params(fn: Callable[[Any], Any], tree: Mapping[str, Any]) -> Params:
+    """A tree of the same structure with ``fn`` applied to every leaf."""
+    return {
+        name: map_params(fn, value) if isinstance(value, Mapping) else fn(value)
+        for name, value in tree.items()
+    }
+
+
+def params_backend(tree: Mapping[str, Any]) -> Backend | None:
+    """The backend of the leaves (``TypeError`` if they mix); ``None`` for an empty tree."""
+    leaves = flatten_params(tree)
+    return backend_of(**leaves) if leaves else None
+
+
+def convert_params(
+    tree: Mapping[str, Any],
+    backend: str | Backend,
+    device: Any = None,
+    *,
+    requires_grad: bool | None = None,
+) -> Params:
+    """Copy ``tree`` to ``backend`` (through NumPy), keeping each leaf's dtype.
+
+    On torch the new leaves require gradients, unless ``requires_grad=False``.
+    """
+    target = get_backend(backend, device)
+    grad = target.differentiable if requires_grad is None else requires_grad
+
+    def move(leaf: Any) -> Any:
+        host = np.asarray(backend_of(leaf).to_numpy(leaf))
+        new = target.from_numpy(np.array(host, copy=True))
+        return new.requires_grad_(True) if grad and target.differentiable else new
+
+    return map_params(move, tree)

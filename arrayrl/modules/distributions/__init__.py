@@ -1,0 +1,1 @@
+"""Distributions (filled in by the distributions work)."""

@@ -1,0 +1,312 @@
+"""Array-in, array-out layers with parameters: ``Linear``, activations, ``Sequential``,
+``MLP`` and ``NormalParamExtractor``, written once with the Array API.
+
+A layer holds a parameter tree (``layer.params``) and computes with whichever tree it is
+given: ``layer(x)`` uses its own, ``layer.apply(params, x)`` another (a target network, a
+gradient-tracked copy). Weights are drawn in float64 by NumPy from one seed and then
+converted, so a layer built with the same seed holds the same numbers on every backend.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from arrayrl.backends import Backend, backend_of, get_backend
+
+from ._params import Params, convert_params, flatten_params, params_backend
+
+__all__ = [
+    "ELU",
+    "MLP",
+    "Identity",
+    "Layer",
+    "Linear",
+    "NormalParamExtractor",
+    "ReLU",
+    "Sequential",
+    "Tanh",
+    "biased_softplus",
+]
+
+
+class Layer:
+    """Base class: ``apply(params, *inputs)`` is the maths, ``params`` the own tree."""
+
+    def __init__(self) -> None:
+        self._params: Params = {}
+
+    @property
+    def params(self) -> Params:
+        """This layer's parameter tree (shared with the caller, not copied)."""
+        return self._params
+
+    @params.setter
+    def params(self, tree: Params) -> None:
+        self._params = tree
+
+    def apply(self, params: Params, *inputs: Any) -> Any:
+        """The layer's output for ``inputs`` computed with ``params``."""
+        raise NotImplementedError
+
+    def __call__(self, *inputs: Any, params: Params | None = None) -> Any:
+        return self.apply(self.params if params is None else params, *inputs)
+
+    def named_parameters(self) -> dict[str, Any]:
+        """Flat ``{"0.weight": array, ...}`` view of :attr:`params`."""
+        return flatten_params(self.params)
+
+    def parameters(self) -> list[Any]:
+        """The parameter arrays (what ``torch.optim`` takes on torch)."""
+        return list(self.named_parameters().values())
+
+    @property
+    def backend(self) -> Backend | None:
+        """The backend of the parameters (``None`` for a layer without any)."""
+        return params_backend(self.params)
+
+    def to(self, backend: str | Backend, device: Any = None) -> Layer:
+        """Move the parameters to ``backend`` in place; returns ``self``."""
+        self.params = convert_params(self.params, backend, device)
+        return self
+
+
+def _initial_params(
+    params: dict[str, np.ndarray], backend: str | Backend, device: Any, dtype: Any
+) -> Params:
+    """Float64 NumPy draws → ``backend`` arrays of ``dtype`` (float32 by default)."""
+    target = get_backend(backend, device)
+    dtype = target.xp.float32 if dtype is None else dtype
+    converted = {k: target.xp.astype(target.from_numpy(v), dtype) for k, v in params.items()}
+    return convert_params(converted, target) if target.differentiable else converted
+
+
+class Linear(Layer):
+    """``y = x Wᵀ + b`` with ``W`` of shape ``(out_features, in_features)`` (torch layout).
+
+    Initialised as ``torch.nn.Linear``: ``W`` and ``b`` uniform on ``±1/√in_features``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias: bool = True,
+        seed: int | np.random.Generator = 0,
+        backend: str | Backend = "numpy",
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(
+                f"in_features and out_features must be >= 1, got {in_features}, {out_features}"
+            )
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / math.sqrt(in_features)
+        draws = {"weight": rng.uniform(-bound, bound, (out_features, in_features))}
+        if bias:
+            draws["bias"] = rng.uniform(-bound, bound, (out_features,))
+        self.in_features, self.out_features = in_features, out_features
+        self.params = _initial_params(draws, backend, device, dtype)
+
+    def apply(self, params: Params, x: Any) -> Any:
+        weight = params["weight"]
+        return backend_of(x, weight=weight).linear(x, weight, params.get("bias"))
+
+
+class Identity(Layer):
+    """``y = x``."""
+
+    def apply(self, params: Params, x: Any) -> Any:
+        return x
+
+
+class Tanh(Layer):
+    """``y = tanh(x)`` (TorchRL's default MLP activation)."""
+
+    def apply(self, params: Params, x: Any) -> Any:
+        return backend_of(x).xp.tanh(x)
+
+
+class ReLU(Layer):
+    """``y = max(x, 0)``."""
+
+    def apply(self, params: Params, x: Any) -> Any:
+        return backend_of(x).xp.clip(x, min=0.0)
+
+
+class ELU(Layer):
+    """``y = x`` for ``x > 0``, ``exp(x) − 1`` otherwise."""
+
+    def apply(self, params: Params, x: Any) -> Any:
+        xp = backend_of(x).xp
+        return xp.where(x > 0, x, xp.expm1(xp.clip(x, max=0.0)))
+
+
+_ACTIVATIONS = {"tanh": Tanh, "relu": ReLU, "elu": ELU, "identity": Identity}
+
+
+class Sequential(Layer):
+    """Layers applied in turn; a tuple output is unpacked into the next layer.
+
+    The parameter tree has one entry per layer that has parameters, named by its index
+    (``"0"``, ``"2"``, ...), as in ``torch.nn.Sequential``.
+    """
+
+    def __init__(self, *layers: Layer) -> None:
+        super().__init__()
+        self.layers = list(layers)
+
+    @property
+    def params(self) -> Params:
+        return {str(i): layer.params for i, layer in enumerate(self.layers) if layer.params}
+
+    @params.setter
+    def params(self, tree: Params) -> None:
+        for i, layer in enumerate(self.layers):
+            if str(i) in tree:
+                layer.params = tree[str(i)]
+
+    def apply(self, params: Params, *inputs: Any) -> Any:
+        out: Any = inputs
+        for i, layer in enumerate(self.layers):
+            args = out if isinstance(out, tuple) else (out,)
+            out = layer.apply(params.get(str(i), {}), *args)
+        return out
+
+    def __getitem__(self, index: int) -> Layer:
+        return self.layers[index]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
+class MLP(Sequential):
+    """A multi-layer perceptron with TorchRL's defaults.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    num_cells : int or sequence of int, optional
+        Hidden widths. An int is repeated ``depth`` times; the default is ``depth=3``
+        layers of 32 cells, as ``torchrl.modules.MLP``.
+    depth : int, optional
+        Number of hidden layers when ``num_cells`` is an int or ``None``.
+    activation_class : str or Layer class, default "tanh"
+        ``"tanh"``, ``"relu"``, ``"elu"`` or a :class:`Layer` subclass.
+    activate_last_layer : bool, default False
+    bias_last_layer : bool, default True
+    seed : int, default 0
+        Layer ``k`` is initialised from ``numpy.random.default_rng([seed, k])``.
+    backend, device, dtype
+        Where the parameters live (float32 NumPy by default).
+
+    The parameter names follow ``torch.nn.Sequential`` (``"0.weight"``, ``"2.weight"``,
+    ...), so a TorchRL MLP's ``state_dict`` maps onto this one name for name.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        num_cells: int | Sequence[int] | None = None,
+        *,
+        depth: int | None = None,
+        activation_class: str | type[Layer] = "tanh",
+        activate_last_layer: bool = False,
+        bias_last_layer: bool = True,
+        seed: int = 0,
+        backend: str | Backend = "numpy",
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        widths = _hidden_widths(num_cells, depth)
+        activation = _activation(activation_class)
+        sizes = [in_features, *widths, out_features]
+        layers: list[Layer] = []
+        for k, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            last = k == len(sizes) - 2
+            layers.append(
+                Linear(
+                    fan_in,
+                    fan_out,
+                    bias=bias_last_layer or not last,
+                    seed=np.random.default_rng([seed, k]),
+                    backend=backend,
+                    device=device,
+                    dtype=dtype,
+                )
+            )
+            if not last or activate_last_layer:
+                layers.append(activation())
+        super().__init__(*layers)
+        self.in_features, self.out_features, self.num_cells = in_features, out_features, widths
+
+
+def _hidden_widths(num_cells: int | Sequence[int] | None, depth: int | None) -> list[int]:
+    if num_cells is None:
+        return [32] * (3 if depth is None else depth)
+    if isinstance(num_cells, int):
+        return [num_cells] * (3 if depth is None else depth)
+    widths = list(num_cells)
+    if depth is not None and depth != len(widths):
+        raise ValueError(f"depth={depth} does not match num_cells={widths}")
+    return widths
+
+
+def _activation(activation_class: str | type[Layer]) -> type[Layer]:
+    if isinstance(activation_class, str):
+        try:
+            return _ACTIVATIONS[activation_class.lower()]
+        except KeyError:
+            raise ValueError(
+                f"unknown activation_class {activation_class!r}; expected one of "
+                f"{sorted(_ACTIVATIONS)} or a Layer subclass"
+            ) from None
+    return activation_class
+
+
+def biased_softplus(x: Any, bias: float = 1.0, min_val: float = 0.01) -> Any:
+    """``softplus(x + b) + min_val`` with ``b`` chosen so that ``x = 0`` maps to ``bias``.
+
+    TensorDict's ``biased_softplus_1.0`` mapping (``b = log(expm1(bias - min_val))``).
+    """
+    xp = backend_of(x).xp
+    shift = math.log(math.expm1(bias - min_val))
+    return xp.logaddexp(x + shift, xp.zeros_like(x)) + min_val
+
+
+class NormalParamExtractor(Layer):
+    """Split the last dimension in two halves: ``loc`` and a positive ``scale``.
+
+    ``scale = max(biased_softplus(s), scale_lb)``, as TensorDict's ``NormalParamExtractor``
+    with its default ``scale_mapping="biased_softplus_1.0"`` and ``scale_lb=1e-4``.
+    """
+
+    def __init__(self, scale_mapping: str = "biased_softplus_1.0", scale_lb: float = 1e-4):
+        super().__init__()
+        if scale_mapping not in ("biased_softplus_1.0", "exp", "softplus"):
+            raise ValueError(
+                f"unknown scale_mapping {scale_mapping!r}; expected 'biased_softplus_1.0', "
+                "'softplus' or 'exp'"
+            )
+        self.scale_mapping, self.scale_lb = scale_mapping, scale_lb
+
+    def apply(self, params: Params, x: Any) -> Any:
+        xp = backend_of(x).xp
+        half = x.shape[-1] // 2
+        if x.shape[-1] != 2 * half:
+            raise ValueError(f"NormalParamExtractor needs an even last dim, got {x.shape[-1]}")
+        loc, raw = x[..., :half], x[..., half:]
+        if self.scale_mapping == "exp":
+            scale = xp.exp(raw)
+        elif self.scale_mapping == "softplus":
+            scale = xp.logaddexp(raw, xp.zeros_like(raw))
+        else:
+            scale = biased_softplus(raw)
+        return loc, xp.maximum(scale, self.scale_lb)

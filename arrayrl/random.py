@@ -1,0 +1,176 @@
+"""Seeded random generators, one per backend; arrayrl never touches a global RNG.
+
+Every random draw in the library (distribution samples, Monte-Carlo entropies, weight
+initialisation, minibatch shuffles) goes through a :class:`Generator` that the caller
+made from a seed. Two modes:
+
+- ``"native"``: the backend's own generator (``numpy.random.Generator``, a
+  ``torch.Generator`` on the backend's device, ``cupy.random.Generator``, JAX keys that
+  are split at every draw). Fast, but each library draws different numbers.
+- ``"numpy"``: draws come from a NumPy ``Generator`` in float64 and are converted to the
+  backend, so every backend sees exactly the same noise. The conformance suite uses it.
+
+>>> from arrayrl.random import make_generator
+>>> rng = make_generator(0, backend="numpy")
+>>> rng.normal((2, 3)).shape
+(2, 3)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from arrayrl.backends import Backend, get_backend
+
+__all__ = ["Generator", "make_generator"]
+
+_MODES = ("native", "numpy")
+
+
+class Generator:
+    """A seeded source of normal and uniform draws on one backend.
+
+    Parameters
+    ----------
+    seed : int
+        The seed; the same seed and mode give the same stream.
+    backend : str or Backend, default "numpy"
+        Where the draws are returned.
+    mode : {"native", "numpy"}, default "native"
+        ``"numpy"`` draws with NumPy in float64 and converts (identical noise on every
+        backend); ``"native"`` uses the backend's own generator.
+    device : optional
+        The device, when ``backend`` is given by name.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        backend: str | Backend = "numpy",
+        *,
+        mode: str = "native",
+        device: Any = None,
+    ) -> None:
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        self.backend = get_backend(backend, device)
+        self.seed = int(seed)
+        self.mode = mode if self.backend.name != "numpy" else "numpy"
+        self._numpy = np.random.default_rng(self.seed)
+        self._native = None if self.mode == "numpy" else _native_source(self.backend, seed)
+
+    def __repr__(self) -> str:
+        return f"Generator(seed={self.seed}, backend={self.backend.name!r}, mode={self.mode!r})"
+
+    def normal(self, shape: Sequence[int], dtype: Any = None) -> Any:
+        """Standard normal draws of ``shape`` (``dtype`` defaults to float32)."""
+        shape = tuple(shape)
+        if self._native is None:
+            return self._convert(self._numpy.standard_normal(shape), dtype)
+        return self._native.normal(shape, self._dtype(dtype))
+
+    def uniform(self, shape: Sequence[int], dtype: Any = None) -> Any:
+        """Uniform draws on [0, 1) of ``shape`` (``dtype`` defaults to float32)."""
+        shape = tuple(shape)
+        if self._native is None:
+            return self._convert(self._numpy.random(shape), dtype)
+        return self._native.uniform(shape, self._dtype(dtype))
+
+    def permutation(self, n: int) -> Any:
+        """A random permutation of ``range(n)`` as an int64 array of this backend."""
+        if self._native is None:
+            return self.backend.from_numpy(self._numpy.permutation(n))
+        return self._native.permutation(n)
+
+    def spawn(self) -> Generator:
+        """An independent generator of the same backend and mode (for a sub-task)."""
+        child_seed = int(self._numpy.integers(0, 2**31 - 1))
+        return Generator(child_seed, self.backend, mode=self.mode)
+
+    def _dtype(self, dtype: Any) -> Any:
+        return self.backend.xp.float32 if dtype is None else dtype
+
+    def _convert(self, draws: np.ndarray, dtype: Any) -> Any:
+        return self.backend.xp.astype(self.backend.from_numpy(draws), self._dtype(dtype))
+
+
+def make_generator(
+    seed: int, backend: str | Backend = "numpy", *, mode: str = "native", device: Any = None
+) -> Generator:
+    """A :class:`Generator` for ``backend`` seeded with ``seed`` (see its parameters)."""
+    return Generator(seed, backend, mode=mode, device=device)
+
+
+def _native_source(backend: Backend, seed: int) -> Any:
+    """The backend's own generator behind a small common interface."""
+    if backend.name == "torch":
+        return _TorchSource(backend, seed)
+    if backend.name == "cupy":
+        return _CupySource(backend, seed)
+    if backend.name == "generic" and "jax" in backend.xp.__name__:
+        return _JaxSource(seed)
+    return None  # array_api_strict and other libraries without a generator: NumPy-sourced
+
+
+class _TorchSource:
+    def __init__(self, backend: Backend, seed: int) -> None:
+        import torch
+
+        self._torch = torch
+        self._device = backend.device
+        self._gen = torch.Generator(device=backend.device).manual_seed(seed)
+
+    def normal(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        return self._torch.randn(shape, generator=self._gen, dtype=dtype, device=self._device)
+
+    def uniform(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        return self._torch.rand(shape, generator=self._gen, dtype=dtype, device=self._device)
+
+    def permutation(self, n: int) -> Any:
+        return self._torch.randperm(n, generator=self._gen, device=self._device)
+
+
+class _CupySource:
+    def __init__(self, backend: Backend, seed: int) -> None:
+        self._rng = backend.rng(seed)
+        self._device = backend.device
+
+    def normal(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        with self._device:
+            return self._rng.standard_normal(shape, dtype=dtype)
+
+    def uniform(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        with self._device:
+            return self._rng.random(shape, dtype=dtype)
+
+    def permutation(self, n: int) -> Any:
+        with self._device:
+            return self._rng.permutation(n)
+
+
+class _JaxSource:
+    """Splits its key at every draw, so each draw is fresh and the stream reproducible."""
+
+    def __init__(self, seed: int) -> None:
+        import jax
+
+        self._jax = jax
+        self._key = jax.random.key(seed)
+
+    def _next_key(self) -> Any:
+        self._key, sub = self._jax.random.split(self._key)
+        return sub
+
+    def normal(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        return self._jax.random.normal(self._next_key(), shape, dtype=dtype)
+
+    def uniform(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        return self._jax.random.uniform(self._next_key(), shape, dtype=dtype)
+
+    def permutation(self, n: int) -> Any:
+        return self._jax.random.permutation(self._next_key(), n)
