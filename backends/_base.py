@@ -95,6 +95,17 @@ class Backend:
         y = x @ self.xp.matrix_transpose(weight)
         return y if bias is None else y + bias
 
+    def write_into(self, dst: Any, src: Any) -> Any:
+        """Overwrite ``dst`` with ``src`` (a NumPy array or one of this backend, same
+        shape) and return the array that now holds the values: ``dst`` itself where the
+        library writes in place, a new array of ``dst``'s dtype where arrays are
+        immutable."""
+        if tuple(dst.shape) != tuple(src.shape):
+            raise ValueError(f"shape mismatch: {tuple(src.shape)} into {tuple(dst.shape)}")
+        if isinstance(src, np.ndarray):
+            src = self.from_numpy(src)
+        return self.xp.astype(src, dst.dtype)
+
     # -- autograd -------------------------------------------------------------
     def stop_gradient(self, x: Any) -> Any:
         """``x`` with no gradient flowing through it (identity without autograd)."""

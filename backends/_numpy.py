@@ -32,6 +32,12 @@ class NumpyBackend(Backend):
     def from_numpy(self, x: np.ndarray) -> Any:
         return x
 
+    def write_into(self, dst: Any, src: Any) -> Any:
+        if dst.shape != src.shape:
+            raise ValueError(f"shape mismatch: {src.shape} into {dst.shape}")
+        np.copyto(dst, src, casting="unsafe")
+        return dst
+
     def from_dlpack(self, x: Any) -> Any:
         if isinstance(x, np.ndarray):
             return x

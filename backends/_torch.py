@@ -99,6 +99,15 @@ class TorchBackend(Backend):
     def linear(self, x: Any, weight: Any, bias: Any = None) -> Any:
         return torch.nn.functional.linear(x, weight, bias)
 
+    def write_into(self, dst: Any, src: Any) -> Any:
+        if tuple(dst.shape) != src.shape:
+            raise ValueError(f"shape mismatch: {src.shape} into {tuple(dst.shape)}")
+        if not isinstance(src, torch.Tensor):
+            src = torch.from_numpy(np.ascontiguousarray(src))
+        with torch.no_grad():
+            dst.copy_(src)
+        return dst
+
     def stop_gradient(self, x: Any) -> Any:
         return x.detach()
 

@@ -782,8 +782,15 @@ class ArrayDict:
             out._data[key] = out._checked((key,), result)
         return out
 
-    def clone(self) -> ArrayDict:
-        """A deep copy: every leaf copied with ``xp.asarray(x, copy=True)``."""
+    def clone(self, recurse: bool = True) -> ArrayDict:
+        """A copy: every leaf copied with ``xp.asarray(x, copy=True)``.
+
+        With ``recurse=False`` only the structure is copied (nested dicts included) and
+        the leaves are shared, like ``TensorDict.clone(False)``: setting a key in the copy
+        leaves ``self`` unchanged.
+        """
+        if not recurse:
+            return self._rebuild(lambda x: x, self._batch_size)
         xp = self.backend.xp
         return self._rebuild(lambda x: xp.asarray(x, copy=True), self._batch_size)
 

@@ -9,6 +9,7 @@ converted, so a layer built with the same seed holds the same numbers on every b
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -229,7 +230,7 @@ class MLP(Sequential):
         activation = _activation(activation_class)
         sizes = [in_features, *widths, out_features]
         layers: list[Layer] = []
-        for k, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for k, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
             last = k == len(sizes) - 2
             layers.append(
                 Linear(

@@ -8,7 +8,14 @@ from typing import Any
 
 from arrayrl.backends import backend_of
 
-__all__ = ["ValueEstimators", "default_value_kwargs", "distance_loss"]
+__all__ = [
+    "HardUpdate",
+    "SoftUpdate",
+    "TargetNetUpdater",
+    "ValueEstimators",
+    "default_value_kwargs",
+    "distance_loss",
+]
 
 
 class ValueEstimators(Enum):
@@ -80,3 +87,111 @@ def distance_loss(v1: Any, v2: Any, loss_function: str, strict_shape: bool = Tru
     if loss_function == "l1":
         return size
     return xp.where(size < 1.0, 0.5 * diff * diff, size - 0.5)
+
+
+class TargetNetUpdater:
+    """Base class of the target-network updaters.
+
+    Finds every network of ``loss_module`` that owns target parameters (a loss built with
+    ``delay_*=True``), copies the trainable parameters into them, and updates them on
+    each :meth:`step`. Raises ``RuntimeError`` if the loss has no separate targets.
+    """
+
+    def __init__(self, loss_module: Any) -> None:
+        owned = [name for name, owns in loss_module._owns_target.items() if owns]
+        if not owned:
+            raise RuntimeError(
+                f"{type(loss_module).__name__} has no separate target parameters; build it "
+                "with delay_*=True, or do not use a target updater"
+            )
+        self.loss_module = loss_module
+        self._names = owned
+        self.initialized = False
+        self.init_()
+
+    def _pairs(self) -> list[tuple[Any, Any, Any]]:
+        """``(backend, source leaf, target leaf)`` for every updated array."""
+        from arrayrl.modules import flatten_params
+
+        loss = self.loss_module
+        pairs = []
+        for name in self._names:
+            sources = flatten_params(loss._params[name])
+            targets = flatten_params(loss._target_params[name])
+            pairs += [(backend_of(t), sources[path], t) for path, t in targets.items()]
+        return pairs
+
+    def init_(self) -> None:
+        """Copy the trainable parameters into the targets."""
+        for backend, source, target in self._pairs():
+            backend.write_into(target, backend.stop_gradient(source))
+        self.initialized = True
+
+    def step(self) -> None:
+        """One update of every target array (call once per optimisation step)."""
+        for backend, source, target in self._pairs():
+            self._step(backend, backend.stop_gradient(source), target)
+
+    def _step(self, backend: Any, source: Any, target: Any) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """The updater's progress (targets themselves live in the loss's state)."""
+        return {"initialized": self.initialized}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.initialized = state.get("initialized", self.initialized)
+
+
+class SoftUpdate(TargetNetUpdater):
+    """Polyak averaging (Lillicrap et al. 2016, https://arxiv.org/abs/1509.02971).
+
+    ``θ̄ ← ε·θ̄ + (1 − ε)·θ`` with exactly one of ``eps`` (the decay, e.g. 0.995) or
+    ``tau = 1 − eps`` (e.g. 0.005). This is what TorchRL 0.14.1 computes
+    (``target.lerp_(source, 1 - eps)``); the seed overview's formula swaps ε and 1 − ε.
+    """
+
+    def __init__(self, loss_module: Any, *, eps: float | None = None, tau: float | None = None):
+        if (eps is None) == (tau is None):
+            raise ValueError("give exactly one of eps and tau")
+        eps = 1.0 - tau if eps is None else eps
+        if not 0.0 <= eps <= 1.0:
+            raise ValueError(f"eps must be in [0, 1], got {eps}")
+        self.eps = float(eps)
+        super().__init__(loss_module)
+
+    def _step(self, backend: Any, source: Any, target: Any) -> None:
+        backend.write_into(target, target + (1.0 - self.eps) * (source - target))
+
+
+class HardUpdate(TargetNetUpdater):
+    """Copy the parameters into the targets every ``value_network_update_interval + 1``
+    calls of :meth:`step` (van Hasselt et al. 2016, https://arxiv.org/abs/1509.06461),
+    counting exactly as TorchRL 0.14.1: the copy happens on the call that finds the
+    counter equal to the interval, which then resets it to 0."""
+
+    def __init__(self, loss_module: Any, *, value_network_update_interval: int = 1000):
+        if value_network_update_interval < 0:
+            raise ValueError(
+                "value_network_update_interval must be >= 0, "
+                f"got {value_network_update_interval}"
+            )
+        self.value_network_update_interval = value_network_update_interval
+        self.counter = 0
+        super().__init__(loss_module)
+
+    def _step(self, backend: Any, source: Any, target: Any) -> None:
+        if self.counter == self.value_network_update_interval:
+            backend.write_into(target, source)
+
+    def step(self) -> None:
+        super().step()
+        self.counter = 0 if self.counter == self.value_network_update_interval else self.counter + 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "counter": self.counter}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.counter = state.get("counter", self.counter)

@@ -1,0 +1,621 @@
+"""Proximal Policy Optimisation: ``PPOLoss``, ``ClipPPOLoss``, ``KLPENPPOLoss``.
+
+Schulman et al. 2017, "Proximal Policy Optimization Algorithms",
+https://arxiv.org/abs/1707.06347. With ``r = π_θ(a|s) / π_old(a|s)`` and advantage ``A``:
+
+- ``PPOLoss``:      ``L = −r·A`` (the plain importance-weighted policy gradient);
+- ``ClipPPOLoss``:  ``L = −min(r·A, clip(r, 1 − ε_low, 1 + ε_high)·A)``;
+- ``KLPENPPOLoss``: ``L = −(r·A − β·KL(π_old ‖ π_θ))`` with β adapted towards ``dtarg``.
+
+Each adds ``loss_entropy = −c_H·H(π_θ)`` (``entropy_bonus``) and
+``loss_critic = c_V·d(V_target, V_φ(s))`` (``d`` = ``loss_critic_type``, optionally with
+the value clipped to ``clip_value`` around the stored value). Arguments, defaults, output
+keys and diagnostics follow TorchRL 0.14.1 (``torchrl/objectives/ppo.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from arrayrl.backends import backend_of
+from arrayrl.data import ArrayDict
+from arrayrl.modules import Params
+
+from .common import LossModule
+from .utils import ValueEstimators, distance_loss
+
+__all__ = ["ClipPPOLoss", "KLPENPPOLoss", "PPOLoss"]
+
+_CRITIC_LOSSES = ("l1", "l2", "smooth_l1")
+_CLIP_NAMES = ("clip_epsilon", "clip_epsilon_low", "clip_epsilon_high")
+
+
+def _non_negative(value: float) -> str | None:
+    return "must be >= 0" if value < 0 else None
+
+
+def _positive(value: float) -> str | None:
+    return "must be > 0" if value <= 0 else None
+
+
+class PPOLoss(LossModule):
+    """The unclipped PPO objective (see the module docstring); base of the PPO family.
+
+    Parameters
+    ----------
+    actor_network : ProbabilisticActor
+        The policy; its ``get_dist(batch, params)`` gives π_θ.
+    critic_network : Module, optional
+        The value network writing ``tensor_keys.value``; may be ``None`` when
+        ``critic_coeff`` is ``None`` or 0 (no critic loss).
+    entropy_bonus : bool, default True
+    samples_mc_entropy : int, default 1
+        Samples of the Monte-Carlo entropy estimate for distributions without a closed
+        form (TanhNormal).
+    entropy_coeff : float, default 0.01
+    log_explained_variance : bool, default True
+        Adds ``explained_variance = 1 − Var(V_target − V) / (Var(V_target) + eps)``.
+    critic_coeff : float, optional
+        1.0 when a critic is given; ``None`` or 0 drops ``loss_critic``.
+    loss_critic_type : {"smooth_l1", "l2", "l1"}, default "smooth_l1"
+    normalize_advantage : bool, default False
+        Standardise the advantage over the batch (unbiased std, clamped at 1e-6), or over
+        the valid entries of ``"shifted_valid"`` when the batch has one.
+    normalize_advantage_exclude_dims : tuple of int, default ()
+        Dimensions kept independent by the standardisation (e.g. an agent dim).
+    separate_losses : bool, default False
+        Cut the gradient of the critic loss to the batch (shared trunks).
+    reduction : {"mean", "sum", "none"}, default "mean"
+    clip_value : float, optional
+        Clip the new value to ``[V_old − c, V_old + c]`` and keep the larger loss.
+    delay_actor : bool, default False
+        Keep a target copy of the actor as the proximal policy (updated with
+        :class:`~arrayrl.objectives.utils.SoftUpdate` / ``HardUpdate``).
+    max_importance_ratio : float, optional
+        Cap of π_θ / π_behaviour (through a gradient-free shift of the behaviour log-prob).
+    seed : int, default 0
+        Seed of the loss's own generator (Monte-Carlo entropy); arrayrl has no global RNG.
+
+    ``functional`` must be ``True``; ``advantage_norm`` is not supported. ``gamma`` and the
+    ``*_key`` arguments raise as in TorchRL (use ``make_value_estimator`` / ``set_keys``).
+    """
+
+    @dataclasses.dataclass
+    class _AcceptedKeys:
+        advantage: Any = "advantage"
+        value_target: Any = "value_target"
+        value: Any = "state_value"
+        sample_log_prob: Any = "action_log_prob"
+        action: Any = "action"
+        reward: Any = "reward"
+        done: Any = "done"
+        terminated: Any = "terminated"
+
+    default_value_estimator = ValueEstimators.GAE
+    SUPPORTED_VALUE_ESTIMATORS = (
+        ValueEstimators.TD0,
+        ValueEstimators.TD1,
+        ValueEstimators.TDLambda,
+        ValueEstimators.GAE,
+        ValueEstimators.VTrace,
+    )
+
+    def __init__(
+        self,
+        actor_network: Any = None,
+        critic_network: Any = None,
+        *,
+        entropy_bonus: bool = True,
+        samples_mc_entropy: int = 1,
+        entropy_coeff: float | None = None,
+        log_explained_variance: bool = True,
+        critic_coeff: float | None = None,
+        loss_critic_type: str = "smooth_l1",
+        normalize_advantage: bool = False,
+        normalize_advantage_exclude_dims: tuple[int, ...] = (),
+        advantage_norm: Any = None,
+        gamma: float | None = None,
+        separate_losses: bool = False,
+        advantage_key: Any = None,
+        value_target_key: Any = None,
+        value_key: Any = None,
+        functional: bool = True,
+        actor: Any = None,
+        critic: Any = None,
+        reduction: str | None = None,
+        clip_value: float | None = None,
+        delay_actor: bool = False,
+        max_importance_ratio: float | None = None,
+        device: Any = None,
+        seed: int = 0,
+    ) -> None:
+        actor_network = actor if actor is not None else actor_network
+        critic_network = critic if critic is not None else critic_network
+        _reject_unsupported(gamma, advantage_norm, functional, advantage_key,
+                            value_target_key, value_key)
+        critic_coeff = _resolve_critic_coeff(critic_coeff, critic_network)
+        if actor_network is None or (critic_network is None and critic_coeff is not None):
+            raise TypeError("Missing positional arguments actor_network or critic_network.")
+        if loss_critic_type not in _CRITIC_LOSSES:
+            raise ValueError(
+                f"unknown loss_critic_type {loss_critic_type!r}; expected one of {_CRITIC_LOSSES}"
+            )
+        if samples_mc_entropy < 1:
+            raise ValueError(f"samples_mc_entropy must be >= 1, got {samples_mc_entropy}")
+        super().__init__()
+        self.convert_to_functional(actor_network, "actor_network", create_target_params=delay_actor)
+        if critic_network is not None:
+            self.convert_to_functional(critic_network, "critic_network")
+        else:
+            self.critic_network = None
+        self.delay_actor = delay_actor
+        self.entropy_bonus = entropy_bonus
+        self.samples_mc_entropy = samples_mc_entropy
+        self.log_explained_variance = log_explained_variance
+        self.loss_critic_type = loss_critic_type
+        self.normalize_advantage = normalize_advantage
+        self.normalize_advantage_exclude_dims = tuple(normalize_advantage_exclude_dims)
+        self.separate_losses = separate_losses
+        self.reduction = reduction
+        self.seed = seed
+        self._generators: dict[Any, Any] = {}
+        if isinstance(entropy_coeff, Mapping):
+            raise NotImplementedError(
+                "per-head entropy coefficients need composite action distributions, "
+                "which arrayrl does not have; pass a float"
+            )
+        self.register_coeff("entropy_coeff", 0.01 if entropy_coeff is None else entropy_coeff,
+                            _non_negative)
+        self.register_coeff("critic_coeff", critic_coeff, _non_negative)
+        self.register_coeff("clip_value", clip_value, _positive)
+        self.register_coeff("max_importance_ratio", max_importance_ratio, _positive)
+        self.set_keys(
+            sample_log_prob=actor_network.log_prob_keys[0],
+            action=actor_network.dist_sample_keys[0],
+        )
+
+    # -- keys ---------------------------------------------------------------------------
+    @property
+    def _has_critic(self) -> bool:
+        return self.critic_coeff is not None and self.critic_coeff > 0
+
+    @property
+    def in_keys(self) -> list[Any]:
+        """The batch keys the loss reads (TorchRL's ``in_keys``)."""
+        actor_keys = self.actor_network.in_keys
+        keys = [*actor_keys, *(("next", *_as_tuple(k)) for k in actor_keys)]
+        if self.critic_network is not None:
+            keys += self.critic_network.in_keys
+        tk = self.tensor_keys
+        keys += [tk.action, tk.sample_log_prob]
+        keys += [("next", *_as_tuple(k)) for k in (tk.reward, tk.done, tk.terminated)]
+        return list(dict.fromkeys(keys))
+
+    @property
+    def out_keys(self) -> list[str]:
+        """The keys :meth:`forward` returns (TorchRL's ``out_keys``)."""
+        keys = ["loss_objective"]
+        if self.entropy_bonus:
+            keys += ["entropy", "loss_entropy"]
+        if self._has_critic:
+            keys.append("loss_critic")
+        if self.clip_value:
+            keys.append("value_clip_fraction")
+        return keys
+
+    def _value_estimator_networks(self, value_type: ValueEstimators) -> dict[str, Any]:
+        networks = {"value_network": self.critic_network}
+        if value_type is ValueEstimators.VTrace:
+            networks["actor_network"] = self.actor_network
+        return networks
+
+    # -- pieces of the objective -------------------------------------------------------
+    def _advantage(self, batch: ArrayDict, params: Mapping[str, Params] | None) -> Any:
+        """The batch's advantage, computed by the value estimator when it is missing."""
+        advantage = batch.get(self.tensor_keys.advantage, None)
+        if advantage is None:
+            if self.critic_network is None:
+                raise KeyError(
+                    f"the batch has no {self.tensor_keys.advantage!r} and the loss has no "
+                    "critic to compute it"
+                )
+            self.value_estimator(
+                batch,
+                params=self.detached_params("critic_network", params),
+                target_params=self._target_params["critic_network"],
+            )
+            advantage = self.read(batch, self.tensor_keys.advantage)
+        if self.normalize_advantage and math.prod(advantage.shape) > 1:
+            advantage = self._standardize(advantage, batch)
+        return advantage
+
+    def _standardize(self, advantage: Any, batch: ArrayDict) -> Any:
+        """``(A − mean) / std`` over all dims but the excluded ones (TorchRL's rule)."""
+        xp = backend_of(advantage).xp
+        ndim = advantage.ndim
+        excluded = {d % ndim for d in self.normalize_advantage_exclude_dims}
+        axes = tuple(d for d in range(ndim) if d not in excluded)
+        mask = batch.get("shifted_valid", None)
+        if mask is None:
+            mean = xp.mean(advantage, axis=axes, keepdims=True)
+            std = xp.std(advantage, axis=axes, keepdims=True, correction=1)
+            return (advantage - mean) / xp.clip(std, min=1e-6)
+        while mask.ndim < ndim:
+            mask = mask[..., None]
+        weight = xp.astype(xp.broadcast_to(mask, advantage.shape), advantage.dtype)
+        count = xp.clip(xp.sum(weight, axis=axes, keepdims=True), min=1.0)
+        mean = xp.sum(advantage * weight, axis=axes, keepdims=True) / count
+        var = xp.sum((advantage - mean) ** 2 * weight, axis=axes, keepdims=True) / count
+        return (advantage - mean) / xp.clip(xp.sqrt(var), min=1e-4)
+
+    def _log_prob(self, batch: ArrayDict, params: Params) -> tuple[Any, Any]:
+        """``log π(a|s)`` of the stored action under ``params``, and the distribution."""
+        dist = self.actor_network.get_dist(batch, params)
+        return dist.log_prob(self.read(batch, self.tensor_keys.action)), dist
+
+    def _log_weight(
+        self, batch: ArrayDict, params: Mapping[str, Params] | None
+    ) -> tuple[Any, Any, Any, Any]:
+        """``(log r, π_θ, kl_approx, log w_is)`` as TorchRL's ``_log_weight``:
+        ``log r = log π_θ − log π_prox`` (π_prox is the target actor with ``delay_actor``,
+        the behaviour policy otherwise) and ``log w_is`` the gradient-free correction to
+        the behaviour ratio (``None`` when there is none)."""
+        prev = self.read(batch, self.tensor_keys.sample_log_prob)
+        backend = backend_of(prev)
+        log_prob, dist = self._log_prob(batch, self.network_params("actor_network", params))
+        prox = prev
+        if self.delay_actor:
+            with backend.no_grad():
+                prox, _ = self._log_prob(batch, self._target_params["actor_network"])
+            prox = backend.stop_gradient(prox)
+        log_weight = (log_prob - prox)[..., None]
+        kl_approx = (prox - log_prob)[..., None]
+        log_is = (prox - prev)[..., None] if self.delay_actor else None
+        if self.max_importance_ratio is not None:
+            xp = backend.xp
+            cap = math.log(self.max_importance_ratio) - backend.stop_gradient(log_weight)
+            log_is = xp.minimum(xp.zeros_like(log_weight) if log_is is None else log_is, cap)
+        return log_weight, dist, kl_approx, log_is
+
+    def _generator(self, backend: Any) -> Any:
+        from arrayrl.random import make_generator
+
+        if backend not in self._generators:
+            self._generators[backend] = make_generator(self.seed, backend)
+        return self._generators[backend]
+
+    def _entropy(self, dist: Any, like: Any) -> Any:
+        """``H(π_θ)`` per sample with a trailing unit dim: closed form where one exists,
+        else ``−mean log π(x)`` over ``samples_mc_entropy`` reparameterised draws."""
+        from arrayrl.modules.distributions import entropy_estimate
+
+        rng = self._generator(backend_of(like))
+        return entropy_estimate(dist, self.samples_mc_entropy, rng=rng)[..., None]
+
+    def _entropy_terms(self, dist: Any, like: Any) -> dict[str, Any]:
+        if not self.entropy_bonus:
+            return {}
+        backend = backend_of(like)
+        entropy = self._entropy(dist, like)
+        return {
+            "entropy": backend.stop_gradient(backend.xp.mean(entropy)),
+            "loss_entropy": -self.entropy_coeff * entropy,
+        }
+
+    def loss_critic(
+        self, batch: ArrayDict, params: Mapping[str, Params] | None = None
+    ) -> tuple[Any, Any, Any]:
+        """``(c_V·d(V_target, V), value clip fraction or None, explained variance or None)``."""
+        backend = backend_of(batch.get(self.tensor_keys.action))
+        if self.separate_losses:
+            batch = batch.apply(backend.stop_gradient)
+        target = self.read(batch, self.tensor_keys.value_target, what="value_target")
+        old_value = self.read(batch, self.tensor_keys.value) if self.clip_value else None
+        self.critic_network(batch, self.network_params("critic_network", params))
+        value = self.read(batch, self.tensor_keys.value)
+        loss = distance_loss(target, value, self.loss_critic_type)
+        clip_fraction = None
+        if self.clip_value:
+            loss, clip_fraction = self._clip_value_loss(old_value, value, target, loss)
+        variance = self._explained_variance(target, value) if self.log_explained_variance else None
+        if self._has_critic:
+            loss = self.critic_coeff * loss
+        return loss, clip_fraction, variance
+
+    def _clip_value_loss(self, old: Any, value: Any, target: Any, loss: Any) -> tuple[Any, Any]:
+        """The pessimistic (larger) of the plain and the clipped value losses."""
+        backend = backend_of(value)
+        xp = backend.xp
+        step = value - old
+        clipped = xp.clip(step, min=-self.clip_value, max=self.clip_value)
+        fraction = backend.stop_gradient(xp.mean(xp.astype(step != clipped, value.dtype)))
+        loss_clipped = distance_loss(target, old + clipped, self.loss_critic_type)
+        return xp.maximum(loss, loss_clipped), fraction
+
+    @staticmethod
+    def _explained_variance(target: Any, value: Any) -> Any:
+        """``1 − Var₀(target − value) / (Var₀(target) + eps)`` over dim 0, no gradient."""
+        backend = backend_of(value)
+        xp = backend.xp
+        target, value = backend.stop_gradient(target), backend.stop_gradient(value)
+        eps = xp.finfo(target.dtype).eps
+        return 1.0 - xp.var(target - value, axis=0) / (xp.var(target, axis=0) + eps)
+
+    def _critic_terms(self, batch: ArrayDict, params: Mapping[str, Params] | None) -> dict:
+        if not self._has_critic:
+            return {}
+        loss, clip_fraction, variance = self.loss_critic(batch, params)
+        out = {"loss_critic": loss}
+        if clip_fraction is not None:
+            out["value_clip_fraction"] = clip_fraction
+        if variance is not None:
+            out["explained_variance"] = variance
+        return out
+
+    def _finish(self, out: dict[str, Any], batch: ArrayDict) -> ArrayDict:
+        """Reduce every ``loss_*`` term (masks applied) and pack the output."""
+        for name, value in out.items():
+            if name.startswith("loss_"):
+                reduced = self.reduce_loss(value, batch)
+                out[name] = reduced[..., 0] if reduced.ndim and reduced.shape[-1] == 1 else reduced
+        return ArrayDict(out)
+
+    def _prepare(self, batch: Any, params: Mapping[str, Params] | None) -> tuple[Any, Any]:
+        batch = self.working_copy(batch)
+        self.check_batch_backend(batch, self.tensor_keys.action)
+        return batch, self._advantage(batch, params)
+
+    # -- the loss ----------------------------------------------------------------------
+    def forward(self, batch: Any, params: Mapping[str, Params] | None = None) -> ArrayDict:
+        """``loss_objective = −r·A`` plus entropy and critic terms and ``kl_approx``."""
+        batch, advantage = self._prepare(batch, params)
+        log_weight, dist, kl_approx, log_is = self._log_weight(batch, params)
+        _check_broadcast(advantage, log_weight)
+        backend = backend_of(advantage)
+        xp = backend.xp
+        if log_is is not None:
+            log_weight = log_weight + log_is
+        out = {
+            "loss_objective": -xp.exp(log_weight) * advantage,
+            "kl_approx": backend.stop_gradient(xp.mean(kl_approx)),
+        }
+        out.update(self._entropy_terms(dist, advantage))
+        out.update(self._critic_terms(batch, params))
+        return self._finish(out, batch)
+
+
+class ClipPPOLoss(PPOLoss):
+    """The clipped surrogate objective (see the module docstring).
+
+    Parameters
+    ----------
+    clip_epsilon : float or (float, float), default 0.2
+        ε, or ``(ε_low, ε_high)`` for asymmetric clipping (scheduled then as
+        ``clip_epsilon_low`` / ``clip_epsilon_high``). Must be > 0 (and ε_low < 1).
+    clip_value : bool or float, optional
+        ``True`` clips the value with ε (symmetric ε only).
+    **kwargs
+        As :class:`PPOLoss`.
+
+    Diagnostics: ``clip_fraction`` (share of clipped ratios), ``ESS`` (effective sample
+    size of the behaviour ratios over dim 0, divided by its length), ``kl_approx``,
+    ``max_ratio``, ``mean_ratio``, ``entropy``, ``explained_variance``,
+    ``value_clip_fraction``.
+    """
+
+    def __init__(
+        self,
+        actor_network: Any = None,
+        critic_network: Any = None,
+        *,
+        clip_epsilon: float | tuple[float, float] = 0.2,
+        clip_value: bool | float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        asymmetric = isinstance(clip_epsilon, (tuple, list))
+        if isinstance(clip_value, bool):
+            if clip_value and asymmetric:
+                raise ValueError(
+                    "clip_value=True cannot take its threshold from an asymmetric "
+                    "clip_epsilon; pass a float"
+                )
+            clip_value = clip_epsilon if clip_value else None
+        super().__init__(actor_network, critic_network, clip_value=clip_value, **kwargs)
+        self._asymmetric_clip = asymmetric
+        low, high = _clip_pair(clip_epsilon)
+        if asymmetric:
+            self.register_coeff("clip_epsilon_low", low, _clip_low)
+            self.register_coeff("clip_epsilon_high", high, _positive)
+        else:
+            self.register_coeff("clip_epsilon", low, _clip_low)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _CLIP_NAMES and name not in self._coeffs and "_asymmetric_clip" in vars(self):
+            kind = "an asymmetric" if self._asymmetric_clip else "a symmetric"
+            raise AttributeError(f"cannot set {name!r}: the loss has {kind} clip_epsilon")
+        super().__setattr__(name, value)
+
+    @property
+    def _clip_bounds(self) -> tuple[float, float]:
+        """``(log(1 − ε_low), log(1 + ε_high))``: the clip range of ``log r``."""
+        if self._asymmetric_clip:
+            return math.log1p(-self.clip_epsilon_low), math.log1p(self.clip_epsilon_high)
+        return math.log1p(-self.clip_epsilon), math.log1p(self.clip_epsilon)
+
+    @property
+    def out_keys(self) -> list[str]:
+        keys = ["loss_objective", "clip_fraction", *super().out_keys[1:]]
+        return [*keys, "ESS", "kl_approx", "max_ratio", "mean_ratio"]
+
+    def forward(self, batch: Any, params: Mapping[str, Params] | None = None) -> ArrayDict:
+        """``loss_objective = −min(r·A, clip(r)·A)`` plus entropy, critic and diagnostics."""
+        batch, advantage = self._prepare(batch, params)
+        log_weight, dist, kl_approx, log_is = self._log_weight(batch, params)
+        _check_broadcast(advantage, log_weight)
+        backend = backend_of(advantage)
+        xp = backend.xp
+        log_behav = log_weight if log_is is None else log_weight + log_is
+        low, high = self._clip_bounds
+        log_clipped = xp.clip(log_weight, min=low, max=high)
+        clip_fraction = xp.mean(xp.astype(log_clipped != log_weight, log_weight.dtype))
+        if log_is is not None:
+            log_clipped = log_clipped + log_is
+        gain = xp.minimum(xp.exp(log_behav) * advantage, xp.exp(log_clipped) * advantage)
+        out = {"loss_objective": -gain, "clip_fraction": clip_fraction}
+        out["kl_approx"] = backend.stop_gradient(xp.mean(kl_approx))
+        out.update(self._entropy_terms(dist, advantage))
+        out.update(self._critic_terms(batch, params))
+        out.update(_ratio_diagnostics(backend.stop_gradient(log_behav)))
+        return self._finish(out, batch)
+
+
+class KLPENPPOLoss(PPOLoss):
+    """PPO with an adaptive KL penalty (see the module docstring).
+
+    ``KL(π_old ‖ π_θ)`` is closed-form where :func:`kl_divergence` has the pair, else a
+    Monte-Carlo estimate over ``samples_mc_kl`` draws of π_old. π_old is built from the
+    distribution parameters stored in the batch (the target actor with ``delay_actor``).
+    After each call, β is multiplied by ``increment`` when the mean KL exceeds
+    ``1.5·dtarg`` and by ``decrement`` when it is below ``dtarg / 1.5`` (this reads the
+    KL on the host, as TorchRL does). ``kl`` is returned per sample.
+    """
+
+    def __init__(
+        self,
+        actor_network: Any = None,
+        critic_network: Any = None,
+        *,
+        dtarg: float = 0.01,
+        beta: float = 1.0,
+        increment: float = 2,
+        decrement: float = 0.5,
+        samples_mc_kl: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(actor_network, critic_network, **kwargs)
+        if increment < 1.0:
+            raise ValueError(f"increment must be >= 1.0, got {increment}")
+        if decrement > 1.0:
+            raise ValueError(f"decrement must be <= 1.0, got {decrement}")
+        self.dtarg, self.increment, self.decrement = dtarg, increment, decrement
+        self.samples_mc_kl = samples_mc_kl
+        self._beta_init = beta
+        self.register_coeff("beta", beta, _non_negative)
+
+    @property
+    def out_keys(self) -> list[str]:
+        return ["loss_objective", "kl", *super().out_keys[1:]]
+
+    def _previous_dist(self, batch: ArrayDict) -> Any:
+        if self.delay_actor:
+            backend = backend_of(batch.get(self.tensor_keys.action))
+            with backend.no_grad():
+                return self.actor_network.get_dist(
+                    batch.clone(recurse=False), self._target_params["actor_network"]
+                )
+        return self.actor_network.build_dist_from_params(batch)
+
+    def _kl(self, previous: Any, current: Any, like: Any) -> Any:
+        from arrayrl.modules.distributions import kl_divergence
+
+        try:
+            return kl_divergence(previous, current)
+        except NotImplementedError:
+            draws = previous.sample((self.samples_mc_kl,), rng=self._generator(backend_of(like)))
+            xp = backend_of(like).xp
+            return xp.mean(previous.log_prob(draws) - current.log_prob(draws), axis=0)
+
+    def forward(self, batch: Any, params: Mapping[str, Params] | None = None) -> ArrayDict:
+        """``loss_objective = −(r·A − β·KL)``; adapts β afterwards."""
+        batch, advantage = self._prepare(batch, params)
+        previous = self._previous_dist(batch)
+        log_weight, dist, kl_approx, log_is = self._log_weight(batch, params)
+        _check_broadcast(advantage, log_weight)
+        backend = backend_of(advantage)
+        xp = backend.xp
+        if log_is is not None:
+            log_weight = log_weight + log_is
+        kl = self._kl(previous, dist, advantage)[..., None]
+        out = {"loss_objective": -(xp.exp(log_weight) * advantage - self.beta * kl)}
+        self._adapt_beta(float(xp.mean(backend.stop_gradient(kl))))
+        out["kl"] = backend.stop_gradient(kl)
+        out["kl_approx"] = backend.stop_gradient(xp.mean(kl_approx))
+        out.update(self._entropy_terms(dist, advantage))
+        out.update(self._critic_terms(batch, params))
+        return self._finish(out, batch)
+
+    def _adapt_beta(self, mean_kl: float) -> None:
+        if mean_kl > self.dtarg * 1.5:
+            self.beta = self.beta * self.increment
+        elif mean_kl < self.dtarg / 1.5:
+            self.beta = self.beta * self.decrement
+
+    def reset(self) -> None:
+        """Restore β to its initial value."""
+        self.beta = self._beta_init
+
+
+def _ratio_diagnostics(log_behav: Any) -> dict[str, Any]:
+    """ESS (over dim 0, per sample), max and mean of the behaviour ratio."""
+    xp = backend_of(log_behav).xp
+    lw = log_behav[..., 0]
+    ess = xp.exp(2 * _logsumexp(lw) - _logsumexp(2 * lw))
+    ratio = xp.exp(log_behav)
+    return {"ESS": ess / lw.shape[0], "max_ratio": xp.max(ratio), "mean_ratio": xp.mean(ratio)}
+
+
+def _logsumexp(x: Any) -> Any:
+    """``log Σ exp(x)`` over dim 0, shifted by the max for stability."""
+    xp = backend_of(x).xp
+    top = xp.max(x, axis=0)
+    safe_top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
+    return safe_top + xp.log(xp.sum(xp.exp(x - safe_top), axis=0))
+
+
+def _check_broadcast(advantage: Any, log_weight: Any) -> None:
+    """Refuse an advantage that would broadcast against ``log r`` into an outer product."""
+    if tuple(advantage.shape) != tuple(log_weight.shape):
+        raise ValueError(
+            f"the advantage (shape {tuple(advantage.shape)}) must have the shape of the "
+            f"log-ratio {tuple(log_weight.shape)}: batch shape + (1,); a missing trailing "
+            "dim would broadcast into an outer product over samples"
+        )
+
+
+def _clip_pair(clip_epsilon: float | tuple[float, float]) -> tuple[float, float]:
+    if isinstance(clip_epsilon, (tuple, list)):
+        if len(clip_epsilon) != 2:
+            raise ValueError(f"clip_epsilon must be a float or a pair, got {clip_epsilon}")
+        return float(clip_epsilon[0]), float(clip_epsilon[1])
+    return float(clip_epsilon), float(clip_epsilon)
+
+
+def _clip_low(value: float) -> str | None:
+    return "must be in (0, 1)" if not 0 < value < 1 else None
+
+
+def _resolve_critic_coeff(critic_coeff: float | None, critic_network: Any) -> float | None:
+    if critic_coeff is None and critic_network is not None:
+        return 1.0
+    return None if critic_coeff == 0 else critic_coeff
+
+
+def _reject_unsupported(gamma: Any, advantage_norm: Any, functional: bool, *keys: Any) -> None:
+    if gamma is not None:
+        raise TypeError(
+            "gamma is not a loss argument; use loss.make_value_estimator(value_type, gamma=...)"
+        )
+    if advantage_norm is not None:
+        raise NotImplementedError("advantage_norm (ValueNorm) is not supported by arrayrl")
+    if not functional:
+        raise NotImplementedError("functional=False is not supported")
+    if any(key is not None for key in keys):
+        raise RuntimeError("setting keys through the constructor is deprecated; use set_keys()")
+
+
+def _as_tuple(key: Any) -> tuple[str, ...]:
+    return key if isinstance(key, tuple) else (key,)
+
