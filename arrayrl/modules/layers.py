@@ -194,8 +194,8 @@ class MLP(Sequential):
     ----------
     in_features, out_features : int
     num_cells : int or sequence of int, optional
-        Hidden widths. An int is repeated ``depth`` times; the default is ``depth=3``
-        layers of 32 cells, as ``torchrl.modules.MLP``.
+        Hidden widths. An int is repeated ``depth`` times; ``depth`` alone gives layers of
+        32 cells; neither gives a single linear layer (``torchrl.modules.MLP``'s rules).
     depth : int, optional
         Number of hidden layers when ``num_cells`` is an int or ``None``.
     activation_class : str or Layer class, default "tanh"
@@ -250,10 +250,14 @@ class MLP(Sequential):
 
 
 def _hidden_widths(num_cells: int | Sequence[int] | None, depth: int | None) -> list[int]:
+    """TorchRL's rule: no cells and no depth is a single linear layer; ``depth`` alone
+    gives layers of 32 cells; an int ``num_cells`` needs ``depth``."""
     if num_cells is None:
-        return [32] * (3 if depth is None else depth)
+        return [] if depth is None else [32] * depth
     if isinstance(num_cells, int):
-        return [num_cells] * (3 if depth is None else depth)
+        if depth is None:
+            raise ValueError("an int num_cells needs depth= (as in TorchRL)")
+        return [num_cells] * depth
     widths = list(num_cells)
     if depth is not None and depth != len(widths):
         raise ValueError(f"depth={depth} does not match num_cells={widths}")
