@@ -3,27 +3,65 @@
 Parameters are plain parameter trees (nested dicts of arrays). Every module computes with
 the tree it is given (its own by default), so target networks, ensembles and pure-function
 losses need no special machinery.
+
+The torch adapter (:func:`from_torch`, :class:`TorchLayer`, :class:`TorchDictModule`) is
+loaded on first access, so ``import arrayrl.modules`` does not import torch.
 """
 
+from typing import Any
+
 from ._params import Params, convert_params, flatten_params, map_params, unflatten_params
+from .actors import (
+    Actor,
+    ProbabilisticActor,
+    QValueActor,
+    QValueModule,
+    ValueOperator,
+    as_layer,
+)
 from .dict_module import DictModule, Module
+from .ensemble import Ensemble, ensemble_params, stack_params, unstack_params
 from .layers import ELU, MLP, Identity, Layer, Linear, NormalParamExtractor, ReLU, Sequential, Tanh
+
+_TORCH_ADAPTER = ("TorchDictModule", "TorchLayer", "from_torch")
 
 __all__ = [
     "ELU",
     "MLP",
+    "Actor",
     "DictModule",
+    "Ensemble",
     "Identity",
     "Layer",
     "Linear",
     "Module",
     "NormalParamExtractor",
     "Params",
+    "ProbabilisticActor",
+    "QValueActor",
+    "QValueModule",
     "ReLU",
     "Sequential",
     "Tanh",
+    "TorchDictModule",
+    "TorchLayer",
+    "ValueOperator",
+    "as_layer",
     "convert_params",
+    "ensemble_params",
     "flatten_params",
+    "from_torch",
     "map_params",
+    "stack_params",
     "unflatten_params",
+    "unstack_params",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The torch adapter's names, imported (with torch) on first access."""
+    if name in _TORCH_ADAPTER:
+        from . import torch_adapter
+
+        return getattr(torch_adapter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

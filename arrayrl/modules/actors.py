@@ -10,13 +10,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from arrayrl.backends import Backend
+from arrayrl.backends import Backend, backend_of
 
 from ._params import Params
 from .dict_module import DictModule, Module, NestedKey, as_key_list, read_key
 from .layers import Layer
 
-__all__ = ["Actor", "ProbabilisticActor", "ValueOperator", "as_layer"]
+__all__ = [
+    "Actor",
+    "ProbabilisticActor",
+    "QValueActor",
+    "QValueModule",
+    "ValueOperator",
+    "as_layer",
+]
 
 _INTERACTION_TYPES = ("random", "deterministic", "mode", "mean")
 
@@ -196,3 +203,277 @@ class ValueOperator(DictModule):
         if out_keys is None:
             out_keys = ["state_action_value"] if "action" in in_keys else ["state_value"]
         super().__init__(as_layer(module), in_keys=in_keys, out_keys=out_keys)
+
+
+#: Accepted spellings of the action spaces, as TorchRL's ``ACTION_SPACE_MAP``.
+_ACTION_SPACES = {
+    "one_hot": "one_hot",
+    "one-hot": "one_hot",
+    "mult_one_hot": "mult_one_hot",
+    "mult-one-hot": "mult_one_hot",
+    "multi_one_hot": "mult_one_hot",
+    "multi-one-hot": "mult_one_hot",
+    "categorical": "categorical",
+    "binary": "binary",
+    "multi_categorical": "multi_categorical",
+    "multi-categorical": "multi_categorical",
+    "multi_discrete": "multi_categorical",
+    "multi-discrete": "multi_categorical",
+}
+#: TorchRL spec classes, by name (no TorchRL import), and the action space they mean.
+_SPEC_CLASSES = {
+    "OneHot": "one_hot",
+    "MultiOneHot": "mult_one_hot",
+    "Categorical": "categorical",
+    "Binary": "binary",
+    "MultiCategorical": "multi_categorical",
+}
+_SUPPORTED_SPACES = ("one_hot", "mult_one_hot", "categorical")
+
+
+def _action_space(action_space: str | None, spec: Any) -> str:
+    """The canonical action space from ``action_space`` or a TorchRL ``spec``."""
+    from_spec = None
+    if spec is not None:
+        from_spec = _SPEC_CLASSES.get(type(spec).__name__)
+        if from_spec is None:
+            raise ValueError(
+                f"cannot infer the action space from spec {type(spec).__name__}; expected one "
+                f"of {sorted(_SPEC_CLASSES)} (or pass action_space=)"
+            )
+    if action_space is None:
+        if from_spec is None:
+            raise ValueError(
+                "Neither action_space nor spec was given; pass action_space='one-hot' or "
+                "'categorical' (as TorchRL, the action space is not guessed)"
+            )
+        return from_spec
+    space = _ACTION_SPACES.get(action_space) if isinstance(action_space, str) else None
+    if space is None:
+        raise ValueError(
+            f"unknown action_space {action_space!r}; expected one of {sorted(_ACTION_SPACES)}"
+        )
+    if from_spec is not None and from_spec != space:
+        raise ValueError(f"action_space={action_space!r} does not match spec {type(spec).__name__}")
+    return space
+
+
+def _masked(values: Any, mask: Any, xp: Any) -> Any:
+    """``values`` with masked-out actions set to the dtype's lowest finite value."""
+    lowest = xp.full_like(values, xp.finfo(values.dtype).min)
+    return xp.where(mask, values, lowest)
+
+
+def _greedy_hot(values: Any, xp: Any) -> Any:
+    """Boolean one-hot of the first maximum along the last axis."""
+    best = xp.argmax(values, axis=-1, keepdims=True)
+    return best == xp.arange(values.shape[-1], device=best.device)
+
+
+def _split_last(values: Any, sizes: Sequence[int], xp: Any) -> list[Any]:
+    """``values`` cut along its last axis into pieces of ``sizes``."""
+    if sum(sizes) != values.shape[-1]:
+        raise ValueError(f"var_nums {list(sizes)} do not add up to {values.shape[-1]} actions")
+    starts = [sum(sizes[:k]) for k in range(len(sizes))]
+    return [values[..., s : s + n] for s, n in zip(starts, sizes)]
+
+
+class QValueModule(Module):
+    """Greedy actions from action values (TorchRL's ``QValueModule``); no parameters.
+
+    Reads ``action_value_key`` (default ``"action_value"``) and, if given,
+    ``action_mask_key``; writes ``out_keys`` = ``[action, action_value,
+    chosen_action_value]``:
+
+    - the action: ``"one-hot"`` an int64 one-hot of the argmax, ``"categorical"`` its
+      int64 index, ``"mult-one-hot"`` one one-hot per group of ``var_nums`` actions;
+    - the action values, with masked-out actions (mask ``False``) replaced by the
+      dtype's lowest finite value;
+    - the chosen action's value, shape ``(..., 1)`` (for ``"mult-one-hot"`` the sum of
+      the groups' chosen values).
+
+    Ties go to the first maximum: TorchRL's one-hot marks every tied maximum instead
+    (``value == value.max(-1)``), which is not a one-hot and doubles the chosen value.
+    ``"binary"`` and ``"multi-categorical"`` raise, as in TorchRL.
+    """
+
+    def __init__(
+        self,
+        action_space: str | None = None,
+        action_value_key: NestedKey | None = None,
+        action_mask_key: NestedKey | None = None,
+        out_keys: Sequence[NestedKey] | None = None,
+        var_nums: int | Sequence[int] | None = None,
+        spec: Any = None,
+    ) -> None:
+        self.action_space = _action_space(action_space, spec)
+        if self.action_space not in _SUPPORTED_SPACES:
+            raise NotImplementedError(
+                f"action_space {self.action_space!r} is not supported (TorchRL 0.14.1 has "
+                f"no greedy rule for it either); use one of {_SUPPORTED_SPACES}"
+            )
+        if self.action_space == "mult_one_hot" and var_nums is None:
+            raise ValueError("var_nums must be given for a multi one-hot action space")
+        self.var_nums = var_nums
+        self.action_value_key = "action_value" if action_value_key is None else action_value_key
+        self.action_mask_key = action_mask_key
+        self.in_keys = as_key_list(self.action_value_key, "action_value_key")
+        if action_mask_key is not None:
+            self.in_keys += as_key_list(action_mask_key, "action_mask_key")
+        if out_keys is None:
+            out_keys = ["action", self.action_value_key, "chosen_action_value"]
+        self.out_keys = as_key_list(out_keys, "out_keys")
+        if len(self.out_keys) != 3 or self.out_keys[1] != self.action_value_key:
+            raise ValueError(
+                "out_keys must be [action, action_value, chosen_action_value] with the "
+                f"action-value key {self.action_value_key!r} second, got {self.out_keys}"
+            )
+
+    @property
+    def params(self) -> Params:
+        return {}
+
+    @params.setter
+    def params(self, tree: Params) -> None:
+        if tree:
+            raise ValueError(f"QValueModule has no parameters, got {sorted(tree)}")
+
+    def forward(self, batch: Any, params: Params) -> Any:
+        owner = type(self).__name__
+        values = read_key(batch, self.action_value_key, owner)
+        xp = backend_of(values).xp
+        if self.action_mask_key is not None:
+            values = _masked(values, read_key(batch, self.action_mask_key, owner), xp)
+        action, chosen = self.greedy(values, xp=xp)
+        for key, value in zip(self.out_keys, (action, values, chosen)):
+            batch.set(key, value)
+        return batch
+
+    def greedy(self, values: Any, *, xp: Any) -> tuple[Any, Any]:
+        """The greedy action and its value (shape ``(..., 1)``) for ``values``."""
+        if self.action_space == "mult_one_hot":
+            groups = _split_last(values, self._group_sizes(values), xp)
+            hot = xp.concat([_greedy_hot(g, xp) for g in groups], axis=-1)
+        else:
+            hot = _greedy_hot(values, xp)
+        chosen = xp.sum(xp.where(hot, values, xp.zeros_like(values)), axis=-1, keepdims=True)
+        if self.action_space == "categorical":
+            return xp.astype(xp.argmax(values, axis=-1), xp.int64), chosen
+        return xp.astype(hot, xp.int64), chosen
+
+    def _group_sizes(self, values: Any) -> list[int]:
+        if isinstance(self.var_nums, int):  # torch.split's rule: equal groups of var_nums
+            full, rest = divmod(values.shape[-1], self.var_nums)
+            return [self.var_nums] * full + ([rest] if rest else [])
+        return list(self.var_nums)
+
+
+class QValueActor(Module):
+    """A Q-value policy: ``module`` writes action values, :class:`QValueModule` picks the
+    greedy action (TorchRL 0.14.1's ``QValueActor``).
+
+    Parameters
+    ----------
+    module : Layer, torch.nn.Module or Module
+        A layer (arrayrl or torch) is wrapped to read ``in_keys`` and write
+        ``action_value_key``; a dict-level module (arrayrl, or a tensordict module) is
+        used as is and must write ``action_value_key``.
+    in_keys : list of keys, default ["observation"]
+        The layer's inputs (ignored for a dict-level module, which has its own).
+    spec : TorchRL TensorSpec, optional
+        Only used to infer ``action_space`` (``OneHot``, ``Categorical``,
+        ``MultiOneHot``); shapes are not checked against it.
+    action_space : {"one-hot", "categorical", "mult-one-hot"}, optional
+        One of ``action_space`` and ``spec`` is required, as in TorchRL.
+    action_value_key, action_key, chosen_action_value_key : key, optional
+        Defaults ``"action_value"``, ``"action"``, ``"chosen_action_value"``.
+    action_mask_key : key, optional
+        A boolean mask of allowed actions (``True`` = allowed), read from the batch.
+    var_nums : int or sequence of int, optional
+        Group sizes for ``"mult-one-hot"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from arrayrl.data import ArrayDict
+    >>> from arrayrl.modules import MLP
+    >>> actor = QValueActor(MLP(4, 3, [16]), action_space="categorical")
+    >>> batch = actor(ArrayDict({"observation": np.ones((5, 4), np.float32)}, [5]))
+    >>> batch["action"].shape, batch["chosen_action_value"].shape
+    ((5,), (5, 1))
+    """
+
+    def __init__(
+        self,
+        module: Any,
+        *,
+        in_keys: Sequence[NestedKey] | None = None,
+        spec: Any = None,
+        action_space: str | None = None,
+        action_value_key: NestedKey | None = None,
+        action_key: NestedKey | None = None,
+        chosen_action_value_key: NestedKey | None = None,
+        action_mask_key: NestedKey | None = None,
+        var_nums: int | Sequence[int] | None = None,
+    ) -> None:
+        action_value_key = "action_value" if action_value_key is None else action_value_key
+        self.module = _action_value_module(module, in_keys, action_value_key)
+        chosen_key = chosen_action_value_key or "chosen_action_value"
+        self.qvalue = QValueModule(
+            action_space,
+            action_value_key=action_value_key,
+            action_mask_key=action_mask_key,
+            out_keys=[action_key or "action", action_value_key, chosen_key],
+            var_nums=var_nums,
+            spec=spec,
+        )
+        self.action_space = self.qvalue.action_space
+        self.action_value_key = action_value_key
+        self.action_key, _, self.chosen_action_value_key = self.qvalue.out_keys
+        self.action_mask_key = action_mask_key
+        self.in_keys = list(self.module.in_keys)
+        if action_mask_key is not None and action_mask_key not in self.in_keys:
+            self.in_keys.append(action_mask_key)
+        extra = [k for k in self.module.out_keys if k not in self.qvalue.out_keys]
+        self.out_keys = [*self.qvalue.out_keys, *extra]
+
+    @property
+    def params(self) -> Params:
+        return {"module": self.module.params}
+
+    @params.setter
+    def params(self, tree: Params) -> None:
+        self.module.params = tree["module"]
+
+    def forward(self, batch: Any, params: Params) -> Any:
+        self.module(batch, params["module"])
+        return self.qvalue(batch)
+
+    def to(self, backend: str | Backend, device: Any = None) -> QValueActor:
+        self.module.to(backend, device)
+        return self
+
+
+def _action_value_module(
+    module: Any, in_keys: Sequence[NestedKey] | None, action_value_key: NestedKey
+) -> Module:
+    """``module`` as a dict-level module that writes ``action_value_key``."""
+    if _is_tensordict_module(module):
+        from .torch_adapter import TorchDictModule
+
+        module = TorchDictModule(module)
+    if isinstance(module, Module):
+        if action_value_key not in module.out_keys:
+            raise KeyError(
+                f"The key {action_value_key!r} is not among the module's out_keys {module.out_keys}"
+            )
+        return module
+    keys = ["observation"] if in_keys is None else in_keys
+    return DictModule(as_layer(module), in_keys=keys, out_keys=[action_value_key])
+
+
+def _is_tensordict_module(obj: Any) -> bool:
+    return any(
+        cls.__name__ == "TensorDictModuleBase" and cls.__module__.startswith("tensordict")
+        for cls in type(obj).__mro__
+    )

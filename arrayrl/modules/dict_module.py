@@ -133,6 +133,5 @@ class DictModule(Module):
         return batch
 
     def to(self, backend: str | Backend, device: Any = None) -> DictModule:
-        if self.module.params:
-            self.module.params = convert_params(self.module.params, backend, device)
+        self.module.to(backend, device)
         return self

@@ -31,6 +31,7 @@ __all__ = [
     "Sequential",
     "Tanh",
     "biased_softplus",
+    "stacked_linear",
 ]
 
 
@@ -89,6 +90,12 @@ class Linear(Layer):
     """``y = x Wᵀ + b`` with ``W`` of shape ``(out_features, in_features)`` (torch layout).
 
     Initialised as ``torch.nn.Linear``: ``W`` and ``b`` uniform on ``±1/√in_features``.
+
+    Stacked parameters (an ensemble, see :mod:`arrayrl.modules.ensemble`): a weight of
+    shape ``(E, out, in)`` and a bias of shape ``(E, out)`` compute ``E`` members at once
+    by one batched matmul. The input then carries the member axis first, ``(E, ..., in)``,
+    or ``(1, ..., in)`` for one input shared by every member; the output is
+    ``(E, ..., out)``.
     """
 
     def __init__(
@@ -117,7 +124,43 @@ class Linear(Layer):
 
     def apply(self, params: Params, x: Any) -> Any:
         weight = params["weight"]
-        return backend_of(x, weight=weight).linear(x, weight, params.get("bias"))
+        backend = backend_of(x, weight=weight)
+        if weight.ndim == 3:
+            return stacked_linear(x, weight, params.get("bias"), xp=backend.xp)
+        return backend.linear(x, weight, params.get("bias"))
+
+
+def stacked_linear(x: Any, weight: Any, bias: Any, *, xp: Any) -> Any:
+    """``E`` linear maps at once: ``y[e] = x[e] W[e]ᵀ + b[e]``.
+
+    Parameters
+    ----------
+    x : array, shape ``(E, ..., in)`` or ``(1, ..., in)``
+        Member ``e``'s input is ``x[e]``; a leading axis of size 1 is shared by all.
+    weight : array, shape ``(E, out, in)``
+    bias : array, shape ``(E, out)``, or None
+    xp : namespace
+        The Array API namespace of the arrays.
+
+    Returns
+    -------
+    array, shape ``(E, ..., out)``
+        Computed as one batched matmul ``(E|1, N, in) @ (E, in, out)`` with the extra
+        batch dimensions ``...`` flattened to ``N``.
+    """
+    members, fan_out, fan_in = weight.shape
+    if x.ndim < 2 or x.shape[0] not in (1, members) or x.shape[-1] != fan_in:
+        raise ValueError(
+            f"a stacked Linear weight of shape {tuple(weight.shape)} needs an input of "
+            f"shape ({members} or 1, ..., {fan_in}) with the member axis first, got "
+            f"{tuple(x.shape)}; give a shared input a leading axis of size 1 (x[None])"
+        )
+    batch = tuple(x.shape[1:-1])
+    flat = xp.reshape(x, (x.shape[0], math.prod(batch), fan_in))
+    y = flat @ xp.matrix_transpose(weight)
+    if bias is not None:
+        y = y + xp.reshape(bias, (members, 1, fan_out))
+    return xp.reshape(y, (members, *batch, fan_out))
 
 
 class Identity(Layer):
