@@ -22,13 +22,13 @@ def _converter(name: str) -> tuple[Callable[[np.ndarray], Any], Callable[[Any], 
     if name == "torch":
         import torch
 
-        return (lambda x: torch.from_numpy(np.ascontiguousarray(x))), (
+        return (lambda x: torch.from_numpy(np.ascontiguousarray(x).reshape(np.shape(x)))), (
             lambda t: t.detach().cpu().numpy()
         )
     if name == "torch-cuda":
         import torch
 
-        return (lambda x: torch.from_numpy(np.ascontiguousarray(x)).cuda()), (
+        return (lambda x: torch.from_numpy(np.ascontiguousarray(x).reshape(np.shape(x))).cuda()), (
             lambda t: t.detach().cpu().numpy()
         )
     if name == "cupy":
