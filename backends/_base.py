@@ -56,6 +56,8 @@ class Backend:
         return f"Backend({self.name!r}, device={self.device!r})"
 
     def __eq__(self, other: object) -> bool:
+        if self is other:  # backends are cached: the common case
+            return True
         return (
             isinstance(other, Backend)
             and self.name == other.name
@@ -94,6 +96,25 @@ class Backend:
         """``x @ weight.T + bias`` (``weight`` is ``(out, in)``, as in ``torch.nn.Linear``)."""
         y = x @ self.xp.matrix_transpose(weight)
         return y if bias is None else y + bias
+
+    def softplus(self, x: Any) -> Any:
+        """``log(1 + exp(x))`` element-wise."""
+        return self.xp.logaddexp(x, self.xp.zeros_like(x))
+
+    def smooth_l1(self, v1: Any, v2: Any) -> Any:
+        """Huber distance with δ = 1, element-wise: ``0.5 d²`` where ``|d| < 1``, else
+        ``|d| − 0.5``, with ``d = v1 − v2``."""
+        diff = v1 - v2
+        size = self.xp.abs(diff)
+        return self.xp.where(size < 1.0, 0.5 * diff * diff, size - 0.5)
+
+    def logsumexp(self, x: Any, axis: int) -> Any:
+        """``log Σ exp(x)`` over ``axis``, shifted by the max (by 0 where it is ±inf)."""
+        xp = self.xp
+        top = xp.max(x, axis=axis, keepdims=True)
+        top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
+        total = xp.log(xp.sum(xp.exp(x - top), axis=axis, keepdims=True))
+        return xp.squeeze(top + total, axis=axis)
 
     def write_into(self, dst: Any, src: Any) -> Any:
         """Overwrite ``dst`` with ``src`` (a NumPy array or one of this backend, same

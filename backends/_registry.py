@@ -10,6 +10,11 @@ import numpy as np
 from ._base import Backend
 
 _CACHE: dict[tuple[str, str], Backend] = {}
+#: Array type → device → Backend, for the libraries whose backend depends only on these
+#: two (NumPy >= 2, torch, CuPy): the fast path of :func:`backend_of`, filled as arrays
+#: are seen.
+_BY_TYPE: dict[type, dict[Any, Backend]] = {}
+_TYPED_LIBRARIES = ("torch", "cupy")
 
 
 def _library_of(x: Any) -> str | None:
@@ -65,7 +70,28 @@ def _backend_for(library: str, x: Any) -> Backend:
     backend = _CACHE.get(key)
     if backend is None:
         backend = _CACHE[key] = _make_backend(library, x)
+    if library in _TYPED_LIBRARIES:
+        _BY_TYPE.setdefault(type(x), {})[x.device] = backend
+    elif library == "numpy" and hasattr(np.ndarray, "device"):  # NumPy >= 2: always "cpu"
+        _BY_TYPE[np.ndarray] = {"cpu": backend}
     return backend
+
+
+def _seen_backend(*groups: Any) -> Backend | None:
+    """The backend shared by the arrays in ``groups`` when each one's (type, device) was
+    seen before (:data:`_BY_TYPE`) and they agree; ``None`` sends the caller to the full
+    check (which also handles NumPy, scalars, ``None`` and every error)."""
+    found = None
+    for group in groups:
+        for x in group:
+            by_device = _BY_TYPE.get(type(x))
+            if by_device is None:
+                return None
+            backend = by_device.get(x.device)
+            if backend is None or (found is not None and backend is not found):
+                return None
+            found = backend
+    return found
 
 
 def backend_of(*arrays: Any, **named_arrays: Any) -> Backend:
@@ -81,6 +107,9 @@ def backend_of(*arrays: Any, **named_arrays: Any) -> Backend:
         If the arrays belong to different libraries or live on different devices, or an
         argument is not an array.
     """
+    seen = _seen_backend(arrays, named_arrays.values())
+    if seen is not None:
+        return seen
     if _all_numpy(arrays) and _all_numpy(named_arrays.values()):
         return _numpy_backend()
     items = [(f"argument {i}", x) for i, x in enumerate(arrays)]

@@ -99,6 +99,15 @@ class TorchBackend(Backend):
     def linear(self, x: Any, weight: Any, bias: Any = None) -> Any:
         return torch.nn.functional.linear(x, weight, bias)
 
+    def softplus(self, x: Any) -> Any:
+        return torch.nn.functional.softplus(x)
+
+    def smooth_l1(self, v1: Any, v2: Any) -> Any:
+        return torch.nn.functional.smooth_l1_loss(v1, v2, reduction="none")
+
+    def logsumexp(self, x: Any, axis: int) -> Any:
+        return torch.logsumexp(x, dim=axis)
+
     def write_into(self, dst: Any, src: Any) -> Any:
         if tuple(dst.shape) != src.shape:
             raise ValueError(f"shape mismatch: {src.shape} into {tuple(dst.shape)}")

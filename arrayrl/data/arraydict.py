@@ -50,6 +50,16 @@ def _show_key(key: tuple[str, ...]) -> str:
     return repr(key[0]) if len(key) == 1 else repr(key)
 
 
+def _arrays_backend(entries: Sequence[tuple[tuple[str, ...], Any]]) -> Backend:
+    """The one backend of the arrays in ``entries`` (``(key, array)`` pairs); the
+    ``TypeError`` for a non-array or a mix names the keys (built only then)."""
+    try:
+        return backend_of(*(value for _, value in entries))
+    except TypeError:
+        pass
+    return backend_of(**{f"key {_show_key(key)}": value for key, value in entries})  # raises
+
+
 def _as_batch_size(batch_size: Any) -> tuple[int, ...]:
     if isinstance(batch_size, (int, np.integer)):
         batch_size = (batch_size,)
@@ -158,7 +168,7 @@ class ArrayDict:
         source: Mapping[Any, Any], prefix: tuple[str, ...] = ()
     ) -> tuple[str, Backend] | None:
         """The (key, backend) of the first array in ``source``; ``TypeError`` on a mix."""
-        named: dict[str, Any] = {}
+        leaves: list[tuple[tuple[str, ...], Any]] = []
         nested: list[tuple[str, Backend]] = []
 
         def walk(mapping: Mapping[Any, Any], prefix: tuple[str, ...]) -> None:
@@ -171,13 +181,12 @@ class ArrayDict:
                 elif isinstance(value, Mapping):
                     walk(value, full)
                 elif not isinstance(value, _CONVERTIBLE):
-                    named[f"key {_show_key(full)}"] = value
+                    leaves.append((full, value))
 
         walk(source, prefix)
         first: tuple[str, Backend] | None = None
-        if named:
-            backend = backend_of(**named)
-            first = (next(iter(named)), backend)
+        if leaves:
+            first = (f"key {_show_key(leaves[0][0])}", _arrays_backend(leaves))
         for name, backend in nested:
             if first is None:
                 first = (name, backend)
@@ -284,15 +293,17 @@ class ArrayDict:
             The leaf, or the nested ``ArrayDict``.
         """
         full = _as_key(key)
-        try:
-            parent = self._parent_of(full)
-            if full[-1] not in parent._data:
-                raise parent._missing(full, len(full) - 1)
-        except KeyError:
-            if default is _MISSING:
-                raise
+        node: Any = self
+        for part in full:  # the plain walk; the error message is built only on a miss
+            node = node._data.get(part, _MISSING) if isinstance(node, ArrayDict) else _MISSING
+            if node is _MISSING:
+                break
+        if node is not _MISSING:
+            return node
+        if default is not _MISSING:
             return default
-        return parent._data[full[-1]]
+        parent = self._parent_of(full)
+        raise parent._missing(full, len(full) - 1)
 
     def set(self, key: Key, value: Any) -> ArrayDict:
         """Set ``key`` to ``value``, creating nested dicts on the way; returns ``self``.
@@ -324,21 +335,22 @@ class ArrayDict:
 
     def _checked(self, full: tuple[str, ...], value: Any) -> Any:
         """``value`` converted and validated for entry ``full`` of this dict."""
-        name = f"key {_show_key(full)}"
         if isinstance(value, ArrayDict):
-            return self._checked_nested(name, value)
+            return self._checked_nested(f"key {_show_key(full)}", value)
         if isinstance(value, Mapping):
             self._adopt_backend(ArrayDict._backend_of_source(value, full))
             return ArrayDict(value, self._batch_size, backend=self._effective_backend())
         if isinstance(value, _CONVERTIBLE):
             value = self.backend.asarray(value)
         else:
-            self._adopt_backend((name, backend_of(**{name: value})))
+            backend = _arrays_backend([(full, value)])
+            if backend is not self._backend:  # else it is this dict's backend: nothing to do
+                self._adopt_backend((f"key {_show_key(full)}", backend))
         shape = tuple(value.shape)
         if shape[: self.ndim] != self._batch_size:
             raise ValueError(
-                f"{name} has shape {shape}, which does not start with the batch size "
-                f"{self._batch_size}"
+                f"key {_show_key(full)} has shape {shape}, which does not start with the "
+                f"batch size {self._batch_size}"
             )
         return value
 

@@ -324,9 +324,8 @@ def biased_softplus(x: Any, bias: float = 1.0, min_val: float = 0.01) -> Any:
 
     TensorDict's ``biased_softplus_1.0`` mapping (``b = log(expm1(bias - min_val))``).
     """
-    xp = backend_of(x).xp
     shift = math.log(math.expm1(bias - min_val))
-    return xp.logaddexp(x + shift, xp.zeros_like(x)) + min_val
+    return backend_of(x).softplus(x + shift) + min_val
 
 
 class NormalParamExtractor(Layer):
@@ -346,15 +345,15 @@ class NormalParamExtractor(Layer):
         self.scale_mapping, self.scale_lb = scale_mapping, scale_lb
 
     def apply(self, params: Params, x: Any) -> Any:
-        xp = backend_of(x).xp
+        backend = backend_of(x)
         half = x.shape[-1] // 2
         if x.shape[-1] != 2 * half:
             raise ValueError(f"NormalParamExtractor needs an even last dim, got {x.shape[-1]}")
         loc, raw = x[..., :half], x[..., half:]
         if self.scale_mapping == "exp":
-            scale = xp.exp(raw)
+            scale = backend.xp.exp(raw)
         elif self.scale_mapping == "softplus":
-            scale = xp.logaddexp(raw, xp.zeros_like(raw))
+            scale = backend.softplus(raw)
         else:
             scale = biased_softplus(raw)
-        return loc, xp.maximum(scale, self.scale_lb)
+        return loc, backend.xp.clip(scale, min=self.scale_lb)

@@ -271,9 +271,13 @@ class LossModule:
     def check_batch_backend(self, batch: Any, key: Any) -> None:
         """``TypeError`` if ``batch[key]`` and the parameters live on different backends."""
         value = self.read(batch, key)
-        for leaf in self.parameters():
-            backend_of(**{f"batch[{key!r}]": value, "parameters": leaf})
+        leaf = _first_leaf(self._params)
+        if leaf is None:
             return
+        try:
+            backend_of(value, leaf)
+        except TypeError:
+            backend_of(**{f"batch[{key!r}]": value, "parameters": leaf})  # raises, naming both
 
     # -- state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -283,9 +287,10 @@ class LossModule:
             state.update(flatten_params(tree, f"{name}_params"))
             if self._owns_target[name]:
                 state.update(flatten_params(self._target_params[name], f"target_{name}_params"))
+        backend = self.backend
         for coeff, (value, _) in self._coeffs.items():
             if value is not None:
-                state[coeff] = np.asarray(value)
+                state[coeff] = backend.from_numpy(np.asarray(value))
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> LossModule:
@@ -370,6 +375,7 @@ class LossModule:
             ValueEstimators.TD1: estimators.TD1Estimator,
             ValueEstimators.TDLambda: estimators.TDLambdaEstimator,
             ValueEstimators.GAE: estimators.GAE,
+            ValueEstimators.MAGAE: estimators.MultiAgentGAE,
             ValueEstimators.VTrace: estimators.VTrace,
         }
         kwargs = {**default_value_kwargs(value_type), **hyperparams}
@@ -409,6 +415,16 @@ def _as_coeff(name: str, value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number, got {value!r}") from None
+
+
+def _first_leaf(tree: Mapping[str, Any]) -> Any:
+    """The first array of a nested tree in flattening order (``None`` if it has none),
+    without flattening the whole tree."""
+    for value in tree.values():
+        found = _first_leaf(value) if isinstance(value, Mapping) else value
+        if found is not None:
+            return found
+    return None
 
 
 def _tree_backend(tree: Params) -> Backend | None:

@@ -24,8 +24,9 @@ from arrayrl.backends import backend_of
 from arrayrl.data import ArrayDict
 from arrayrl.modules import Params
 
+from ._shared import CriticLossMixin, EntropyBonusMixin, reduce_terms
 from .common import LossModule
-from .utils import ValueEstimators, distance_loss
+from .utils import ValueEstimators
 
 __all__ = ["ClipPPOLoss", "KLPENPPOLoss", "PPOLoss"]
 
@@ -41,7 +42,7 @@ def _positive(value: float) -> str | None:
     return "must be > 0" if value <= 0 else None
 
 
-class PPOLoss(LossModule):
+class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
     """The unclipped PPO objective (see the module docstring); base of the PPO family.
 
     Parameters
@@ -67,7 +68,8 @@ class PPOLoss(LossModule):
     normalize_advantage_exclude_dims : tuple of int, default ()
         Dimensions kept independent by the standardisation (e.g. an agent dim).
     separate_losses : bool, default False
-        Cut the gradient of the critic loss to the batch (shared trunks).
+        Train the parameters the critic shares with the actor (a shared trunk) on the
+        policy loss only, and cut the critic loss's gradient to the batch.
     reduction : {"mean", "sum", "none"}, default "mean"
     clip_value : float, optional
         Clip the new value to ``[V_old − c, V_old + c]`` and keep the larger loss.
@@ -206,12 +208,6 @@ class PPOLoss(LossModule):
             keys.append("value_clip_fraction")
         return keys
 
-    def _value_estimator_networks(self, value_type: ValueEstimators) -> dict[str, Any]:
-        networks = {"value_network": self.critic_network}
-        if value_type is ValueEstimators.VTrace:
-            networks["actor_network"] = self.actor_network
-        return networks
-
     # -- pieces of the objective -------------------------------------------------------
     def _advantage(self, batch: ArrayDict, params: Mapping[str, Params] | None) -> Any:
         """The batch's advantage, computed by the value estimator when it is missing."""
@@ -222,11 +218,7 @@ class PPOLoss(LossModule):
                     f"the batch has no {self.tensor_keys.advantage!r} and the loss has no "
                     "critic to compute it"
                 )
-            self.value_estimator(
-                batch,
-                params=self.detached_params("critic_network", params),
-                target_params=self._target_params["critic_network"],
-            )
+            self._estimate_advantage(batch, params)
             advantage = self.read(batch, self.tensor_keys.advantage)
         if self.normalize_advantage and math.prod(advantage.shape) > 1:
             advantage = self._standardize(advantage, batch)
@@ -280,31 +272,6 @@ class PPOLoss(LossModule):
             log_is = xp.minimum(xp.zeros_like(log_weight) if log_is is None else log_is, cap)
         return log_weight, dist, kl_approx, log_is
 
-    def _generator(self, backend: Any) -> Any:
-        from arrayrl.random import make_generator
-
-        if backend not in self._generators:
-            self._generators[backend] = make_generator(self.seed, backend)
-        return self._generators[backend]
-
-    def _entropy(self, dist: Any, like: Any) -> Any:
-        """``H(π_θ)`` per sample with a trailing unit dim: closed form where one exists,
-        else ``−mean log π(x)`` over ``samples_mc_entropy`` reparameterised draws."""
-        from arrayrl.modules.distributions import entropy_estimate
-
-        rng = self._generator(backend_of(like))
-        return entropy_estimate(dist, self.samples_mc_entropy, rng=rng)[..., None]
-
-    def _entropy_terms(self, dist: Any, like: Any) -> dict[str, Any]:
-        if not self.entropy_bonus:
-            return {}
-        backend = backend_of(like)
-        entropy = self._entropy(dist, like)
-        return {
-            "entropy": backend.stop_gradient(backend.xp.mean(entropy)),
-            "loss_entropy": -self.entropy_coeff * entropy,
-        }
-
     def loss_critic(
         self, batch: ArrayDict, params: Mapping[str, Params] | None = None
     ) -> tuple[Any, Any, Any]:
@@ -312,28 +279,11 @@ class PPOLoss(LossModule):
         backend = backend_of(batch.get(self.tensor_keys.action))
         if self.separate_losses:
             batch = batch.apply(backend.stop_gradient)
-        target = self.read(batch, self.tensor_keys.value_target, what="value_target")
-        old_value = self.read(batch, self.tensor_keys.value) if self.clip_value else None
-        self.critic_network(batch, self.network_params("critic_network", params))
-        value = self.read(batch, self.tensor_keys.value)
-        loss = distance_loss(target, value, self.loss_critic_type)
-        clip_fraction = None
-        if self.clip_value:
-            loss, clip_fraction = self._clip_value_loss(old_value, value, target, loss)
+        loss, clip_fraction, target, value = self._critic_distance(batch, params)
         variance = self._explained_variance(target, value) if self.log_explained_variance else None
         if self._has_critic:
             loss = self.critic_coeff * loss
         return loss, clip_fraction, variance
-
-    def _clip_value_loss(self, old: Any, value: Any, target: Any, loss: Any) -> tuple[Any, Any]:
-        """The pessimistic (larger) of the plain and the clipped value losses."""
-        backend = backend_of(value)
-        xp = backend.xp
-        step = value - old
-        clipped = xp.clip(step, min=-self.clip_value, max=self.clip_value)
-        fraction = backend.stop_gradient(xp.mean(xp.astype(step != clipped, value.dtype)))
-        loss_clipped = distance_loss(target, old + clipped, self.loss_critic_type)
-        return xp.maximum(loss, loss_clipped), fraction
 
     @staticmethod
     def _explained_variance(target: Any, value: Any) -> Any:
@@ -357,11 +307,7 @@ class PPOLoss(LossModule):
 
     def _finish(self, out: dict[str, Any], batch: ArrayDict) -> ArrayDict:
         """Reduce every ``loss_*`` term (masks applied) and pack the output."""
-        for name, value in out.items():
-            if name.startswith("loss_"):
-                reduced = self.reduce_loss(value, batch)
-                out[name] = reduced[..., 0] if reduced.ndim and reduced.shape[-1] == 1 else reduced
-        return ArrayDict(out)
+        return reduce_terms(self, out, batch)
 
     def _prepare(self, batch: Any, params: Mapping[str, Params] | None) -> tuple[Any, Any]:
         batch = self.working_copy(batch)
@@ -568,11 +514,8 @@ def _ratio_diagnostics(log_behav: Any) -> dict[str, Any]:
 
 
 def _logsumexp(x: Any) -> Any:
-    """``log Σ exp(x)`` over dim 0, shifted by the max for stability."""
-    xp = backend_of(x).xp
-    top = xp.max(x, axis=0)
-    safe_top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
-    return safe_top + xp.log(xp.sum(xp.exp(x - safe_top), axis=0))
+    """``log Σ exp(x)`` over dim 0, shifted by the max for stability (one call on torch)."""
+    return backend_of(x).logsumexp(x, axis=0)
 
 
 def _check_broadcast(advantage: Any, log_weight: Any) -> None:

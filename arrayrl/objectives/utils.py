@@ -79,14 +79,11 @@ def distance_loss(v1: Any, v2: Any, loss_function: str, strict_shape: bool = Tru
         raise ValueError(
             f"distance_loss needs equal shapes, got {tuple(v1.shape)} and {tuple(v2.shape)}"
         )
-    xp = backend_of(v1, v2).xp
+    backend = backend_of(v1, v2)
+    if loss_function == "smooth_l1":
+        return backend.smooth_l1(v1, v2)
     diff = v1 - v2
-    if loss_function == "l2":
-        return diff * diff
-    size = xp.abs(diff)
-    if loss_function == "l1":
-        return size
-    return xp.where(size < 1.0, 0.5 * diff * diff, size - 0.5)
+    return diff * diff if loss_function == "l2" else backend.xp.abs(diff)
 
 
 class TargetNetUpdater:

@@ -1,0 +1,153 @@
+"""Pieces shared by the actor-critic losses (PPO, A2C, REINFORCE).
+
+Two mixins for :class:`~arrayrl.objectives.common.LossModule` subclasses and one helper:
+
+- :class:`EntropyBonusMixin`: ``H(π_θ)`` (closed form, or a Monte-Carlo estimate drawn
+  from the loss's own seeded generator) and the ``entropy`` / ``loss_entropy`` terms;
+- :class:`CriticLossMixin`: the value estimator call and the per-sample critic distance
+  ``d(V_target, V_φ(s))``, with TorchRL's optional value clipping and ``separate_losses``;
+- :func:`reduce_terms`: reduce every ``loss_*`` term with the loss's reduction and masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from arrayrl.backends import backend_of
+from arrayrl.data import ArrayDict
+from arrayrl.modules import Params, flatten_params, map_params
+
+from .utils import ValueEstimators, distance_loss
+
+__all__ = ["CriticLossMixin", "EntropyBonusMixin", "reduce_terms"]
+
+
+class EntropyBonusMixin:
+    """The entropy bonus of a policy-gradient loss.
+
+    The host class sets ``entropy_bonus``, ``entropy_coeff`` (a registered coefficient),
+    ``samples_mc_entropy``, ``seed`` and ``_generators = {}``.
+    """
+
+    #: Mode of the generators made from ``seed`` (:func:`arrayrl.random.make_generator`):
+    #: ``"native"`` draws with the backend's own generator; ``"numpy"`` draws with NumPy
+    #: and converts, so every backend sees the same noise (the conformance suite sets
+    #: it to compare Monte-Carlo entropies across backends). Set it before the first call.
+    generator_mode: str = "native"
+
+    def _generator(self, backend: Any) -> Any:
+        """The loss's generator on ``backend`` (made from ``seed`` on first use)."""
+        from arrayrl.random import make_generator
+
+        if backend not in self._generators:
+            self._generators[backend] = make_generator(self.seed, backend, mode=self.generator_mode)
+        return self._generators[backend]
+
+    def _entropy(self, dist: Any, backend: Any) -> Any:
+        """``H(π_θ)`` per sample with a trailing unit dim: closed form where one exists,
+        else ``−(1/n) Σᵢ log π(xᵢ)`` over ``n = samples_mc_entropy`` reparameterised draws
+        ``xᵢ ~ π`` from the loss's generator on ``backend``."""
+        from arrayrl.modules.distributions import entropy_estimate
+
+        rng = self._generator(backend)
+        return entropy_estimate(dist, self.samples_mc_entropy, rng=rng)[..., None]
+
+    def _entropy_terms(self, dist: Any, like: Any) -> dict[str, Any]:
+        """``{"entropy": mean H (no gradient), "loss_entropy": −c_H·H}``, or ``{}``
+        without ``entropy_bonus``. ``like`` is any batch array (for the backend)."""
+        if not self.entropy_bonus:
+            return {}
+        backend = backend_of(like)
+        entropy = self._entropy(dist, backend)
+        return {
+            "entropy": backend.stop_gradient(backend.xp.mean(entropy)),
+            "loss_entropy": -self.entropy_coeff * entropy,
+        }
+
+
+class CriticLossMixin:
+    """The critic side of an actor-critic loss.
+
+    The host class registers ``critic_network`` (and ``actor_network``) and sets
+    ``loss_critic_type``, ``separate_losses`` and ``clip_value`` (a coefficient or
+    ``None``).
+    """
+
+    def _value_estimator_networks(self, value_type: ValueEstimators) -> dict[str, Any]:
+        """The estimator's networks: the critic, and the actor for V-trace's log π."""
+        networks = {"value_network": self.critic_network}
+        if value_type is ValueEstimators.VTrace:
+            networks["actor_network"] = self.actor_network
+        return networks
+
+    def _advantage(self, batch: ArrayDict, params: Mapping[str, Params] | None) -> Any:
+        """The batch's advantage, computed by the value estimator when it is missing."""
+        if batch.get(self.tensor_keys.advantage, None) is None:
+            self._estimate_advantage(batch, params)
+        return self.read(batch, self.tensor_keys.advantage)
+
+    def _estimate_advantage(self, batch: ArrayDict, params: Mapping[str, Params] | None) -> None:
+        """Run the value estimator on ``batch`` (it writes the advantage and value
+        target) with the critic's parameters cut from the graph; the bootstrap values
+        come from the target copy when the loss owns one, else from the same tree."""
+        detached = self.detached_params("critic_network", params)
+        owns_target = self._owns_target["critic_network"]
+        target = self._target_params["critic_network"] if owns_target else detached
+        self.value_estimator(batch, params=detached, target_params=target)
+
+    def _critic_params(self, params: Mapping[str, Params] | None) -> Params:
+        """The critic's tree; with ``separate_losses`` the arrays it shares with the
+        actor are cut from the graph, so that only the policy loss trains them (TorchRL's
+        ``compare_against``)."""
+        tree = self.network_params("critic_network", params)
+        if not self.separate_losses:
+            return tree
+        actor = self.network_params("actor_network", params)
+        shared = {id(leaf) for leaf in flatten_params(actor).values()}
+
+        def cut(leaf: Any) -> Any:
+            return backend_of(leaf).stop_gradient(leaf) if id(leaf) in shared else leaf
+
+        return map_params(cut, tree)
+
+    def _critic_distance(
+        self, batch: ArrayDict, params: Mapping[str, Params] | None
+    ) -> tuple[Any, Any, Any, Any]:
+        """``(d(V_target, V_φ(s)), clip fraction or None, V_target, V_φ(s))`` per sample.
+
+        With ``clip_value = c`` the distance is ``max(d(V_target, V), d(V_target, V'))``
+        where ``V' = V_old + clip(V − V_old, −c, c)`` and ``V_old`` is the value stored
+        in the batch (Schulman et al. 2017's value clipping as in OpenAI baselines). The
+        critic writes its output into ``batch``.
+        """
+        target = self.read(batch, self.tensor_keys.value_target, what="value_target")
+        old_value = self.read(batch, self.tensor_keys.value) if self.clip_value else None
+        self.critic_network(batch, self._critic_params(params))
+        value = self.read(batch, self.tensor_keys.value)
+        loss = distance_loss(target, value, self.loss_critic_type)
+        if not self.clip_value:
+            return loss, None, target, value
+        loss, clip_fraction = self._clip_value_loss(old_value, value, target, loss)
+        return loss, clip_fraction, target, value
+
+    def _clip_value_loss(self, old: Any, value: Any, target: Any, loss: Any) -> tuple[Any, Any]:
+        """The pessimistic (larger) of the plain and the clipped value losses, and the
+        share of clipped value steps (no gradient)."""
+        backend = backend_of(value)
+        xp = backend.xp
+        step = value - old
+        clipped = xp.clip(step, min=-self.clip_value, max=self.clip_value)
+        fraction = backend.stop_gradient(xp.mean(xp.astype(step != clipped, value.dtype)))
+        loss_clipped = distance_loss(target, old + clipped, self.loss_critic_type)
+        return xp.maximum(loss, loss_clipped), fraction
+
+
+def reduce_terms(loss_module: Any, out: dict[str, Any], batch: ArrayDict) -> ArrayDict:
+    """Reduce every ``loss_*`` entry of ``out`` with ``loss_module.reduce_loss`` (masks
+    applied), drop a trailing unit dim (TorchRL's ``squeeze(-1)``), pack the rest as is."""
+    for name, value in out.items():
+        if name.startswith("loss_"):
+            reduced = loss_module.reduce_loss(value, batch)
+            out[name] = reduced[..., 0] if reduced.ndim and reduced.shape[-1] == 1 else reduced
+    return ArrayDict(out)
