@@ -116,6 +116,28 @@ class Backend:
         total = xp.log(xp.sum(xp.exp(x - top), axis=axis, keepdims=True))
         return xp.squeeze(top + total, axis=axis)
 
+    def zero_with_gradient(self, x: Any) -> Any:
+        """Zeros shaped like ``x`` whose gradient with respect to ``x`` is the identity
+        (``x - stop_gradient(x)``), and a plain zero where ``x`` is not finite."""
+        xp = self.xp
+        return xp.where(xp.isfinite(x), x - self.stop_gradient(x), 0.0)
+
+    def safe_tanh(self, x: Any, limit: float) -> Any:
+        """``y = clip(tanh x, -limit, limit)`` with the gradient ``1 - y²`` (not the clip's
+        zero) where ``x`` is finite and zero where it is not (TorchRL's
+        ``safetanh_noeps``)."""
+        xp = self.xp
+        y = self.stop_gradient(xp.clip(xp.tanh(x), min=-limit, max=limit))
+        return y + self.zero_with_gradient(x) * (1.0 - y * y)
+
+    def safe_atanh(self, y: Any, limit: float) -> Any:
+        """``atanh(clip(y, -limit, limit))`` with the clip passed straight through: the
+        gradient is ``1 / (1 - clip(y)²)`` where ``y`` is finite, zero where it is not
+        (TorchRL's ``safeatanh_noeps``)."""
+        xp = self.xp
+        clipped = self.stop_gradient(xp.clip(y, min=-limit, max=limit))
+        return xp.atanh(clipped + self.zero_with_gradient(y))
+
     def write_into(self, dst: Any, src: Any) -> Any:
         """Overwrite ``dst`` with ``src`` (a NumPy array or one of this backend, same
         shape) and return the array that now holds the values: ``dst`` itself where the

@@ -38,6 +38,15 @@ class NumpyBackend(Backend):
         np.copyto(dst, src, casting="unsafe")
         return dst
 
+    def zero_with_gradient(self, x: Any) -> Any:
+        return np.zeros_like(x)  # no autograd: nothing to carry
+
+    def safe_tanh(self, x: Any, limit: float) -> Any:
+        return np.clip(np.tanh(x), -limit, limit)
+
+    def safe_atanh(self, y: Any, limit: float) -> Any:
+        return np.arctanh(np.clip(y, -limit, limit))
+
     def from_dlpack(self, x: Any) -> Any:
         if isinstance(x, np.ndarray):
             return x

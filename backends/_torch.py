@@ -53,6 +53,38 @@ class LinearScanFunction(torch.autograd.Function):
         return u, grad_b, grad_init, None, None
 
 
+class _SafeTanh(torch.autograd.Function):
+    """``y = clamp(tanh x, -limit, limit)``; backward ``grad · (1 - y²)`` where ``x`` is
+    finite, 0 elsewhere: :meth:`Backend.safe_tanh` in one pass each way."""
+
+    @staticmethod
+    def forward(ctx: Any, x, limit: float):
+        y = torch.tanh(x).clamp_(-limit, limit)
+        ctx.save_for_backward(x, y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad):
+        x, y = ctx.saved_tensors
+        return torch.where(torch.isfinite(x), grad * (1.0 - y * y), 0.0), None
+
+
+class _SafeAtanh(torch.autograd.Function):
+    """``atanh(clamp(y, -limit, limit))``; backward ``grad / (1 - clamp(y)²)`` where ``y``
+    is finite, 0 elsewhere: :meth:`Backend.safe_atanh` in one pass each way."""
+
+    @staticmethod
+    def forward(ctx: Any, y, limit: float):
+        clipped = y.clamp(-limit, limit)
+        ctx.save_for_backward(y, clipped)
+        return torch.atanh(clipped)
+
+    @staticmethod
+    def backward(ctx: Any, grad):
+        y, clipped = ctx.saved_tensors
+        return torch.where(torch.isfinite(y), grad / (1.0 - clipped * clipped), 0.0), None
+
+
 def _autograd_kernels(inner: ScanKernels, adjoint: Callable) -> ScanKernels:
     def linear_scan(a: Any, b: Any, init: Any) -> Any:
         return LinearScanFunction.apply(a, b, init, inner.linear_scan, adjoint)
@@ -107,6 +139,12 @@ class TorchBackend(Backend):
 
     def logsumexp(self, x: Any, axis: int) -> Any:
         return torch.logsumexp(x, dim=axis)
+
+    def safe_tanh(self, x: Any, limit: float) -> Any:
+        return _SafeTanh.apply(x, limit)
+
+    def safe_atanh(self, y: Any, limit: float) -> Any:
+        return _SafeAtanh.apply(y, limit)
 
     def write_into(self, dst: Any, src: Any) -> Any:
         if tuple(dst.shape) != src.shape:

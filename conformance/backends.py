@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -68,11 +69,9 @@ def available_targets() -> list[Target]:
             Target("array_api_strict", "reference", array_api_strict.asarray, np.asarray)
         )
     if _have("jax"):
-        import jax
         import jax.numpy as jnp
 
-        jax.config.update("jax_enable_x64", True)  # else JAX turns float64 into float32
-
+        _configure_jax()
         targets.append(Target("jax", "reference", jnp.asarray, np.asarray))
     if _have("cupy") and _cupy_has_gpu():
         import cupy
@@ -84,6 +83,19 @@ def available_targets() -> list[Target]:
     return targets
 
 
+def _configure_jax() -> None:
+    """float64 support, and XLA's backend optimisation level 0 unless ``XLA_FLAGS`` sets
+    one: the cases run thousands of tiny single-operation programs, whose compile time
+    (not their run time) dominates; level 0 halves it. It takes effect only if JAX has
+    not yet started its CPU backend in this process."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_optimization_level" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # else JAX turns float64 into float32
+
+
 def _cupy_has_gpu() -> bool:
     try:
         import cupy
@@ -91,3 +103,51 @@ def _cupy_has_gpu() -> bool:
         return cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:  # no driver or no device: no CuPy target
         return False
+
+
+@dataclass(frozen=True)
+class LossTarget:
+    """One backend (with a device) to run the loss cases on (losses take no kernel).
+
+    ``core_only`` and ``dtypes`` narrow the cases it runs: JAX's eager mode compiles
+    every operation anew for every shape and dtype (~0.05 s each on a CI core), so the
+    full matrix would take minutes there; it runs the core cases (one per loss and actor
+    kind, both batch layouts) in float64 — float32 promotion rules are checked by
+    array_api_strict on every case.
+    """
+
+    name: str
+    backend: str
+    device: Any = None
+    core_only: bool = False
+    dtypes: tuple[str, ...] = ("float64", "float32")
+
+    def runs(self, case: Any, dtype: str) -> bool:
+        """Whether this target runs loss ``case`` at ``dtype``."""
+        return dtype in self.dtypes and (case.core or not self.core_only)
+
+    @property
+    def label(self) -> str:
+        """The name, with the subset it runs when it does not run every case."""
+        if not self.core_only:
+            return self.name
+        return f"{self.name} (core cases, {'/'.join(self.dtypes)})"
+
+
+def available_loss_targets() -> list[LossTarget]:
+    """Every backend this machine can run the losses on (missing libraries left out)."""
+    targets = [LossTarget("numpy", "numpy")]
+    if _have("torch"):
+        import torch
+
+        targets.append(LossTarget("torch-cpu", "torch", "cpu"))
+        if torch.cuda.is_available():
+            targets.append(LossTarget("torch-cuda", "torch", "cuda"))
+    if _have("array_api_strict"):
+        targets.append(LossTarget("array_api_strict", "array_api_strict"))
+    if _have("jax"):
+        _configure_jax()
+        targets.append(LossTarget("jax", "jax", core_only=True, dtypes=("float64",)))
+    if _have("cupy") and _cupy_has_gpu():
+        targets.append(LossTarget("cupy", "cupy"))
+    return targets

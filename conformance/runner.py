@@ -1,13 +1,15 @@
 """Run every case on every available backend and kernel; compare with the float64
-reference and with TorchRL.
+reference and with TorchRL. The loss cases (:mod:`.loss_cases`) run the same way, on
+every backend, with gradients on torch.
 
 Error measure: ``max |x - ref| / max(1, max |ref|)`` over all elements, ``inf`` when the
-NaN positions differ. Tolerances per dtype live in :data:`TOLERANCE`, the only place
-they are stated.
+NaN positions differ. Tolerances per dtype live in :data:`TOLERANCE` (estimators) and
+:data:`LOSS_TOLERANCE` (losses), the only places they are stated.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import time
 import warnings
 from collections.abc import Iterable
@@ -18,12 +20,24 @@ import numpy as np
 
 import arrayrl.objectives.value.functional as functional
 
-from .backends import Target, available_targets
+from .backends import LossTarget, Target, available_loss_targets, available_targets
 from .cases import DTYPES, Case, all_cases
+from .loss_cases import Evaluation, LossCase, all_loss_cases, evaluate
+from .loss_oracle import LossDeviation, loss_deviations_for, torchrl_loss_evaluation
 from .oracle import deviation_for, torchrl_available, torchrl_outputs
 
 #: max scaled error allowed against the float64 reference, per input dtype
 TOLERANCE = {"float64": 1e-10, "float32": 5e-5}
+#: the same for the loss cases, every output and every ``loss_*`` gradient. float32 is
+#: looser than for the scans: a loss chains an MLP, log-probabilities, exp of log-ratios,
+#: a GAE scan, batch means and standard deviations, and its gradients sum 32 per-sample
+#: products back through the network; each step rounds at ~6e-8 and some amplify it
+#: (atanh of an action near a TanhNormal bound, by 1 / (1 - a²); 1/std in advantage
+#: normalisation). Over the suite at seeds 0-5 the largest float32 error is 1.3e-5 (a
+#: torch gradient through atanh near a bound; 3e-6 on NumPy), which the scans' 5e-5
+#: would cover with a margin of 4 only; 1e-4 leaves 8 while still far below the
+#: 1e-1..1 that real mistakes produce (deliberately broken losses measured).
+LOSS_TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
 
 SEED = 0
 
@@ -126,8 +140,117 @@ def run(
     return cells
 
 
+# -- the loss cases ------------------------------------------------------------------------
+
+
+def loss_reference(case: LossCase, dtype: str) -> Evaluation:
+    """arrayrl's float64 evaluation of the case's ``dtype`` inputs: the outputs on NumPy,
+    the gradients on torch (when installed), both with NumPy-sourced noise."""
+    inputs = case.build(SEED, dtype).as_float64()
+    reference = evaluate(case, inputs, "numpy")
+    if importlib.util.find_spec("torch") is not None:
+        reference.gradients = evaluate(case, inputs, "torch").gradients
+    return reference
+
+
+def compare(
+    value: Evaluation,
+    reference: Evaluation,
+    tolerance: float,
+    deviations: Iterable[LossDeviation] = (),
+) -> tuple[float, bool, str]:
+    """``(max scaled error, passed, note)`` over every output and, when ``value`` has
+    gradients, every gradient; keys covered by a deviation use its tolerance or are
+    skipped (``tolerance=None``). A missing or extra key fails."""
+    expected = dict(reference.outputs)
+    got = dict(value.outputs)
+    if value.gradients:
+        expected.update(reference.gradients)
+        got.update(value.gradients)
+    if set(got) != set(expected):
+        return float("inf"), False, f"keys differ: {sorted(set(got) ^ set(expected))}"
+    worst, worst_key, passed = 0.0, "", True
+    for key in expected:
+        limits = [d.tolerance for d in deviations if d.covers_key(key)]
+        if None in limits:
+            continue
+        error = scaled_error(got[key], expected[key])
+        passed = passed and error <= max([tolerance, *limits])
+        if error >= worst:
+            worst, worst_key = error, key
+    return worst, passed, f"worst: {worst_key}" if worst_key else ""
+
+
+def _deviation_note(deviations: list[LossDeviation], note: str) -> str:
+    names = ", ".join(d.key for d in deviations)
+    return f"deviation: {names}; {note}" if deviations else note
+
+
+def run_loss_target(
+    case: LossCase, dtype: str, target: LossTarget, reference: Evaluation
+) -> Cell:
+    """Evaluate one loss case on one backend and compare with the reference."""
+    inputs = case.build(SEED, dtype)
+    try:
+        value = evaluate(case, inputs, target.backend, target.device)
+    except Exception as err:  # a crash is a failed cell, reported as such
+        note = f"{type(err).__name__}: {err}"
+        return Cell(case.name, dtype, target.name, float("inf"), False, note)
+    error, passed, note = compare(value, reference, LOSS_TOLERANCE[dtype])
+    wrong = [k for k, v in value.outputs.items() if k != "beta" and v.dtype != np.dtype(dtype)]
+    if wrong:
+        passed, note = False, f"wrong output dtype: {wrong}"
+    return Cell(case.name, dtype, target.name, error, passed, note)
+
+
+def run_loss_torchrl(case: LossCase, dtype: str, reference: Evaluation) -> Cell:
+    """Compare TorchRL's loss with the reference, honouring recorded deviations.
+
+    Monte-Carlo cases are compared with arrayrl on torch drawing the same torch noise
+    (:mod:`.loss_oracle`) at the same dtype, instead of the NumPy-noise reference.
+    """
+    inputs = case.build(SEED, dtype)
+    try:
+        value = torchrl_loss_evaluation(case, inputs, dtype)
+    except Exception as err:  # TorchRL rejecting a configuration is a failed cell
+        note = f"{type(err).__name__}: {err}"
+        return Cell(case.name, dtype, "torchrl", float("inf"), False, note)
+    note = ""
+    if case.monte_carlo:
+        reference = evaluate(case, inputs, "torch", generator_mode="native")
+        note = "vs arrayrl on torch with torch noise; "
+    deviations = loss_deviations_for(case, dtype)
+    error, passed, worst = compare(value, reference, LOSS_TOLERANCE[dtype], deviations)
+    return Cell(case.name, dtype, "torchrl", error, passed,
+                _deviation_note(deviations, note + worst))
+
+
+def run_losses(
+    cases: list[LossCase] | None = None,
+    targets: list[LossTarget] | None = None,
+    *,
+    dtypes: Iterable[str] = DTYPES,
+    with_torchrl: bool = True,
+) -> list[Cell]:
+    """Every loss case × dtype × backend, then × TorchRL; returns the cells."""
+    cases = all_loss_cases() if cases is None else cases
+    targets = available_loss_targets() if targets is None else targets
+    with_torchrl = with_torchrl and torchrl_available()
+    cells = []
+    for case in cases:
+        for dtype in dtypes:
+            reference = loss_reference(case, dtype)
+            cells += [
+                run_loss_target(case, dtype, t, reference) for t in targets if t.runs(case, dtype)
+            ]
+            if with_torchrl:
+                cells.append(run_loss_torchrl(case, dtype, reference))
+    return cells
+
+
 def report(cells: list[Cell]) -> dict[str, Any]:
     """The JSON-ready report: every cell, a summary per target, the deviations used."""
+    from .loss_oracle import LOSS_DEVIATIONS
     from .oracle import DEVIATIONS
 
     summary: dict[str, dict[str, Any]] = {}
@@ -139,11 +262,12 @@ def report(cells: list[Cell]) -> dict[str, Any]:
     return {
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "tolerance": TOLERANCE,
+        "loss_tolerance": LOSS_TOLERANCE,
         "summary": summary,
         "deviations": [
             {"key": d.key, "reason": d.reason, "tolerance": d.tolerance,
-             "torchrl_issue": d.torchrl_issue}
-            for d in DEVIATIONS
+             "torchrl_issue": d.torchrl_issue, "covers": list(getattr(d, "covers", ()))}
+            for d in (*DEVIATIONS, *LOSS_DEVIATIONS)
         ],
         "cells": [asdict(c) for c in cells],
     }

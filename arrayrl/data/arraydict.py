@@ -50,6 +50,12 @@ def _show_key(key: tuple[str, ...]) -> str:
     return repr(key[0]) if len(key) == 1 else repr(key)
 
 
+def _is_leaf_array(value: Any) -> bool:
+    """Whether ``value`` is stored as an array leaf as it is (not a nested mapping and not
+    a Python value to convert)."""
+    return not isinstance(value, (ArrayDict, Mapping, *_CONVERTIBLE))
+
+
 def _arrays_backend(entries: Sequence[tuple[tuple[str, ...], Any]]) -> Backend:
     """The one backend of the arrays in ``entries`` (``(key, array)`` pairs); the
     ``TypeError`` for a non-array or a mix names the keys (built only then)."""
@@ -161,7 +167,11 @@ class ArrayDict:
                 )
             self._backend = found[1]
         for key, value in source.items():
-            self.set(key, value)
+            if found is not None and type(key) is str and _is_leaf_array(value):
+                # its backend was checked with the others by _backend_of_source
+                self._data[key] = self._shape_checked((key,), value)
+            else:
+                self.set(key, value)
 
     @staticmethod
     def _backend_of_source(
@@ -346,8 +356,12 @@ class ArrayDict:
             backend = _arrays_backend([(full, value)])
             if backend is not self._backend:  # else it is this dict's backend: nothing to do
                 self._adopt_backend((f"key {_show_key(full)}", backend))
+        return self._shape_checked(full, value)
+
+    def _shape_checked(self, full: tuple[str, ...], value: Any) -> Any:
+        """``value``, after checking that its shape starts with the batch size."""
         shape = tuple(value.shape)
-        if shape[: self.ndim] != self._batch_size:
+        if shape[: len(self._batch_size)] != self._batch_size:
             raise ValueError(
                 f"key {_show_key(full)} has shape {shape}, which does not start with the "
                 f"batch size {self._batch_size}"

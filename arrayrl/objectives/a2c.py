@@ -27,8 +27,8 @@ from ._shared import CriticLossMixin, EntropyBonusMixin, reduce_terms
 from .common import LossModule
 from .ppo import (
     _CRITIC_LOSSES,
+    _advantage_like,
     _as_tuple,
-    _check_broadcast,
     _non_negative,
     _positive,
     _reject_unsupported,
@@ -242,7 +242,7 @@ class A2CLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         self.check_batch_backend(batch, self.tensor_keys.action)
         advantage = self._advantage(batch, params)
         log_prob, dist = self._log_probs(batch, params)
-        _check_broadcast(advantage, log_prob)
+        advantage = _advantage_like(advantage, log_prob)
         out = {"loss_objective": -(log_prob * advantage)}
         out.update(self._entropy_terms(dist, advantage))
         out.update(self._critic_terms(batch, params))

@@ -132,6 +132,7 @@ class LossModule:
             if problem:
                 raise ValueError(f"{name} {problem}, got {value}")
             coeffs[name] = (value, check)
+            self.__dict__[name] = value  # a plain attribute read from now on (no __getattr__)
             return
         object.__setattr__(self, name, value)
 

@@ -319,7 +319,7 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         """``loss_objective = −r·A`` plus entropy and critic terms and ``kl_approx``."""
         batch, advantage = self._prepare(batch, params)
         log_weight, dist, kl_approx, log_is = self._log_weight(batch, params)
-        _check_broadcast(advantage, log_weight)
+        advantage = _advantage_like(advantage, log_weight)
         backend = backend_of(advantage)
         xp = backend.xp
         if log_is is not None:
@@ -400,7 +400,7 @@ class ClipPPOLoss(PPOLoss):
         """``loss_objective = −min(r·A, clip(r)·A)`` plus entropy, critic and diagnostics."""
         batch, advantage = self._prepare(batch, params)
         log_weight, dist, kl_approx, log_is = self._log_weight(batch, params)
-        _check_broadcast(advantage, log_weight)
+        advantage = _advantage_like(advantage, log_weight)
         backend = backend_of(advantage)
         xp = backend.xp
         log_behav = log_weight if log_is is None else log_weight + log_is
@@ -479,7 +479,7 @@ class KLPENPPOLoss(PPOLoss):
         batch, advantage = self._prepare(batch, params)
         previous = self._previous_dist(batch)
         log_weight, dist, kl_approx, log_is = self._log_weight(batch, params)
-        _check_broadcast(advantage, log_weight)
+        advantage = _advantage_like(advantage, log_weight)
         backend = backend_of(advantage)
         xp = backend.xp
         if log_is is not None:
@@ -518,15 +518,34 @@ def _logsumexp(x: Any) -> Any:
     return backend_of(x).logsumexp(x, axis=0)
 
 
-def _check_broadcast(advantage: Any, log_weight: Any) -> None:
-    """Refuse an advantage that would broadcast against ``log r`` into an outer product."""
-    if tuple(advantage.shape) != tuple(log_weight.shape):
-        raise ValueError(
-            f"the advantage (shape {tuple(advantage.shape)}) must have the shape of the "
-            f"log-ratio {tuple(log_weight.shape)}: batch shape + (1,); a missing trailing "
-            "dim would broadcast into an outer product over samples"
-        )
+def _advantage_like(advantage: Any, log_weight: Any) -> Any:
+    """The advantage shaped like ``log r``.
 
+    Equal shapes pass. A per-sample advantage ``batch + (1,)`` against a log-ratio with
+    extra per-action dims, ``batch + dims + (1,)`` (an element-wise ``Normal``), is spread
+    over those dims, as TorchRL does. Anything else would broadcast into an outer product
+    over samples and raises ``ValueError``.
+    """
+    adv_shape, lw_shape = tuple(advantage.shape), tuple(log_weight.shape)
+    if adv_shape == lw_shape:
+        return advantage
+    batch = adv_shape[:-1]
+    spreadable = (
+        adv_shape[-1:] == (1,)
+        and lw_shape[-1:] == (1,)
+        and len(lw_shape) > len(adv_shape)
+        and lw_shape[: len(batch)] == batch
+    )
+    if not spreadable:
+        raise ValueError(
+            f"the advantage (shape {adv_shape}) must have the shape of the log-ratio "
+            f"{lw_shape}: batch shape + (1,); a missing trailing dim would broadcast into "
+            "an outer product over samples"
+        )
+    xp = backend_of(advantage).xp
+    extra = len(lw_shape) - len(adv_shape)
+    spread = xp.reshape(advantage, (*batch, *(1,) * extra, 1))
+    return xp.broadcast_to(spread, lw_shape)
 
 def _clip_pair(clip_epsilon: float | tuple[float, float]) -> tuple[float, float]:
     if isinstance(clip_epsilon, (tuple, list)):

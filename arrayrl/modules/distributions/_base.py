@@ -256,27 +256,23 @@ def straight_through(value: Any, x: Any, backend: Backend) -> Any:
 def zero_with_gradient(x: Any, backend: Backend) -> Any:
     """Zeros shaped like ``x`` whose gradient with respect to ``x`` is the identity
     (``x - stop_gradient(x)``, and a plain zero where ``x`` is not finite)."""
-    xp = backend.xp
-    return xp.where(xp.isfinite(x), x - backend.stop_gradient(x), 0.0)
+    return backend.zero_with_gradient(x)
 
 
 def safe_tanh(x: Any, backend: Backend) -> Any:
     r"""``clip(tanh x, -(1-r), 1-r)`` with ``r`` = :func:`resolution`, whose gradient is
     ``1 - y^2`` at the clipped output ``y`` (as TorchRL's ``safetanh_noeps``): saturated
-    inputs keep a small non-zero gradient instead of the clip's zero."""
-    xp = backend.xp
-    lim = 1.0 - resolution(xp, x.dtype)
-    y = backend.stop_gradient(xp.clip(xp.tanh(x), -lim, lim))
-    return y + zero_with_gradient(x, backend) * (1.0 - y * y)
+    inputs keep a small non-zero gradient instead of the clip's zero (one autograd
+    node on torch: :meth:`~arrayrl.backends.Backend.safe_tanh`)."""
+    return backend.safe_tanh(x, 1.0 - resolution(backend.xp, x.dtype))
 
 
 def safe_atanh(y: Any, backend: Backend) -> Any:
     r"""``atanh(clip(y, -(1-r), 1-r))`` with the clip passed straight through, so the
     gradient is ``1 / (1 - clip(y)^2)`` (finite) even at ``y = ±1`` (as TorchRL's
-    ``safeatanh_noeps``)."""
-    xp = backend.xp
-    lim = 1.0 - resolution(xp, y.dtype)
-    return xp.atanh(straight_through(xp.clip(y, -lim, lim), y, backend))
+    ``safeatanh_noeps``; one autograd node on torch:
+    :meth:`~arrayrl.backends.Backend.safe_atanh`)."""
+    return backend.safe_atanh(y, 1.0 - resolution(backend.xp, y.dtype))
 
 
 def log_softmax_and_softmax(logits: Any, backend: Backend) -> tuple[Any, Any]:
