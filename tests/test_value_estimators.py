@@ -827,3 +827,172 @@ def test_numpy_estimator_loads_no_deep_learning_framework():
         "GAE(gamma=0.9, lmbda=0.9, value_network=critic)(batch)"
     )
     assert _loaded_after(code) == "['numba']"
+
+
+########################################################################
+# "shifted_valid": runs of valid steps followed by invalid padding
+
+#: Per row of a (3, 7) batch: one run of 4 valid steps, every step valid, and two runs
+#: (3 and 2 steps), each followed by padding.
+RUNS = np.array(
+    [
+        [1, 1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 1, 1, 1],
+        [1, 1, 1, 0, 1, 1, 0],
+    ],
+    dtype=bool,
+)
+MASK_SHAPES = {"BT": RUNS, "BT1": RUNS[..., None]}
+FLAGS = [
+    ("GAE", "average_gae"),
+    ("VTrace", "average_adv"),
+    ("TD0Estimator", "average_rewards"),
+    ("TD1Estimator", "average_rewards"),
+    ("TDLambdaEstimator", "average_rewards"),
+]
+
+
+def _with_runs(case: Case, mask: np.ndarray, time_first: bool = False) -> Case:
+    """``case`` with ``"shifted_valid"`` set to ``mask`` (transposed to ``[T, B]`` when
+    ``time_first``); the last valid step of the first run is terminal, so that ending
+    the run (done=True, terminated=False) changes the estimate there."""
+    mask = np.swapaxes(mask, 0, 1).copy() if time_first else mask.copy()
+    case.data["shifted_valid"] = mask
+    nxt = case.data["next"]
+    index = (3, 0) if time_first else (0, 3)
+    nxt["done"][index] = nxt["terminated"][index] = True
+    nxt["truncated"][index] = False
+    return case
+
+
+def _flags_unchanged(batch: Any, xp: Any, case: Case) -> None:
+    """The caller's ``done`` / ``terminated`` are the case's, and the mask is kept."""
+    for key in ("done", "terminated"):
+        np.testing.assert_array_equal(xp.back(batch.get(("next", key))), case.data["next"][key])
+    np.testing.assert_array_equal(xp.back(batch.get("shifted_valid")), case.data["shifted_valid"])
+
+
+def _assert_zero_where_invalid(batch: Any, xp: Any, mask: np.ndarray) -> None:
+    for key in ("advantage", "value_target"):
+        out = np.asarray(xp.back(batch.get(key)))
+        valid = mask.reshape(mask.shape + (1,) * (out.ndim - mask.ndim))
+        assert not out[~np.broadcast_to(valid, out.shape)].any(), key
+
+
+@pytest.mark.parametrize("mask", sorted(MASK_SHAPES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("name", NAMES)
+def test_shifted_valid_matches_torchrl(xp, name, dtype, mask):
+    case = _with_runs(make_case((3, 7), dtype), MASK_SHAPES[mask])
+    ours, theirs = estimators(case, xp, name)
+    batch = ours(case.arraydict(xp))
+    expected = theirs(case.tensordict())
+    assert_matches(batch, xp, expected, OUTPUTS, dtype)
+    _flags_unchanged(batch, xp, case)
+    _assert_zero_where_invalid(batch, xp, RUNS)
+    # Without the mask the estimate differs (the run's end matters).
+    plain = ours(ArrayDict(_map(xp.to, {k: v for k, v in case.data.items()
+                                        if k != "shifted_valid"}), case.shape))
+    assert not np.allclose(xp.back(plain.get("value_target")), xp.back(batch.get("value_target")))
+
+
+@pytest.mark.parametrize("mask", sorted(MASK_SHAPES))
+@pytest.mark.parametrize(("name", "flag"), FLAGS)
+def test_shifted_valid_standardisation(xp, name, flag, mask):
+    # GAE standardises over the valid steps (biased std); the others as without a mask.
+    # TorchRL standardises the rewards on a copy here, so they are not written back.
+    case = _with_runs(make_case((3, 7)), MASK_SHAPES[mask])
+    ours, theirs = estimators(case, xp, name, **{flag: True})
+    batch = ours(case.arraydict(xp))
+    expected = theirs(case.tensordict())
+    assert_matches(batch, xp, expected, [*OUTPUTS, ("next", "reward")], np.float64)
+    _assert_zero_where_invalid(batch, xp, RUNS)
+
+
+def test_shifted_valid_average_gae_uses_the_valid_steps(numpy_xp):
+    case = _with_runs(make_case((3, 7)), RUNS)
+    ours, _ = estimators(case, numpy_xp, "GAE", average_gae=True)
+    advantage = ours(case.arraydict(numpy_xp)).get("advantage")[RUNS]
+    np.testing.assert_allclose(advantage.mean(), 0.0, atol=1e-12)
+    np.testing.assert_allclose(advantage.std(), 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shifted_valid_tensordict_input(name, torch_xp):
+    case = _with_runs(make_case((3, 7)), RUNS[..., None])
+    ours, theirs = estimators(case, torch_xp, name)
+    batch = case.tensordict()
+    assert ours(batch) is batch
+    assert_matches(batch, torch_xp, theirs(case.tensordict()), OUTPUTS, np.float64)
+    _flags_unchanged(batch, torch_xp, case)
+
+
+@pytest.mark.parametrize("name", ["GAE", "TD1Estimator", "TDLambdaEstimator", "VTrace"])
+def test_shifted_valid_time_first(xp, name):
+    case = _with_runs(make_case((7, 3)), RUNS, time_first=True)
+    ours, theirs = estimators(case, xp, name, time_dim=0)
+    batch = ours(case.arraydict(xp))
+    assert_matches(batch, xp, theirs(case.tensordict()), OUTPUTS, np.float64)
+    _flags_unchanged(batch, xp, case)
+
+
+@pytest.mark.parametrize("mask", sorted(MASK_SHAPES))
+@pytest.mark.parametrize("name", ["TD0Estimator", "TD1Estimator", "TDLambdaEstimator"])
+def test_shifted_valid_td_value_estimate(xp, name, mask):
+    # TD(1) and TD(λ) end the runs here too; TD(0)'s value_estimate ignores the mask.
+    case = _with_runs(make_case((3, 7)), MASK_SHAPES[mask])
+    ours, theirs = estimators(case, xp, name, average_rewards=True)
+    batch, td = case.arraydict(xp), case.tensordict()
+    got, want = ours.value_estimate(batch), theirs.value_estimate(td)
+    np.testing.assert_allclose(xp.back(got), want.numpy(), **TOL[np.float64])
+    assert_matches(batch, xp, td, [("next", "reward")], np.float64)
+    _flags_unchanged(batch, xp, case)
+
+
+def test_shifted_valid_gae_value_estimate(xp):
+    case = _with_runs(make_case((3, 7)), RUNS[..., None])
+    ours, theirs = estimators(case, xp, "GAE")
+    got = ours.value_estimate(case.arraydict(xp))
+    want = theirs.value_estimate(case.tensordict())
+    np.testing.assert_allclose(xp.back(got), want.numpy(), **TOL[np.float64])
+
+
+@pytest.mark.parametrize("mask", sorted(MASK_SHAPES))
+def test_shifted_valid_multi_agent_gae(xp, mask):
+    rng = np.random.default_rng(8)
+    shape, agents = (3, 7), 2
+    done = rng.random((*shape, 1)) < 0.25
+    done[0, 3] = True
+    data = {
+        "observation": rng.standard_normal((*shape, agents, OBS)),
+        "shifted_valid": MASK_SHAPES[mask].copy(),
+        "next": {
+            "observation": rng.standard_normal((*shape, agents, OBS)),
+            "reward": rng.standard_normal((*shape, 1)),
+            "done": done,
+            "terminated": done.copy(),
+        },
+    }
+    case = make_case(shape)
+    kwargs = {"gamma": GAMMA, "lmbda": LMBDA, "average_gae": True}
+    ours = V.MultiAgentGAE(value_network=case.critic_on(xp), **kwargs)
+    theirs = torchrl_value.MultiAgentGAE(value_network=case.torch_critic, **kwargs)
+    batch = ours(ArrayDict(_map(xp.to, data), shape))
+    expected = theirs(TensorDict(_map(torch.from_numpy, data), batch_size=list(shape)))
+    assert tuple(batch.get("advantage").shape) == (*shape, agents, 1)
+    assert_matches(batch, xp, expected, OUTPUTS, np.float64)
+    _assert_zero_where_invalid(batch, xp, RUNS)
+    np.testing.assert_array_equal(xp.back(batch.get(("next", "done"))), done)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shifted_valid_gradients_match_torchrl(name, torch_xp):
+    case = _with_runs(make_case((3, 7)), RUNS[..., None])
+    kwargs = {"average_gae": True} if name == "GAE" else {}
+    ours, theirs = estimators(case, torch_xp, name, differentiable=True, **kwargs)
+    ours_data, ours_leaves = _grad_inputs(case)
+    theirs_data, theirs_leaves = _grad_inputs(case)
+    ours_loss = _scalar_loss(ours(ArrayDict(ours_data, case.shape)))
+    theirs_loss = _scalar_loss(theirs(TensorDict(theirs_data, batch_size=list(case.shape))))
+    for g, w in zip(_dense(ours_loss, ours_leaves), _dense(theirs_loss, theirs_leaves)):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)

@@ -15,8 +15,10 @@ Constructor arguments, defaults, accepted keys and the keys written follow
   0.14.1 evaluates the log-probability of a fresh (by default deterministic) sample of
   the current policy instead, which is not the V-trace ratio of Espeholt et al. (2018).
 - ``shifted=True`` evaluates the root and ``"next"`` inputs in one network call over
-  their concatenation along time. It is exact, never drops samples and writes no
-  ``"shifted_valid"`` entry; ``shifted_budget`` is therefore validated and ignored.
+  their concatenation along time. It is exact, never drops samples and produces no
+  ``"shifted_valid"`` mask of its own; ``shifted_budget`` is therefore validated and
+  ignored. A ``"shifted_valid"`` entry already in the batch is honoured as in TorchRL
+  (see :meth:`ValueEstimatorBase.forward`).
 - ``set_keys``: an unknown name raises ``ValueError`` (TorchRL: ``KeyError``), and
   ``None`` restores the default (TorchRL: ``ValueError``).
 - Out-of-range ``gamma``, ``lmbda``, ``rho_thresh`` and ``c_thresh`` fail at
@@ -118,6 +120,24 @@ def _standardize(x: Any, eps: float, axis: tuple[int, ...] | None = None) -> Any
     return (x - loc) / scale
 
 
+def _masked_standardize(
+    x: Any, valid: Any, eps: float, axis: tuple[int, ...] | None = None
+) -> Any:
+    r"""``(x - mean) / max(std, eps)`` over the entries where ``valid`` is set.
+
+    ``valid`` (batch dims, possibly with trailing unit dims) is broadcast to ``x``. Mean
+    and standard deviation are weighted by the mask, with :math:`n = \max(\sum w, 1)`
+    and the *biased* deviation :math:`\sqrt{\sum w (x - \bar x)^2 / n}`, as TorchRL's
+    masked branch of ``GAE._normalize_advantage``. Every entry of ``x`` is rescaled.
+    """
+    xp = backend_of(x).xp
+    weight = xp.astype(_expand_to(valid, x), x.dtype)
+    count = xp.clip(xp.sum(weight, axis=axis, keepdims=True), min=1.0)
+    loc = xp.sum(x * weight, axis=axis, keepdims=True) / count
+    var = xp.sum((x - loc) ** 2 * weight, axis=axis, keepdims=True) / count
+    return (x - loc) / xp.clip(xp.sqrt(var), min=eps)
+
+
 def _scalar_or_array(name: str, value: Any, low: float, high: float, low_open: bool) -> Any:
     """A hyper-parameter as a checked Python float, or a per-step array kept as is."""
     if getattr(value, "shape", None) == ():
@@ -126,6 +146,54 @@ def _scalar_or_array(name: str, value: Any, low: float, high: float, low_open: b
         raise TypeError(f"{name} must be a float or an array, got {type(value).__name__}")
     check_scalar_range(name, value, low, high, low_open=low_open)
     return float(value) if isinstance(value, int) else value
+
+
+########################################################################
+# The "shifted_valid" mask
+
+#: The batch entry marking valid steps (TorchRL's name); read, never produced, here.
+SHIFTED_VALID = "shifted_valid"
+
+
+def _as_bool(mask: Any) -> Any:
+    """``mask`` as a boolean array (non-zero entries are ``True``)."""
+    xp = backend_of(mask).xp
+    return mask if mask.dtype == xp.bool else mask != 0
+
+
+def _expand_to(mask: Any, target: Any) -> Any:
+    """Boolean ``mask`` with trailing unit axes added, broadcast to ``target``'s shape."""
+    xp = backend_of(mask).xp
+    mask = _as_bool(mask)
+    while mask.ndim < target.ndim:
+        mask = xp.expand_dims(mask, axis=-1)
+    return xp.broadcast_to(mask, tuple(target.shape))
+
+
+def _along(time_dim: int, index: slice) -> tuple[Any, ...]:
+    """An index applying ``index`` to axis ``time_dim`` and keeping the others."""
+    return (*(slice(None),) * time_dim, index, ...)
+
+
+def _last_valid(valid: Any, time_dim: int) -> Any:
+    """The valid steps followed by an invalid one along ``time_dim``.
+
+    The last step of the axis never counts (TorchRL pads the "next" mask with ``True``):
+    the estimators already end every trajectory there.
+    """
+    xp = backend_of(valid).xp
+    valid = _as_bool(valid)
+    tail = valid[_along(time_dim, slice(-1, None))]
+    following = xp.concat(
+        [valid[_along(time_dim, slice(1, None))], xp.ones_like(tail)], axis=time_dim
+    )
+    return valid & ~following
+
+
+def _zero_invalid(x: Any, valid: Any) -> Any:
+    """``x`` with the entries at invalid steps set to zero (``valid`` broadcast to it)."""
+    xp = backend_of(x).xp
+    return xp.where(_expand_to(valid, x), x, xp.zeros_like(x))
 
 
 ########################################################################
@@ -437,20 +505,37 @@ class ValueEstimatorBase:
         batch
             The same object, with ``advantage``, ``value_target``, ``value`` and
             ``("next", value)`` set.
+
+        Notes
+        -----
+        A ``"shifted_valid"`` entry (a boolean mask over the batch dims, possibly with a
+        trailing unit dim) is honoured as in TorchRL 0.14.1: the last valid step of each
+        run of valid steps ends its trajectory (``done`` set, ``terminated`` cleared, on
+        a shallow copy of the batch, so the caller's flags are unchanged), GAE's
+        ``average_gae`` standardises over the valid steps only, and the advantage and
+        value target are zero at invalid steps.
         """
         self._check_batch(batch)
         reward = self._read(batch, _next(self.tensor_keys.reward), "reward")
+        valid = batch.get(SHIFTED_VALID, None)
         with self._grad_mode(reward):
             axis = self._time_dim(batch, time_dim)
             value, next_value = self._values(batch, params, target_params, axis)
-            advantage, target = self._advantage_and_target(batch, value, next_value, axis)
+            runs = self._end_runs(batch, valid, axis)
+            advantage, target = self._advantage_and_target(runs, value, next_value, axis, valid)
+        if valid is not None:
+            advantage, target = _zero_invalid(advantage, valid), _zero_invalid(target, valid)
+            batch.set(SHIFTED_VALID, valid)  # TorchRL writes the mask it used back
         batch.set(self.tensor_keys.advantage, advantage)
         batch.set(self.tensor_keys.value_target, target)
         return batch
 
     def _advantage_and_target(
-        self, batch: Any, value: Any, next_value: Any, time_dim: int
+        self, batch: Any, value: Any, next_value: Any, time_dim: int, valid: Any
     ) -> tuple[Any, Any]:
+        """Hook: the (unmasked) advantage and value target. ``batch`` already has its
+        runs ended (:meth:`_end_runs`); ``valid`` is the ``"shifted_valid"`` mask or
+        ``None``."""
         raise NotImplementedError
 
     # -- batch access -----------------------------------------------------------------
@@ -487,6 +572,31 @@ class ValueEstimatorBase:
         done = self._read(batch, _next(self.tensor_keys.done), "done")
         terminated = batch.get(_next(self.tensor_keys.terminated), None)
         return done, done if terminated is None else terminated
+
+    def _ended_flags(self, batch: Any, valid: Any, time_dim: int) -> tuple[Any, Any]:
+        """``done`` and ``terminated`` with the last valid step of each run of ``valid``
+        marked done and not terminated (the flags as they are when ``valid`` is
+        ``None``)."""
+        done, terminated = self._done_terminated(batch)
+        if valid is None:
+            return done, terminated
+        xp = backend_of(done).xp
+        last = _last_valid(valid, time_dim)
+        done = xp.where(_expand_to(last, done), xp.ones_like(done), done)
+        ended = _expand_to(last, terminated)
+        return done, xp.where(ended, xp.zeros_like(terminated), terminated)
+
+    def _end_runs(self, batch: Any, valid: Any, time_dim: int) -> Any:
+        """``batch`` itself when ``valid`` is ``None``; otherwise a shallow copy whose
+        ``done`` / ``terminated`` flags end each run of valid steps (:meth:`_ended_flags`).
+        Entries set on the copy do not reach ``batch``."""
+        if valid is None:
+            return batch
+        done, terminated = self._ended_flags(batch, valid, time_dim)
+        runs = batch.clone(recurse=False)
+        runs.set(_next(self.tensor_keys.done), done)
+        runs.set(_next(self.tensor_keys.terminated), terminated)
+        return runs
 
     def _discount(self, batch: Any, reward: Any, gamma: Any) -> Any:
         r"""``gamma``, or :math:`\gamma^{n_t}` with :math:`n_t` the batch's
@@ -646,15 +756,18 @@ class _TDEstimator(ValueEstimatorBase):
 
     #: ``average_rewards`` clamps the reward's standard deviation at this value.
     _reward_eps = 1e-5
+    #: Whether :meth:`value_estimate` ends the runs of a ``"shifted_valid"`` mask
+    #: (TorchRL 0.14.1: TD(1) and TD(λ) do, TD(0) does not).
+    _estimate_ends_runs = True
 
     def __init__(self, *, average_rewards: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.average_rewards = average_rewards
 
     def _advantage_and_target(
-        self, batch: Any, value: Any, next_value: Any, time_dim: int
+        self, batch: Any, value: Any, next_value: Any, time_dim: int, valid: Any
     ) -> tuple[Any, Any]:
-        target = self._value_target(batch, next_value, time_dim)
+        target = self._value_target(batch, next_value, time_dim, end_runs=False)
         return target - value, target
 
     def value_estimate(
@@ -667,22 +780,27 @@ class _TDEstimator(ValueEstimatorBase):
         """The value target alone (what a Q-learning or actor-critic loss regresses on).
 
         ``next_value`` is read from the network (with ``target_params`` if given) unless
-        passed. With ``average_rewards`` the standardised reward is written back.
+        passed. With ``average_rewards`` the standardised reward is written back. TD(1)
+        and TD(λ) end the runs of a ``"shifted_valid"`` mask as :meth:`forward` does
+        (without zeroing the invalid steps); TD(0) ignores it here, as in TorchRL.
         """
         reward = self._read(batch, _next(self.tensor_keys.reward), "reward")
         with self._grad_mode(reward):
             axis = self._time_dim(batch, time_dim)
             if next_value is None:
                 next_value = self._next_value(batch, target_params)
-            return self._value_target(batch, next_value, axis)
+            return self._value_target(batch, next_value, axis, self._estimate_ends_runs)
 
-    def _value_target(self, batch: Any, next_value: Any, time_dim: int) -> Any:
+    def _value_target(self, batch: Any, next_value: Any, time_dim: int, end_runs: bool) -> Any:
+        """The return; ``end_runs``: end the runs of the batch's ``"shifted_valid"``
+        mask (after the standardised reward, if any, is written into ``batch``)."""
         reward = self._read(batch, _next(self.tensor_keys.reward), "reward")
         gamma = self._discount(batch, reward, self.gamma)
         if self.average_rewards:
             reward = _standardize(reward, self._reward_eps)
             batch.set(_next(self.tensor_keys.reward), reward)
-        done, terminated = self._done_terminated(batch)
+        valid = batch.get(SHIFTED_VALID, None) if end_runs else None
+        done, terminated = self._ended_flags(batch, valid, time_dim)
         return self._returns(gamma, next_value, reward, done, terminated, time_dim)
 
     def _returns(
@@ -710,6 +828,8 @@ class TD0Estimator(_TDEstimator):
     The other arguments are those of :class:`ValueEstimatorBase`. Reference: Sutton &
     Barto (2018), §6.1.
     """
+
+    _estimate_ends_runs = False
 
     def __init__(
         self,
@@ -970,11 +1090,11 @@ class GAE(ValueEstimatorBase):
         self.auto_reset_env = auto_reset_env
 
     def _advantage_and_target(
-        self, batch: Any, value: Any, next_value: Any, time_dim: int
+        self, batch: Any, value: Any, next_value: Any, time_dim: int, valid: Any
     ) -> tuple[Any, Any]:
         advantage, target = self._gae(batch, value, next_value, time_dim, self.auto_reset_env)
         if self.average_gae:
-            advantage = self._normalize_advantage(advantage)
+            advantage = self._normalize_advantage(advantage, valid)
         return advantage, target
 
     def _gae(
@@ -1013,8 +1133,12 @@ class GAE(ValueEstimatorBase):
         """Hook: reshape the ``truncated`` flag like the other signals (identity here)."""
         return flag
 
-    def _normalize_advantage(self, advantage: Any) -> Any:
-        return _standardize(advantage, 1e-4)
+    def _normalize_advantage(self, advantage: Any, valid: Any = None) -> Any:
+        """``average_gae``: standardise over the whole batch, or over the valid steps of
+        a ``"shifted_valid"`` mask (biased std then, as TorchRL)."""
+        if valid is None:
+            return _standardize(advantage, 1e-4)
+        return _masked_standardize(advantage, valid, 1e-4)
 
     def value_estimate(
         self,
@@ -1024,13 +1148,16 @@ class GAE(ValueEstimatorBase):
         time_dim: int | None = None,
     ) -> Any:
         """The GAE value target :math:`A_t + V(s_t)` alone (no ``auto_reset_env``, no
-        standardisation); the values are written into ``batch``."""
+        standardisation); the values are written into ``batch``. The runs of a
+        ``"shifted_valid"`` mask are ended as in :meth:`forward`; invalid steps are not
+        zeroed (TorchRL 0.14.1)."""
         self._check_batch(batch)
         reward = self._read(batch, _next(self.tensor_keys.reward), "reward")
         with self._grad_mode(reward):
             axis = self._time_dim(batch, time_dim)
             value, next_value = self._values(batch, params, target_params, axis)
-            return self._gae(batch, value, next_value, axis, auto_reset=False)[1]
+            runs = self._end_runs(batch, batch.get(SHIFTED_VALID, None), axis)
+            return self._gae(runs, value, next_value, axis, auto_reset=False)[1]
 
 
 class MultiAgentGAE(GAE):
@@ -1077,10 +1204,14 @@ class MultiAgentGAE(GAE):
     def _broadcast_optional(self, flag: Any, value: Any) -> Any:
         return self._to_agents(flag, value)
 
-    def _normalize_advantage(self, advantage: Any) -> Any:
+    def _normalize_advantage(self, advantage: Any, valid: Any = None) -> Any:
+        """Standardise each agent over all other dims (the valid steps only, with a
+        ``"shifted_valid"`` mask)."""
         agent = self._agent_axis(advantage)
         others = tuple(d for d in range(advantage.ndim) if d != agent)
-        return _standardize(advantage, 1e-4, axis=others)
+        if valid is None:
+            return _standardize(advantage, 1e-4, axis=others)
+        return _masked_standardize(advantage, valid, 1e-4, axis=others)
 
 
 ########################################################################
@@ -1179,8 +1310,10 @@ class VTrace(ValueEstimatorBase):
         return [*super().in_keys, self.tensor_keys.sample_log_prob, self.tensor_keys.action]
 
     def _advantage_and_target(
-        self, batch: Any, value: Any, next_value: Any, time_dim: int
+        self, batch: Any, value: Any, next_value: Any, time_dim: int, valid: Any
     ) -> tuple[Any, Any]:
+        """V-trace; ``average_adv`` standardises over every step, valid or not (as
+        TorchRL 0.14.1, whose masked standardisation is GAE's only)."""
         xp = backend_of(value).xp
         shape = tuple(value.shape)
         log_mu = self._read(batch, self.tensor_keys.sample_log_prob, "sample_log_prob")

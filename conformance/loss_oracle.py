@@ -1,0 +1,240 @@
+"""TorchRL's loss modules as the oracle of the loss cases, and the places where arrayrl's
+losses deliberately differ from them.
+
+The TorchRL networks are built from ``torchrl.modules.MLP`` (whose parameter names,
+``"0.weight"``, ..., are those of arrayrl's MLP), ``tensordict.nn.TensorDictModule`` /
+``NormalParamExtractor`` and ``ProbabilisticActor`` / ``ValueOperator``; they load the
+case's weights with ``load_state_dict``. The loss gets the case's keyword arguments and
+a ``TensorDict`` of the case's batch.
+
+Monte-Carlo cases (the entropy of a TanhNormal, which has no closed form): TorchRL
+draws from torch's global generator, so :func:`torchrl_loss_evaluation` seeds it with
+``torch.manual_seed(LOSS_SEED)`` (inside ``torch.random.fork_rng``). ``Normal.rsample``
+then draws exactly what ``torch.randn(shape,
+generator=torch.Generator().manual_seed(LOSS_SEED))`` draws (checked bit for bit, float32
+and float64), which is what arrayrl's loss draws on torch with its native generator. The
+runner compares TorchRL there with that twin (arrayrl on torch, same dtype, same noise)
+instead of the reference, whose noise comes from NumPy so that every arrayrl backend
+draws the same numbers.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .loss_cases import (
+    ACTORS,
+    GAMMA,
+    LMBDA,
+    LOSS_SEED,
+    TARGET_NETWORKS,
+    Evaluation,
+    LossCase,
+    LossInputs,
+    torch_gradients,
+)
+from .oracle import Deviation
+
+
+@dataclass(frozen=True)
+class LossDeviation(Deviation):
+    """A :class:`~.oracle.Deviation` of the loss cases that may cover only some outputs:
+    ``covers`` holds prefixes of the output and gradient names (``"loss_objective/"``:
+    the gradients of ``loss_objective``); empty covers everything."""
+
+    covers: tuple[str, ...] = ()
+
+    def covers_key(self, key: str) -> bool:
+        """Whether this deviation applies to output or gradient ``key``."""
+        return not self.covers or key.startswith(self.covers)
+
+
+def _beta_adapts(case: LossCase) -> bool:
+    """Whether KL-PEN's beta can change in the call (TorchRL's default 2 and 0.5)."""
+    config = case.config
+    return config.get("increment", 2.0) != 1.0 or config.get("decrement", 0.5) != 1.0
+
+
+LOSS_DEVIATIONS: tuple[LossDeviation, ...] = (
+    LossDeviation(
+        key="torchrl-float32-constants",
+        applies=lambda case, dtype: dtype == "float64",
+        reason=(
+            "On float64 inputs TorchRL's losses round some constants to float32: the "
+            "coefficients (entropy_coeff, clip_epsilon, clip_value, beta, ...) are float32 "
+            "buffers, tensordict's NormalParamExtractor computes its softplus shift with "
+            "torch.tensor(float) (float32), and GAE builds its discounts as gamma * int_mask "
+            "in float32 (torchrl-float32-masks). Outputs and gradients differ from a float64 "
+            "evaluation by ~1e-8 relative, up to 5e-7 for gradients summed over a batch and "
+            "8 GAE steps. arrayrl keeps every constant in the inputs' dtype."
+        ),
+        tolerance=1e-5,
+    ),
+    LossDeviation(
+        key="torchrl-klpen-inplace-beta",
+        applies=lambda case, dtype: case.loss == "KLPENPPOLoss" and _beta_adapts(case),
+        reason=(
+            "TorchRL's KLPENPPOLoss.forward adapts beta in place (self.beta.data *= "
+            "increment) after beta * kl entered the graph; autograd saved beta by reference "
+            "and .data bypasses the version check, so backward uses the adapted beta while the "
+            "returned loss_objective used the previous one. arrayrl differentiates the value "
+            "it returns. The gradients of loss_objective are compared only in the cases where "
+            "beta stays fixed (increment = decrement = 1)."
+        ),
+        tolerance=None,
+        covers=("loss_objective/",),
+    ),
+    LossDeviation(
+        key="torchrl-analytic-entropy-finiteness-fallback",
+        applies=lambda case, dtype: False,
+        reason=(
+            "TorchRL's PPO _get_entropy replaces a closed-form entropy that is not finite "
+            "everywhere by a Monte-Carlo estimate; the test reads the tensor on the host "
+            "(a device synchronisation per call). arrayrl always uses the closed form "
+            "where one exists. No case here has a non-finite closed-form entropy (scales "
+            "are bounded below by NormalParamExtractor's scale_lb), so the difference is "
+            "recorded, not measured."
+        ),
+        tolerance=None,
+    ),
+)
+
+
+def loss_deviations_for(case: LossCase, dtype: str) -> list[LossDeviation]:
+    """The recorded deviations that apply to loss ``case`` at ``dtype``."""
+    return [d for d in LOSS_DEVIATIONS if d.applies(case, dtype)]
+
+
+def _torch_dtype(dtype: str) -> Any:
+    """The torch dtype called ``dtype``."""
+    import torch
+
+    return {"float32": torch.float32, "float64": torch.float64}[dtype]
+
+
+def _distribution_class(case: LossCase) -> type:
+    """TorchRL's class for the case's actor (torch's own ``Categorical`` and ``Normal``)."""
+    import torch
+    import torchrl.modules as modules
+
+    name, _ = ACTORS[case.actor]
+    if name in ("Categorical", "Normal"):
+        return getattr(torch.distributions, name)
+    return getattr(modules, name)
+
+
+def torchrl_networks(
+    case: LossCase, weights: Mapping[str, Mapping[str, np.ndarray]], dtype: str
+) -> tuple[Any, Any, dict[str, Any]]:
+    """``(actor, critic, MLPs by role)``: TorchRL's modules holding ``weights``."""
+    import torch
+    from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictSequential
+    from torchrl.modules import MLP, ProbabilisticActor, ValueOperator
+
+    mlps = {}
+    for role, spec in case.network_specs().items():
+        mlp = MLP(
+            in_features=spec.in_features,
+            out_features=spec.out_features,
+            num_cells=list(spec.num_cells),
+            activate_last_layer=spec.activate_last_layer,
+        ).to(_torch_dtype(dtype))
+        mlp.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights[role].items()})
+        mlps[role] = mlp
+    features = "hidden" if case.shared_trunk else "observation"
+    trunk = (
+        [TensorDictModule(mlps["trunk"], ["observation"], [features])] if case.shared_trunk else []
+    )
+    dist_keys = ["loc", "scale"] if case.continuous else ["logits"]
+    head = (
+        torch.nn.Sequential(mlps["actor"], NormalParamExtractor())
+        if case.continuous
+        else mlps["actor"]
+    )
+    actor_module = TensorDictSequential(*trunk, TensorDictModule(head, [features], dist_keys))
+    actor = ProbabilisticActor(
+        actor_module,
+        in_keys=dist_keys,
+        distribution_class=_distribution_class(case),
+        distribution_kwargs=dict(ACTORS[case.actor][1]),
+        return_log_prob=True,
+    )
+    value_head = TensorDictModule(mlps["critic"], [features], ["state_value"])
+    critic = (
+        TensorDictSequential(*trunk, value_head)
+        if case.shared_trunk
+        else ValueOperator(mlps["critic"], in_keys=["observation"])
+    )
+    return actor, critic, mlps
+
+
+def _load_targets(
+    loss: Any, mlps: Mapping[str, Any], targets: Mapping[str, Mapping[str, np.ndarray]]
+) -> None:
+    """Overwrite the target copies of the roles in ``targets``."""
+    import torch
+
+    names = {
+        id(p): (role, name) for role, mlp in mlps.items() for name, p in mlp.named_parameters()
+    }
+    for role, weights in targets.items():
+        network = TARGET_NETWORKS[role]
+        params = getattr(loss, f"{network}_params")
+        target = getattr(loss, f"target_{network}_params")
+        for key, leaf in params.items(include_nested=True, leaves_only=True):
+            owner, name = names[id(leaf)]
+            if owner == role:
+                target.get(key).data.copy_(torch.from_numpy(np.array(weights[name])))
+
+
+def _to_torch(tree: Any) -> Any:
+    """Nested dicts of NumPy arrays as nested dicts of CPU tensors (copies)."""
+    import torch
+
+    if isinstance(tree, Mapping):
+        return {k: _to_torch(v) for k, v in tree.items()}
+    return torch.from_numpy(np.array(tree))
+
+
+def torchrl_loss(case: LossCase, inputs: LossInputs, dtype: str) -> tuple[Any, dict[str, Any]]:
+    """TorchRL's loss for ``case`` and its parameters by canonical name."""
+    import torchrl.objectives as objectives
+    from torchrl.objectives import ValueEstimators
+
+    actor, critic, mlps = torchrl_networks(case, inputs.weights, dtype)
+    loss = getattr(objectives, case.loss)(actor, critic, **case.config)
+    loss.make_value_estimator(ValueEstimators.GAE, gamma=GAMMA, lmbda=LMBDA)
+    _load_targets(loss, mlps, inputs.target_weights)
+    params = {
+        f"{role}.{name}": p for role, mlp in mlps.items() for name, p in mlp.named_parameters()
+    }
+    return loss, params
+
+
+def torchrl_loss_evaluation(case: LossCase, inputs: LossInputs, dtype: str) -> Evaluation:
+    """TorchRL's outputs and ``loss_*`` gradients on the case's inputs (CPU)."""
+    import torch
+    from tensordict import TensorDict
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loss, params = torchrl_loss(case, inputs, dtype)
+        batch = TensorDict(_to_torch(inputs.batch), batch_size=inputs.batch_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(LOSS_SEED)
+            out = loss(batch)
+    terms = {_key_name(k): v for k, v in out.items(include_nested=True, leaves_only=True)}
+    outputs = {key: value.detach().numpy() for key, value in terms.items()}
+    if case.loss == "KLPENPPOLoss":
+        outputs["beta"] = loss.beta.detach().numpy()
+    return Evaluation(outputs, torch_gradients(terms, params))
+
+
+def _key_name(key: Any) -> str:
+    """A TensorDict key as a flat name."""
+    return ".".join(key) if isinstance(key, tuple) else key
