@@ -69,6 +69,12 @@ class ProbabilisticActor(Module):
         deterministic sample, mode or mean.
     log_prob_key : key, optional
         Default ``"<action key>_log_prob"``, as TorchRL 0.14.1.
+
+    With ``distribution_class=CompositeDistribution`` (``distribution_kwargs`` holding its
+    ``distribution_map``) the draw is one sample per head, written under the heads' keys;
+    ``out_keys`` lists the heads (``dist_sample_keys``) and ``log_prob_keys`` is
+    ``["<head>_log_prob", ...]``, as TorchRL 0.14.1's actor with
+    ``composite_lp_aggregate(False)``.
     rng : arrayrl.random.Generator, optional
         The generator used when sampling; may also be passed per call.
     """
@@ -98,19 +104,47 @@ class ProbabilisticActor(Module):
             self.dist_keys = {_arg_name(key): key for key in as_key_list(in_keys, "in_keys")}
         sample_keys = ["action"] if out_keys is None else out_keys
         self.dist_sample_keys = as_key_list(sample_keys, "out_keys")
-        if len(self.dist_sample_keys) != 1:
-            raise ValueError(f"out_keys must name one sample key, got {self.dist_sample_keys}")
+        self.is_composite = bool(getattr(distribution_class, "is_composite", False))
+        self._check_sample_keys(log_prob_key)
         self.distribution_class = distribution_class
         self.distribution_kwargs = dict(distribution_kwargs or {})
         self.return_log_prob = return_log_prob
         self.default_interaction_type = default_interaction_type
-        self.log_prob_key = log_prob_key or _log_prob_key(self.dist_sample_keys[0])
-        self.log_prob_keys = [self.log_prob_key]
+        if len(self.dist_sample_keys) == 1:
+            self._log_prob_key = log_prob_key or _log_prob_key(self.dist_sample_keys[0])
+            self.log_prob_keys = [self._log_prob_key]
+        else:
+            self._log_prob_key = None
+            self.log_prob_keys = [_log_prob_key(key) for key in self.dist_sample_keys]
         self.rng = rng
         self.in_keys = list(module.in_keys)
         self.out_keys = [*module.out_keys, *self.dist_sample_keys]
         if return_log_prob:
-            self.out_keys.append(self.log_prob_key)
+            self.out_keys.extend(self.log_prob_keys)
+
+    def _check_sample_keys(self, log_prob_key: NestedKey | None) -> None:
+        """One sample key, or (composite distributions) one per head and no single
+        ``log_prob_key`` (TorchRL's rule with ``composite_lp_aggregate(False)``)."""
+        keys = self.dist_sample_keys
+        if not self.is_composite and len(keys) != 1:
+            raise ValueError(f"out_keys must name one sample key, got {keys}")
+        if not keys:
+            raise ValueError("out_keys must name at least one sample key")
+        if len(keys) > 1 and log_prob_key is not None:
+            raise ValueError(
+                "a composite actor with several out_keys has one log-prob key per head "
+                f"(log_prob_keys); log_prob_key={log_prob_key!r} cannot be used"
+            )
+
+    @property
+    def log_prob_key(self) -> NestedKey:
+        """The log-prob key; with several heads use ``log_prob_keys`` (as TorchRL)."""
+        if self._log_prob_key is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.log_prob_key is undefined with several sample keys "
+                f"(log_prob_keys={self.log_prob_keys}); use log_prob_keys"
+            )
+        return self._log_prob_key
 
     @property
     def params(self) -> Params:
@@ -143,9 +177,22 @@ class ProbabilisticActor(Module):
         dist = self.get_dist(batch, params)
         how = interaction_type or self.default_interaction_type
         action = self._draw(dist, how, rng or self.rng)
+        if self.is_composite:
+            return self._write_composite(batch, dist, action)
         batch.set(self.dist_sample_keys[0], action)
         if self.return_log_prob:
             batch.set(self.log_prob_key, dist.log_prob(action))
+        return batch
+
+    def _write_composite(self, batch: Any, dist: Any, sample: Any) -> Any:
+        """Write every head's draw under its key, and with ``return_log_prob`` its
+        ``"<head>_log_prob"`` (tensordict's composite ``update``)."""
+        entries = [sample]
+        if self.return_log_prob:
+            entries.append(dist.log_prob(sample))
+        for entry in entries:
+            for key in entry.keys(include_nested=True, leaves_only=True):
+                batch.set(key, entry.get(key))
         return batch
 
     @staticmethod

@@ -20,7 +20,13 @@ from arrayrl.modules import Params, flatten_params, map_params
 
 from .utils import ValueEstimators, distance_loss
 
-__all__ = ["CriticLossMixin", "EntropyBonusMixin", "reduce_terms"]
+__all__ = [
+    "CriticLossMixin",
+    "EntropyBonusMixin",
+    "is_composite",
+    "reduce_terms",
+    "sum_head_features",
+]
 
 
 class EntropyBonusMixin:
@@ -51,19 +57,79 @@ class EntropyBonusMixin:
         from arrayrl.modules.distributions import entropy_estimate
 
         rng = self._generator(backend)
-        return entropy_estimate(dist, self.samples_mc_entropy, rng=rng)[..., None]
+        entropy = entropy_estimate(dist, self.samples_mc_entropy, rng=rng)
+        return entropy if is_composite(dist) else entropy[..., None]
 
     def _entropy_terms(self, dist: Any, like: Any) -> dict[str, Any]:
         """``{"entropy": mean H (no gradient), "loss_entropy": −c_H·H}``, or ``{}``
-        without ``entropy_bonus``. ``like`` is any batch array (for the backend)."""
+        without ``entropy_bonus``. ``like`` is the advantage (batch shape + ``(1,)``):
+        it gives the backend and, for a composite distribution, the batch dims."""
         if not self.entropy_bonus:
             return {}
         backend = backend_of(like)
         entropy = self._entropy(dist, backend)
+        if is_composite(dist):
+            return self._composite_entropy_terms(entropy, like.ndim - 1, backend)
+        if getattr(self, "_entropy_coeff_map", None) is not None:
+            raise TypeError(
+                "per-head entropy coefficients (an entropy_coeff mapping) need an actor with "
+                f"a CompositeDistribution; {type(dist).__name__} has one head"
+            )
         return {
             "entropy": backend.stop_gradient(backend.xp.mean(entropy)),
             "loss_entropy": -self.entropy_coeff * entropy,
         }
+
+    def _composite_entropy_terms(self, heads: Any, batch_ndim: int, backend: Any) -> dict:
+        """The entropy terms of a composite distribution (TorchRL's ``_get_entropy`` and
+        ``_weighted_loss_entropy``).
+
+        Each head's entropy ``H_h`` gets a unit dim after the batch dims. With a scalar
+        coefficient ``loss_entropy = −c·Σ_h Σ_features H_h``; with a mapping
+        ``{"<head>_entropy": c_h}`` it is ``Σ_h −c_h·H_h`` (``KeyError`` for a head with no
+        coefficient). ``entropy`` is the batch mean of ``Σ_h Σ_features H_h`` and
+        ``composite_entropy`` the per-head entropies, both without gradient.
+        """
+        xp = backend.xp
+        keys = heads.keys(include_nested=True, leaves_only=True)
+        per_head = {key: xp.expand_dims(heads.get(key), axis=batch_ndim) for key in keys}
+        total = sum_head_features(per_head, batch_ndim + 1, xp)
+        coeffs = getattr(self, "_entropy_coeff_map", None)
+        if coeffs is None:
+            loss = -self.entropy_coeff * total
+        else:
+            loss = sum(-_head_coeff(coeffs, key) * value for key, value in per_head.items())
+        batch_size = (*heads.batch_size[:batch_ndim], 1)
+        detached = {key: backend.stop_gradient(value) for key, value in per_head.items()}
+        return {
+            "composite_entropy": ArrayDict(detached, batch_size),
+            "entropy": backend.stop_gradient(xp.mean(total)),
+            "loss_entropy": loss,
+        }
+
+
+def _head_coeff(coeffs: Mapping[Any, float], key: Any) -> float:
+    """The entropy coefficient of head ``key``; ``KeyError`` naming it when missing."""
+    try:
+        return coeffs[key]
+    except KeyError:
+        raise KeyError(f"Missing entropy coeff for head '{key}'") from None
+
+
+def is_composite(dist: Any) -> bool:
+    """Whether ``dist`` is a multi-head (composite) distribution."""
+    return bool(getattr(dist, "is_composite", False))
+
+
+def sum_head_features(heads: Mapping[Any, Any], batch_ndim: int, xp: Any) -> Any:
+    """``Σ_h Σ_features heads[h]``: each head summed over its dims after the first
+    ``batch_ndim``, then summed over heads (TorchRL's ``_sum_td_features``)."""
+    total = None
+    for value in heads.values():
+        extra = tuple(range(batch_ndim, value.ndim))
+        value = xp.sum(value, axis=extra) if extra else value
+        total = value if total is None else total + value
+    return total
 
 
 class CriticLossMixin:

@@ -145,6 +145,12 @@ class A2CLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         self.register_coeff("critic_coeff", critic_coeff, _non_negative)
         self.register_coeff("clip_value", clip_value, _positive)
         self.entropy_bonus = bool(entropy_bonus and self.entropy_coeff)
+        if len(actor_network.dist_sample_keys) > 1:
+            raise NotImplementedError(
+                "A2CLoss does not support composite (multi-head) actors: TorchRL 0.14.1's "
+                "A2CLoss fails on them too (its in_keys cannot hold the list of head keys); "
+                "use a PPO loss"
+            )
         self.set_keys(
             sample_log_prob=actor_network.log_prob_keys[0],
             action=actor_network.dist_sample_keys[0],

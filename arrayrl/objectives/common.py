@@ -87,13 +87,16 @@ class LossModule:
         return self
 
     def _forward_value_estimator_keys(self) -> None:
-        """Pass the key names the value estimator shares with the loss on to it."""
+        """Pass the key names the value estimator shares with the loss on to it; a list
+        of keys (a composite actor's per-head ``action`` / ``sample_log_prob``) is not
+        passed on, as the estimators read single keys."""
         if self._value_estimator is None:
             return
         shared = {
             f.name: getattr(self._tensor_keys, f.name)
             for f in dataclasses.fields(self._value_estimator._AcceptedKeys)
             if hasattr(self._tensor_keys, f.name)
+            and not isinstance(getattr(self._tensor_keys, f.name), list)
         }
         self._value_estimator.set_keys(**shared)
 

@@ -24,7 +24,13 @@ from arrayrl.backends import backend_of
 from arrayrl.data import ArrayDict
 from arrayrl.modules import Params
 
-from ._shared import CriticLossMixin, EntropyBonusMixin, reduce_terms
+from ._shared import (
+    CriticLossMixin,
+    EntropyBonusMixin,
+    is_composite,
+    reduce_terms,
+    sum_head_features,
+)
 from .common import LossModule
 from .utils import ValueEstimators
 
@@ -56,7 +62,13 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
     samples_mc_entropy : int, default 1
         Samples of the Monte-Carlo entropy estimate for distributions without a closed
         form (TanhNormal).
-    entropy_coeff : float, default 0.01
+    entropy_coeff : float or mapping, default 0.01
+        A mapping gives each head of a composite actor its own coefficient, keyed by
+        the head's entropy key ``"<head>_entropy"`` (the key TorchRL 0.14.1 looks up);
+        a head with no coefficient raises ``KeyError``. With a composite actor the output
+        also has ``composite_entropy`` (per-head entropies) and the log-ratio is summed
+        over heads (``set_keys(sample_log_prob=[...], action=[...])``, set from the
+        actor's ``log_prob_keys`` / ``dist_sample_keys``).
     log_explained_variance : bool, default True
         Adds ``explained_variance = 1 − Var(V_target − V) / (Var(V_target) + eps)``.
     critic_coeff : float, optional
@@ -164,20 +176,19 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         self.reduction = reduction
         self.seed = seed
         self._generators: dict[Any, Any] = {}
-        if isinstance(entropy_coeff, Mapping):
-            raise NotImplementedError(
-                "per-head entropy coefficients need composite action distributions, "
-                "which arrayrl does not have; pass a float"
-            )
+        self._entropy_coeff_map = _entropy_coeff_map(entropy_coeff)
+        if self._entropy_coeff_map is not None:
+            entropy_coeff = 0.0  # the scalar is unused then, as TorchRL's buffer
         self.register_coeff("entropy_coeff", 0.01 if entropy_coeff is None else entropy_coeff,
                             _non_negative)
         self.register_coeff("critic_coeff", critic_coeff, _non_negative)
         self.register_coeff("clip_value", clip_value, _positive)
         self.register_coeff("max_importance_ratio", max_importance_ratio, _positive)
-        self.set_keys(
-            sample_log_prob=actor_network.log_prob_keys[0],
-            action=actor_network.dist_sample_keys[0],
-        )
+        log_prob_keys, action_keys = actor_network.log_prob_keys, actor_network.dist_sample_keys
+        if len(log_prob_keys) > 1:  # a composite actor: one key per head, as TorchRL
+            self.set_keys(sample_log_prob=list(log_prob_keys), action=list(action_keys))
+        else:
+            self.set_keys(sample_log_prob=log_prob_keys[0], action=action_keys[0])
 
     # -- keys ---------------------------------------------------------------------------
     @property
@@ -192,7 +203,7 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         if self.critic_network is not None:
             keys += self.critic_network.in_keys
         tk = self.tensor_keys
-        keys += [tk.action, tk.sample_log_prob]
+        keys += [*_key_list(tk.action), *_key_list(tk.sample_log_prob)]
         keys += [("next", *_as_tuple(k)) for k in (tk.reward, tk.done, tk.terminated)]
         return list(dict.fromkeys(keys))
 
@@ -244,9 +255,47 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         return (advantage - mean) / xp.clip(xp.sqrt(var), min=1e-4)
 
     def _log_prob(self, batch: ArrayDict, params: Params) -> tuple[Any, Any]:
-        """``log π(a|s)`` of the stored action under ``params``, and the distribution."""
+        """``log π(a|s)`` of the stored action under ``params``, and the distribution.
+
+        For a composite distribution the action is the batch's ``action`` keys (one per
+        head) and the log-prob is summed over heads and their features.
+        """
         dist = self.actor_network.get_dist(batch, params)
-        return dist.log_prob(self.read(batch, self.tensor_keys.action)), dist
+        if not is_composite(dist):
+            return dist.log_prob(self.read(batch, self.tensor_keys.action)), dist
+        action = self._select(batch, self.tensor_keys.action, "action")
+        heads = dist.log_prob(action)
+        keys = self.tensor_keys.sample_log_prob
+        if not isinstance(keys, list):
+            keys = heads.keys(include_nested=True, leaves_only=True)
+        return self._sum_heads(heads, keys, batch), dist
+
+    def _select(self, batch: ArrayDict, keys: Any, field: str) -> ArrayDict:
+        """The sub-dict of ``batch`` holding ``keys`` (a key or a list of keys)."""
+        for key in _key_list(keys):
+            self.read(batch, key, what=field)
+        return batch.select(*_key_list(keys))
+
+    def _sum_heads(self, heads: Any, keys: list[Any], batch: ArrayDict) -> Any:
+        """``Σ_h Σ_features heads[h]`` over ``keys``, batch-shaped like the advantage."""
+        batch_ndim = self.read(batch, self.tensor_keys.advantage).ndim - 1
+        missing = [key for key in keys if heads.get(key, None) is None]
+        if missing:
+            present = heads.keys(include_nested=True, leaves_only=True)
+            raise KeyError(
+                f"the composite log-prob has no {missing}; its keys are {present} "
+                "(set_keys(sample_log_prob=...) renames them)"
+            )
+        values = {key: heads.get(key) for key in keys}
+        return sum_head_features(values, batch_ndim, backend_of(*values.values()).xp)
+
+    def _previous_log_prob(self, batch: ArrayDict) -> Any:
+        """The behaviour log-prob stored in the batch; summed over heads when
+        ``sample_log_prob`` lists one key per head."""
+        keys = self.tensor_keys.sample_log_prob
+        if not isinstance(keys, list):
+            return self.read(batch, keys)
+        return self._sum_heads(self._select(batch, keys, "sample_log_prob"), keys, batch)
 
     def _log_weight(
         self, batch: ArrayDict, params: Mapping[str, Params] | None
@@ -255,7 +304,7 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         ``log r = log π_θ − log π_prox`` (π_prox is the target actor with ``delay_actor``,
         the behaviour policy otherwise) and ``log w_is`` the gradient-free correction to
         the behaviour ratio (``None`` when there is none)."""
-        prev = self.read(batch, self.tensor_keys.sample_log_prob)
+        prev = self._previous_log_prob(batch)
         backend = backend_of(prev)
         log_prob, dist = self._log_prob(batch, self.network_params("actor_network", params))
         prox = prev
@@ -276,7 +325,7 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         self, batch: ArrayDict, params: Mapping[str, Params] | None = None
     ) -> tuple[Any, Any, Any]:
         """``(c_V·d(V_target, V), value clip fraction or None, explained variance or None)``."""
-        backend = backend_of(batch.get(self.tensor_keys.action))
+        backend = backend_of(batch.get(_first_key(self.tensor_keys.action)))
         if self.separate_losses:
             batch = batch.apply(backend.stop_gradient)
         loss, clip_fraction, target, value = self._critic_distance(batch, params)
@@ -311,7 +360,7 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
 
     def _prepare(self, batch: Any, params: Mapping[str, Params] | None) -> tuple[Any, Any]:
         batch = self.working_copy(batch)
-        self.check_batch_backend(batch, self.tensor_keys.action)
+        self.check_batch_backend(batch, _first_key(self.tensor_keys.action))
         return batch, self._advantage(batch, params)
 
     # -- the loss ----------------------------------------------------------------------
@@ -457,7 +506,7 @@ class KLPENPPOLoss(PPOLoss):
 
     def _previous_dist(self, batch: ArrayDict) -> Any:
         if self.delay_actor:
-            backend = backend_of(batch.get(self.tensor_keys.action))
+            backend = backend_of(batch.get(_first_key(self.tensor_keys.action)))
             with backend.no_grad():
                 return self.actor_network.get_dist(
                     batch.clone(recurse=False), self._target_params["actor_network"]
@@ -581,3 +630,27 @@ def _reject_unsupported(gamma: Any, advantage_norm: Any, functional: bool, *keys
 def _as_tuple(key: Any) -> tuple[str, ...]:
     return key if isinstance(key, tuple) else (key,)
 
+
+def _key_list(key: Any) -> list[Any]:
+    """``key`` as a list of keys (a list of keys is kept, TorchRL's composite keys)."""
+    return list(key) if isinstance(key, list) else [key]
+
+
+def _first_key(key: Any) -> Any:
+    """The key, or the first of a list of keys."""
+    return key[0] if isinstance(key, list) else key
+
+
+def _entropy_coeff_map(entropy_coeff: Any) -> dict[Any, float] | None:
+    """A per-head coefficient mapping ``{"<head>_entropy": c}`` as floats (keys as
+    TorchRL looks them up: the composite entropy's leaf keys), or ``None`` for a scalar."""
+    if not isinstance(entropy_coeff, Mapping):
+        return None
+    coeffs = {}
+    for key, value in entropy_coeff.items():
+        if isinstance(key, tuple) and len(key) == 1:
+            key = key[0]
+        coeffs[key] = float(value)
+        if coeffs[key] < 0:
+            raise ValueError(f"entropy_coeff[{key!r}] must be >= 0, got {value}")
+    return coeffs

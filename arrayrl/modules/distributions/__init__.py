@@ -15,6 +15,7 @@ Every distribution has ``batch_shape``, ``event_shape``, ``has_rsample``,
 """
 
 from ._base import Distribution
+from .composite import CompositeDistribution
 from .continuous import Delta, IndependentNormal, Normal, TanhDelta, TanhNormal
 from .discrete import Categorical, MaskedCategorical, OneHotCategorical, ReparamGradientStrategy
 from .entropy import entropy_estimate
@@ -22,6 +23,7 @@ from .kl import kl_divergence
 
 __all__ = [
     "Categorical",
+    "CompositeDistribution",
     "Delta",
     "Distribution",
     "IndependentNormal",

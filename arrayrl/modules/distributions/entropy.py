@@ -23,7 +23,9 @@ def entropy_estimate(dist: Distribution, n_samples: int, *, rng: Generator | Non
     score-function gradient only). For :class:`TanhNormal` the draws are scored at their
     pre-tanh value, as TorchRL's PPO ``_get_entropy`` does. (TorchRL also falls back to
     the estimate when a closed-form entropy is not finite; that test needs a host
-    synchronisation, so arrayrl does not make it.)
+    synchronisation, so arrayrl does not make it.) For a
+    :class:`~arrayrl.modules.distributions.CompositeDistribution` the result is an
+    ``ArrayDict`` of per-head estimates ``"<head>_entropy"``.
 
     Parameters
     ----------
@@ -35,6 +37,8 @@ def entropy_estimate(dist: Distribution, n_samples: int, *, rng: Generator | Non
     """
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    if getattr(dist, "is_composite", False):
+        return dist.entropy_estimate(n_samples, rng=rng)  # per head, as an ArrayDict
     if dist.has_entropy:
         return dist.entropy()
     check_rng(rng, dist.backend, f"entropy_estimate({type(dist).__name__})")
