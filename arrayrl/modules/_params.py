@@ -18,6 +18,7 @@ from arrayrl.backends import Backend, backend_of, get_backend
 Params = dict[str, Any]
 
 __all__ = [
+    "HasParams",
     "Params",
     "convert_params",
     "flatten_params",
@@ -87,3 +88,30 @@ def convert_params(
         return new.requires_grad_(True) if grad and target.differentiable else new
 
     return map_params(move, tree)
+
+
+class HasParams:
+    """What every holder of a parameter tree offers (layers and dict-level modules).
+
+    Subclasses provide the ``params`` property (the tree, shared, not copied).
+    """
+
+    params: Params
+
+    def named_parameters(self) -> dict[str, Any]:
+        """Flat ``{"0.weight": array, ...}`` view of :attr:`params`."""
+        return flatten_params(self.params)
+
+    def parameters(self) -> list[Any]:
+        """The parameter arrays (what ``torch.optim`` takes on torch)."""
+        return list(self.named_parameters().values())
+
+    @property
+    def backend(self) -> Backend | None:
+        """The backend of the parameters (``None`` without any)."""
+        return params_backend(self.params)
+
+    def to(self, backend: str | Backend, device: Any = None) -> HasParams:
+        """Move the parameters to ``backend`` in place; returns ``self``."""
+        self.params = convert_params(self.params, backend, device)
+        return self

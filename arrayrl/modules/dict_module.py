@@ -17,7 +17,7 @@ from typing import Any
 
 from arrayrl.backends import Backend
 
-from ._params import Params, convert_params, flatten_params, params_backend
+from ._params import HasParams, Params
 from .layers import Layer
 
 __all__ = ["DictModule", "Module", "NestedKey", "as_key_list"]
@@ -47,7 +47,7 @@ def read_key(batch: Any, key: NestedKey, owner: str) -> Any:
     return value
 
 
-class Module:
+class Module(HasParams):
     """Base class of dict-level modules; subclasses define :meth:`forward`."""
 
     in_keys: list[NestedKey]
@@ -68,24 +68,6 @@ class Module:
 
     def __call__(self, batch: Any, params: Params | None = None, **kwargs: Any) -> Any:
         return self.forward(batch, self.params if params is None else params, **kwargs)
-
-    def named_parameters(self) -> dict[str, Any]:
-        """Flat ``{"module.0.weight": array, ...}`` view of :attr:`params`."""
-        return flatten_params(self.params)
-
-    def parameters(self) -> list[Any]:
-        """The parameter arrays."""
-        return list(self.named_parameters().values())
-
-    @property
-    def backend(self) -> Backend | None:
-        """The backend of the parameters (``None`` for a module without any)."""
-        return params_backend(self.params)
-
-    def to(self, backend: str | Backend, device: Any = None) -> Module:
-        """Move the parameters to ``backend`` in place; returns ``self``."""
-        self.params = convert_params(self.params, backend, device)
-        return self
 
 
 class DictModule(Module):

@@ -18,7 +18,7 @@ import numpy as np
 
 from arrayrl.backends import Backend, backend_of, get_backend
 
-from ._params import Params, convert_params, flatten_params, params_backend
+from ._params import HasParams, Params, convert_params
 
 __all__ = [
     "ELU",
@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 
-class Layer:
+class Layer(HasParams):
     """Base class: ``apply(params, *inputs)`` is the maths, ``params`` the own tree."""
 
     def __init__(self) -> None:
@@ -56,24 +56,6 @@ class Layer:
 
     def __call__(self, *inputs: Any, params: Params | None = None) -> Any:
         return self.apply(self.params if params is None else params, *inputs)
-
-    def named_parameters(self) -> dict[str, Any]:
-        """Flat ``{"0.weight": array, ...}`` view of :attr:`params`."""
-        return flatten_params(self.params)
-
-    def parameters(self) -> list[Any]:
-        """The parameter arrays (what ``torch.optim`` takes on torch)."""
-        return list(self.named_parameters().values())
-
-    @property
-    def backend(self) -> Backend | None:
-        """The backend of the parameters (``None`` for a layer without any)."""
-        return params_backend(self.params)
-
-    def to(self, backend: str | Backend, device: Any = None) -> Layer:
-        """Move the parameters to ``backend`` in place; returns ``self``."""
-        self.params = convert_params(self.params, backend, device)
-        return self
 
 
 def _initial_params(
