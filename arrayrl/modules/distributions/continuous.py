@@ -249,7 +249,23 @@ class _TanhBox:
         }
 
 
-class TanhNormal(Distribution):
+class _Bounded:
+    """``low`` / ``high`` of a distribution squashed into a box by its ``_box``."""
+
+    _box: _TanhBox
+
+    @property
+    def low(self) -> Any:
+        """The lower bound."""
+        return self._box.low
+
+    @property
+    def high(self) -> Any:
+        """The upper bound."""
+        return self._box.high
+
+
+class TanhNormal(_Bounded, Distribution):
     r"""A normal variable squashed by ``tanh`` onto ``(low, high)``.
 
     With :math:`x \sim \mathcal N(\mu, \sigma^2)`, :math:`y = m + h \tanh x`,
@@ -322,16 +338,6 @@ class TanhNormal(Distribution):
         cut = len(shape) - self.event_dims
         super().__init__(backend, shape[:cut], shape[cut:])
         self.loc, self.scale = loc, scale
-
-    @property
-    def low(self) -> Any:
-        """The lower bound."""
-        return self._box.low
-
-    @property
-    def high(self) -> Any:
-        """The upper bound."""
-        return self._box.high
 
     @property
     def deterministic_sample(self) -> Any:
@@ -473,7 +479,7 @@ class Delta(Distribution):
         return self.xp.broadcast_to(self.param, (*shape, *self.param.shape))
 
 
-class TanhDelta(Distribution):
+class TanhDelta(_Bounded, Distribution):
     r"""A point mass at ``m + h tanh(theta)`` inside ``(low, high)``.
 
     As TorchRL 0.14.1, the parameter is shifted before squashing,
@@ -521,16 +527,6 @@ class TanhDelta(Distribution):
         super().__init__(backend, tuple(param.shape[:cut]), tuple(param.shape[cut:]))
         self.param, self.atol, self.rtol = param, atol, rtol
         self.loc = param + (high - low) / 2 + low
-
-    @property
-    def low(self) -> Any:
-        """The lower bound."""
-        return self._box.low
-
-    @property
-    def high(self) -> Any:
-        """The upper bound."""
-        return self._box.high
 
     @property
     def mode(self) -> Any:
