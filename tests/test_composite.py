@@ -394,6 +394,18 @@ def test_a2c_rejects_a_composite_actor() -> None:
         A2CLoss(_arrayrl_actor(net), ValueOperator(critic, in_keys=["observation"]))
 
 
+@pytest.mark.parametrize("loss_name", ["KLPENPPOLoss", "ReinforceLoss"])
+def test_losses_without_composite_support_say_so(loss_name: str) -> None:
+    pytest.importorskip("torch")
+    import arrayrl.objectives as objectives
+
+    net, critic = _Heads.make()
+    with pytest.raises(NotImplementedError, match="composite"):
+        getattr(objectives, loss_name)(
+            _arrayrl_actor(net), ValueOperator(critic, in_keys=["observation"])
+        )
+
+
 def test_composite_ppo_computes_the_advantage_with_gae() -> None:
     """The per-head key lists stay with the loss; the value estimator keeps its keys."""
     torch = pytest.importorskip("torch")

@@ -490,6 +490,11 @@ class KLPENPPOLoss(PPOLoss):
         samples_mc_kl: int = 1,
         **kwargs: Any,
     ) -> None:
+        if len(getattr(actor_network, "dist_sample_keys", ())) > 1:
+            raise NotImplementedError(
+                "KLPENPPOLoss does not support composite (multi-head) actors yet: the KL "
+                "between composite distributions is not implemented; use ClipPPOLoss"
+            )
         super().__init__(actor_network, critic_network, **kwargs)
         if increment < 1.0:
             raise ValueError(f"increment must be >= 1.0, got {increment}")

@@ -112,6 +112,11 @@ class ReinforceLoss(CriticLossMixin, LossModule):
                 f"unknown loss_critic_type {loss_critic_type!r}; expected one of {_CRITIC_LOSSES}"
             )
         super().__init__()
+        if len(getattr(actor_network, "dist_sample_keys", ())) > 1:
+            raise NotImplementedError(
+                "ReinforceLoss does not support composite (multi-head) actors yet; "
+                "use a PPO loss"
+            )
         self.convert_to_functional(actor_network, "actor_network")
         self.convert_to_functional(
             critic_network, "critic_network", create_target_params=delay_value
