@@ -93,10 +93,20 @@ def convert_params(
 class HasParams:
     """What every holder of a parameter tree offers (layers and dict-level modules).
 
-    Subclasses provide the ``params`` property (the tree, shared, not copied).
+    By default the tree is stored in ``_params``; containers override :attr:`params` to
+    assemble theirs from their parts.
     """
 
-    params: Params
+    _params: Params
+
+    @property
+    def params(self) -> Params:
+        """The own parameter tree (shared with the caller, not copied)."""
+        return self._params
+
+    @params.setter
+    def params(self, tree: Params) -> None:
+        self._params = tree
 
     def named_parameters(self) -> dict[str, Any]:
         """Flat ``{"0.weight": array, ...}`` view of :attr:`params`."""

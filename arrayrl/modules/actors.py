@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from arrayrl.backends import Backend, backend_of
+from arrayrl.backends import backend_of
 
 from ._params import Params
-from .dict_module import DictModule, Module, NestedKey, as_key_list, read_key
+from .dict_module import DictModule, Module, ModuleWrapper, NestedKey, as_key_list, read_key
 from .layers import Layer
 
 __all__ = [
@@ -45,7 +45,7 @@ def _log_prob_key(action_key: NestedKey) -> NestedKey:
     return f"{action_key}_log_prob"
 
 
-class ProbabilisticActor(Module):
+class ProbabilisticActor(ModuleWrapper):
     """A policy: ``module`` writes distribution parameters, which become a distribution.
 
     Parameters
@@ -146,14 +146,6 @@ class ProbabilisticActor(Module):
             )
         return self._log_prob_key
 
-    @property
-    def params(self) -> Params:
-        return {"module": self.module.params}
-
-    @params.setter
-    def params(self, tree: Params) -> None:
-        self.module.params = tree["module"]
-
     def get_dist(self, batch: Any, params: Params | None = None) -> Any:
         """Run the parameter network on ``batch`` and build the distribution."""
         params = self.params if params is None else params
@@ -207,10 +199,6 @@ class ProbabilisticActor(Module):
         if how == "deterministic":
             return dist.deterministic_sample
         return dist.mode if how == "mode" else dist.mean
-
-    def to(self, backend: str | Backend, device: Any = None) -> ProbabilisticActor:
-        self.module.to(backend, device)
-        return self
 
 
 def _arg_name(key: NestedKey) -> str:
@@ -415,7 +403,7 @@ class QValueModule(Module):
         return list(self.var_nums)
 
 
-class QValueActor(Module):
+class QValueActor(ModuleWrapper):
     """A Q-value policy: ``module`` writes action values, :class:`QValueModule` picks the
     greedy action (TorchRL 0.14.1's ``QValueActor``).
 
@@ -484,21 +472,9 @@ class QValueActor(Module):
         extra = [k for k in self.module.out_keys if k not in self.qvalue.out_keys]
         self.out_keys = [*self.qvalue.out_keys, *extra]
 
-    @property
-    def params(self) -> Params:
-        return {"module": self.module.params}
-
-    @params.setter
-    def params(self, tree: Params) -> None:
-        self.module.params = tree["module"]
-
     def forward(self, batch: Any, params: Params) -> Any:
         self.module(batch, params["module"])
         return self.qvalue(batch)
-
-    def to(self, backend: str | Backend, device: Any = None) -> QValueActor:
-        self.module.to(backend, device)
-        return self
 
 
 def _action_value_module(

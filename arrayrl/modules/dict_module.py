@@ -20,7 +20,7 @@ from arrayrl.backends import Backend
 from ._params import HasParams, Params
 from .layers import Layer
 
-__all__ = ["DictModule", "Module", "NestedKey", "as_key_list"]
+__all__ = ["DictModule", "Module", "ModuleWrapper", "NestedKey", "as_key_list"]
 
 NestedKey = str | tuple[str, ...]
 
@@ -53,21 +53,31 @@ class Module(HasParams):
     in_keys: list[NestedKey]
     out_keys: list[NestedKey]
 
-    @property
-    def params(self) -> Params:
-        """The module's own parameter tree."""
-        raise NotImplementedError
-
-    @params.setter
-    def params(self, tree: Params) -> None:
-        raise NotImplementedError
-
     def forward(self, batch: Any, params: Params) -> Any:
         """Write ``out_keys`` into ``batch`` computed with ``params``; return ``batch``."""
         raise NotImplementedError
 
     def __call__(self, batch: Any, params: Params | None = None, **kwargs: Any) -> Any:
         return self.forward(batch, self.params if params is None else params, **kwargs)
+
+
+class ModuleWrapper(Module):
+    """A dict-level module around an inner one, ``self.module``: its tree is
+    ``{"module": <inner tree>}`` and moving it moves the inner module."""
+
+    module: Any
+
+    @property
+    def params(self) -> Params:
+        return {"module": self.module.params}
+
+    @params.setter
+    def params(self, tree: Params) -> None:
+        self.module.params = tree["module"]
+
+    def to(self, backend: str | Backend, device: Any = None) -> ModuleWrapper:
+        self.module.to(backend, device)
+        return self
 
 
 class DictModule(Module):

@@ -41,15 +41,6 @@ class Layer(HasParams):
     def __init__(self) -> None:
         self._params: Params = {}
 
-    @property
-    def params(self) -> Params:
-        """This layer's parameter tree (shared with the caller, not copied)."""
-        return self._params
-
-    @params.setter
-    def params(self, tree: Params) -> None:
-        self._params = tree
-
     def apply(self, params: Params, *inputs: Any) -> Any:
         """The layer's output for ``inputs`` computed with ``params``."""
         raise NotImplementedError

@@ -201,14 +201,6 @@ class TorchDictModule(Module):
         self._names = frozenset(name for name, _ in module.named_parameters())
         self._params = _module_params(module)
 
-    @property
-    def params(self) -> Params:
-        return self._params
-
-    @params.setter
-    def params(self, tree: Params) -> None:
-        self._params = tree
-
     def forward(self, batch: Any, params: Params) -> Any:
         owner = type(self.module).__name__
         flat = _flat_checked(params, self._names, owner)

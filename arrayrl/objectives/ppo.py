@@ -297,6 +297,14 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
             return self.read(batch, keys)
         return self._sum_heads(self._select(batch, keys, "sample_log_prob"), keys, batch)
 
+    def _ratio(
+        self, batch: ArrayDict, advantage: Any, params: Mapping[str, Params] | None
+    ) -> tuple[Any, Any, Any, Any, Any]:
+        """``(A, log r, π_θ, kl_approx, log w_is)``: :meth:`_log_weight`, with the
+        advantage shaped like ``log r`` (:func:`_advantage_like`)."""
+        log_weight, dist, kl_approx, log_is = self._log_weight(batch, params)
+        return _advantage_like(advantage, log_weight), log_weight, dist, kl_approx, log_is
+
     def _log_weight(
         self, batch: ArrayDict, params: Mapping[str, Params] | None
     ) -> tuple[Any, Any, Any, Any]:
@@ -367,8 +375,7 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
     def forward(self, batch: Any, params: Mapping[str, Params] | None = None) -> ArrayDict:
         """``loss_objective = −r·A`` plus entropy and critic terms and ``kl_approx``."""
         batch, advantage = self._prepare(batch, params)
-        log_weight, dist, kl_approx, log_is = self._log_weight(batch, params)
-        advantage = _advantage_like(advantage, log_weight)
+        advantage, log_weight, dist, kl_approx, log_is = self._ratio(batch, advantage, params)
         backend = backend_of(advantage)
         xp = backend.xp
         if log_is is not None:
@@ -448,8 +455,7 @@ class ClipPPOLoss(PPOLoss):
     def forward(self, batch: Any, params: Mapping[str, Params] | None = None) -> ArrayDict:
         """``loss_objective = −min(r·A, clip(r)·A)`` plus entropy, critic and diagnostics."""
         batch, advantage = self._prepare(batch, params)
-        log_weight, dist, kl_approx, log_is = self._log_weight(batch, params)
-        advantage = _advantage_like(advantage, log_weight)
+        advantage, log_weight, dist, kl_approx, log_is = self._ratio(batch, advantage, params)
         backend = backend_of(advantage)
         xp = backend.xp
         log_behav = log_weight if log_is is None else log_weight + log_is
@@ -532,8 +538,7 @@ class KLPENPPOLoss(PPOLoss):
         """``loss_objective = −(r·A − β·KL)``; adapts β afterwards."""
         batch, advantage = self._prepare(batch, params)
         previous = self._previous_dist(batch)
-        log_weight, dist, kl_approx, log_is = self._log_weight(batch, params)
-        advantage = _advantage_like(advantage, log_weight)
+        advantage, log_weight, dist, kl_approx, log_is = self._ratio(batch, advantage, params)
         backend = backend_of(advantage)
         xp = backend.xp
         if log_is is not None:

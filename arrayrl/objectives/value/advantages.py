@@ -288,6 +288,11 @@ def _check_kernel(kernel: str) -> str:
 # Base class
 
 
+def _key_alias(name: str) -> property:
+    """A read-only property returning ``self.tensor_keys.<name>``."""
+    return property(lambda self: getattr(self.tensor_keys, name), doc=f"``tensor_keys.{name}``")
+
+
 class ValueEstimatorBase:
     """Common machinery of the estimators: keys, value-network calls, batch checks.
 
@@ -316,6 +321,9 @@ class ValueEstimatorBase:
         ``value_chunk_size`` elements, or into ``num_chunks`` (alias ``num_chunk``) parts.
     shifted_budget : int, default 1
         Validated (``>= 1``) and ignored: ``shifted=True`` never drops samples here.
+    time_dim : int, optional
+        The batch's time axis (default: a dimension named ``"time"``, else the last
+        batch dimension); a call's ``time_dim`` overrides it.
     kernel : {"auto", "reference", "numba", "cuda"}, default "auto"
         Which scan runs the recurrence (arrayrl extension).
     advantage_key, value_target_key, value_key, group_key
@@ -343,8 +351,6 @@ class ValueEstimatorBase:
         steps_to_next_obs: NestedKey = "steps_to_next_obs"
         sample_log_prob: NestedKey = "action_log_prob"
 
-    time_dim: int | None = None
-
     def __init__(
         self,
         *,
@@ -362,6 +368,7 @@ class ValueEstimatorBase:
         num_chunk: int | None = None,
         value_chunk_dim: int = 0,
         shifted_budget: int = 1,
+        time_dim: int | None = None,
         group_key: NestedKey | None = None,
         kernel: str = "auto",
     ) -> None:
@@ -369,6 +376,7 @@ class ValueEstimatorBase:
             advantage_key=advantage_key, value_target_key=value_target_key, value_key=value_key
         )
         _unsupported_group_key(group_key)
+        self.time_dim = time_dim
         self.value_network = value_network
         self.shifted = _check_flag("shifted", shifted)
         self.differentiable = bool(differentiable)
@@ -442,37 +450,15 @@ class ValueEstimatorBase:
         """The batch entries written by the estimate (besides the values)."""
         return [self.tensor_keys.advantage, self.tensor_keys.value_target]
 
-    @property
-    def advantage_key(self) -> NestedKey:
-        return self.tensor_keys.advantage
-
-    @property
-    def value_target_key(self) -> NestedKey:
-        return self.tensor_keys.value_target
-
-    @property
-    def value_key(self) -> NestedKey:
-        return self.tensor_keys.value
-
-    @property
-    def reward_key(self) -> NestedKey:
-        return self.tensor_keys.reward
-
-    @property
-    def done_key(self) -> NestedKey:
-        return self.tensor_keys.done
-
-    @property
-    def terminated_key(self) -> NestedKey:
-        return self.tensor_keys.terminated
-
-    @property
-    def steps_to_next_obs_key(self) -> NestedKey:
-        return self.tensor_keys.steps_to_next_obs
-
-    @property
-    def sample_log_prob_key(self) -> NestedKey:
-        return self.tensor_keys.sample_log_prob
+    # TorchRL's ``<name>_key`` read-only aliases of ``tensor_keys.<name>``
+    advantage_key = _key_alias("advantage")
+    value_target_key = _key_alias("value_target")
+    value_key = _key_alias("value")
+    reward_key = _key_alias("reward")
+    done_key = _key_alias("done")
+    terminated_key = _key_alias("terminated")
+    steps_to_next_obs_key = _key_alias("steps_to_next_obs")
+    sample_log_prob_key = _key_alias("sample_log_prob")
 
     # -- calling ----------------------------------------------------------------------
     def __call__(self, batch: Any, **kwargs: Any) -> Any:
@@ -831,37 +817,8 @@ class TD0Estimator(_TDEstimator):
 
     _estimate_ends_runs = False
 
-    def __init__(
-        self,
-        *,
-        gamma: float | Any,
-        value_network: Any,
-        shifted: bool = False,
-        average_rewards: bool = False,
-        differentiable: bool = False,
-        advantage_key: NestedKey | None = None,
-        value_target_key: NestedKey | None = None,
-        value_key: NestedKey | None = None,
-        skip_existing: bool | None = None,
-        device: Any = None,
-        deactivate_vmap: bool = False,
-        value_chunk_size: int | None = None,
-        num_chunks: int | None = None,
-        num_chunk: int | None = None,
-        value_chunk_dim: int = 0,
-        shifted_budget: int = 1,
-        group_key: NestedKey | None = None,
-        kernel: str = "auto",
-    ) -> None:
-        super().__init__(
-            average_rewards=average_rewards, value_network=value_network, shifted=shifted,
-            differentiable=differentiable, skip_existing=skip_existing,
-            advantage_key=advantage_key, value_target_key=value_target_key,
-            value_key=value_key, device=device, deactivate_vmap=deactivate_vmap,
-            value_chunk_size=value_chunk_size, num_chunks=num_chunks, num_chunk=num_chunk,
-            value_chunk_dim=value_chunk_dim, shifted_budget=shifted_budget,
-            group_key=group_key, kernel=kernel,
-        )
+    def __init__(self, *, gamma: float | Any, value_network: Any, **kwargs: Any) -> None:
+        super().__init__(value_network=value_network, **kwargs)
         self.gamma = _scalar_or_array("gamma", gamma, 0.0, 1.0, low_open=False)
 
     def _returns(
@@ -893,40 +850,9 @@ class TD1Estimator(_TDEstimator):
     Barto (2018), §12.1 with λ = 1.
     """
 
-    def __init__(
-        self,
-        *,
-        gamma: float | Any,
-        value_network: Any,
-        average_rewards: bool = False,
-        differentiable: bool = False,
-        skip_existing: bool | None = None,
-        advantage_key: NestedKey | None = None,
-        value_target_key: NestedKey | None = None,
-        value_key: NestedKey | None = None,
-        shifted: bool = False,
-        device: Any = None,
-        time_dim: int | None = None,
-        deactivate_vmap: bool = False,
-        value_chunk_size: int | None = None,
-        num_chunks: int | None = None,
-        num_chunk: int | None = None,
-        value_chunk_dim: int = 0,
-        shifted_budget: int = 1,
-        group_key: NestedKey | None = None,
-        kernel: str = "auto",
-    ) -> None:
-        super().__init__(
-            average_rewards=average_rewards, value_network=value_network, shifted=shifted,
-            differentiable=differentiable, skip_existing=skip_existing,
-            advantage_key=advantage_key, value_target_key=value_target_key,
-            value_key=value_key, device=device, deactivate_vmap=deactivate_vmap,
-            value_chunk_size=value_chunk_size, num_chunks=num_chunks, num_chunk=num_chunk,
-            value_chunk_dim=value_chunk_dim, shifted_budget=shifted_budget,
-            group_key=group_key, kernel=kernel,
-        )
+    def __init__(self, *, gamma: float | Any, value_network: Any, **kwargs: Any) -> None:
+        super().__init__(value_network=value_network, **kwargs)
         self.gamma = _scalar_or_array("gamma", gamma, 0.0, 1.0, low_open=False)
-        self.time_dim = time_dim
 
     def _returns(
         self, gamma: Any, next_value: Any, reward: Any, done: Any, terminated: Any, time_dim: int
@@ -972,38 +898,13 @@ class TDLambdaEstimator(_TDEstimator):
         gamma: float | Any,
         lmbda: float | Any,
         value_network: Any,
-        average_rewards: bool = False,
-        differentiable: bool = False,
         vectorized: bool = True,
-        skip_existing: bool | None = None,
-        advantage_key: NestedKey | None = None,
-        value_target_key: NestedKey | None = None,
-        value_key: NestedKey | None = None,
-        shifted: bool = False,
-        device: Any = None,
-        time_dim: int | None = None,
-        deactivate_vmap: bool = False,
-        value_chunk_size: int | None = None,
-        num_chunks: int | None = None,
-        num_chunk: int | None = None,
-        value_chunk_dim: int = 0,
-        shifted_budget: int = 1,
-        group_key: NestedKey | None = None,
-        kernel: str = "auto",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            average_rewards=average_rewards, value_network=value_network, shifted=shifted,
-            differentiable=differentiable, skip_existing=skip_existing,
-            advantage_key=advantage_key, value_target_key=value_target_key,
-            value_key=value_key, device=device, deactivate_vmap=deactivate_vmap,
-            value_chunk_size=value_chunk_size, num_chunks=num_chunks, num_chunk=num_chunk,
-            value_chunk_dim=value_chunk_dim, shifted_budget=shifted_budget,
-            group_key=group_key, kernel=kernel,
-        )
+        super().__init__(value_network=value_network, **kwargs)
         self.gamma = _scalar_or_array("gamma", gamma, 0.0, 1.0, low_open=False)
         self.lmbda = _scalar_or_array("lmbda", lmbda, 0.0, 1.0, low_open=False)
         self.vectorized = vectorized
-        self.time_dim = time_dim
 
     def _returns(
         self, gamma: Any, next_value: Any, reward: Any, done: Any, terminated: Any, time_dim: int
@@ -1055,38 +956,15 @@ class GAE(ValueEstimatorBase):
         lmbda: float | Any,
         value_network: Any,
         average_gae: bool = False,
-        differentiable: bool = False,
         vectorized: bool | None = None,
-        skip_existing: bool | None = None,
-        advantage_key: NestedKey | None = None,
-        value_target_key: NestedKey | None = None,
-        value_key: NestedKey | None = None,
-        shifted: bool = False,
-        device: Any = None,
-        time_dim: int | None = None,
         auto_reset_env: bool = False,
-        deactivate_vmap: bool = False,
-        value_chunk_size: int | None = None,
-        num_chunks: int | None = None,
-        num_chunk: int | None = None,
-        value_chunk_dim: int = 0,
-        shifted_budget: int = 1,
-        group_key: NestedKey | None = None,
-        kernel: str = "auto",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            value_network=value_network, shifted=shifted, differentiable=differentiable,
-            skip_existing=skip_existing, advantage_key=advantage_key,
-            value_target_key=value_target_key, value_key=value_key, device=device,
-            deactivate_vmap=deactivate_vmap, value_chunk_size=value_chunk_size,
-            num_chunks=num_chunks, num_chunk=num_chunk, value_chunk_dim=value_chunk_dim,
-            shifted_budget=shifted_budget, group_key=group_key, kernel=kernel,
-        )
+        super().__init__(value_network=value_network, **kwargs)
         self.gamma = _scalar_or_array("gamma", gamma, 0.0, 1.0, low_open=False)
         self.lmbda = _scalar_or_array("lmbda", lmbda, 0.0, 1.0, low_open=False)
         self.average_gae = average_gae
         self.vectorized = vectorized
-        self.time_dim = time_dim
         self.auto_reset_env = auto_reset_env
 
     def _advantage_and_target(
@@ -1273,37 +1151,15 @@ class VTrace(ValueEstimatorBase):
         rho_thresh: float | Any = 1.0,
         c_thresh: float | Any = 1.0,
         average_adv: bool = False,
-        differentiable: bool = False,
-        skip_existing: bool | None = None,
-        advantage_key: NestedKey | None = None,
-        value_target_key: NestedKey | None = None,
-        value_key: NestedKey | None = None,
-        shifted: bool = False,
-        device: Any = None,
-        time_dim: int | None = None,
-        value_chunk_size: int | None = None,
-        num_chunks: int | None = None,
-        num_chunk: int | None = None,
-        value_chunk_dim: int = 0,
-        shifted_budget: int = 1,
-        group_key: NestedKey | None = None,
-        kernel: str = "auto",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            value_network=value_network, shifted=shifted, differentiable=differentiable,
-            skip_existing=skip_existing, advantage_key=advantage_key,
-            value_target_key=value_target_key, value_key=value_key, device=device,
-            value_chunk_size=value_chunk_size, num_chunks=num_chunks, num_chunk=num_chunk,
-            value_chunk_dim=value_chunk_dim, shifted_budget=shifted_budget,
-            group_key=group_key, kernel=kernel,
-        )
+        super().__init__(value_network=value_network, **kwargs)
         inf = float("inf")
         self.gamma = _scalar_or_array("gamma", gamma, 0.0, 1.0, low_open=False)
         self.rho_thresh = _scalar_or_array("rho_thresh", rho_thresh, 0.0, inf, low_open=True)
         self.c_thresh = _scalar_or_array("c_thresh", c_thresh, 0.0, inf, low_open=True)
         self.average_adv = average_adv
         self.actor_network = actor_network
-        self.time_dim = time_dim
 
     @property
     def in_keys(self) -> list[NestedKey]:
