@@ -8,34 +8,53 @@ writes them as JSON.
 ``arrayrl train ppo`` trains a PPO agent on a Gymnasium environment with arrayrl's
 ``ClipPPOLoss`` and GAE (torch backend), shows a progress bar on stderr, writes the
 learning curve as CSV and PNG and prints a summary line.
+
+The help texts are plain text (argparse prints them as they are): no reST markup there.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+import textwrap
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+#: exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells report it
+EXIT_INTERRUPTED = 130
+#: the modules ``arrayrl train`` needs: the ``[train]`` extra
+TRAIN_MODULES = ("torch", "gymnasium", "matplotlib", "tqdm")
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="arrayrl", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    conformance = commands.add_parser(
-        "conformance", help="every estimator and loss case x every available backend, and TorchRL"
-    )
-    conformance.add_argument("--json", metavar="PATH", help="write the full report here")
-    conformance.add_argument("-k", "--filter", default="", help="only cases whose name has this")
-    conformance.add_argument("--dtype", choices=("float32", "float64"), action="append")
-    conformance.add_argument("--no-torchrl", action="store_true", help="skip the TorchRL oracle")
-    conformance.add_argument(
-        "--cases", action="store_true", help="one row per case, not per function or loss"
-    )
-    _add_train_parser(commands)
-    return parser
+_FORMATTER = argparse.RawDescriptionHelpFormatter
 
+_MAIN_EPILOG = """\
+examples:
+  arrayrl conformance -k gae          # GAE on every backend here, and against TorchRL
+  arrayrl conformance --help          # case families, JSON report, dtypes
+  arrayrl train ppo                   # PPO on CartPole-v1: mean return 500 in about 30 s
+  arrayrl train ppo --help            # environments, frames, seeds, devices
+"""
+
+_CONFORMANCE_EPILOG = """\
+-k takes a family name, in any case and with or without '-' or '_':
+  {families}
+or a function or loss class name (td0_return_estimate, ClipPPOLoss); any other text
+keeps the cases whose name contains it (tanh_normal, 4x8). Separate several with commas.
+
+The report names the backends and oracles it ran and those it skipped, with the reason
+(not installed, no GPU), and the recorded deviations from TorchRL that the cases run
+used. Exit status: 0 when every cell passes, 1 when one fails, 2 on a bad option.
+
+examples:
+  arrayrl conformance                          # every case on every backend here
+  arrayrl conformance -k v-trace --cases       # one row per V-trace case
+  arrayrl conformance -k gae,td-lambda --dtype float32
+  arrayrl conformance -k clipppo --no-torchrl --json report.json
+"""
 
 _TRAIN_EPILOG = """\
 Settings not given on the command line come from the environment's preset
@@ -44,24 +63,103 @@ Settings not given on the command line come from the environment's preset
 a running reward normalisation and a smooth-L1 critic loss; Pendulum-v1 (TanhNormal
 policy) uses gamma 0.9, Adam 1e-3, 10 epochs of 32 minibatches, 100k frames.
 
+--frames is rounded to whole iterations of envs x steps frames (a line says so). The
+curve is rewritten every --save-every seconds and at the end; Ctrl-C stops the run,
+writes the curve so far, says where, and exits with status 130.
+
 examples:
   arrayrl train ppo                                  # CartPole-v1, 250k frames
   arrayrl train ppo --env Pendulum-v1 --seed 1
   arrayrl train ppo --frames 20000 --out /tmp/ppo-smoke
+  arrayrl train ppo --device cuda --no-progress
 """
+
+_TRAIN_GROUP_EPILOG = """\
+examples:
+  arrayrl train ppo                   # PPO on CartPole-v1
+  arrayrl train ppo --help            # its options
+"""
+
+
+def package_version() -> str:
+    """The installed distribution's version (``"unknown"`` when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("arrayrl")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The ``arrayrl`` argument parser with its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="arrayrl",
+        description="arrayrl: TorchRL's losses and value estimators on the Python Array API.",
+        epilog=_MAIN_EPILOG,
+        formatter_class=_FORMATTER,
+    )
+    parser.add_argument("--version", action="version", version=f"arrayrl {package_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_conformance_parser(commands)
+    _add_train_parser(commands)
+    return parser
+
+
+def _add_conformance_parser(commands: Any) -> None:
+    """``arrayrl conformance [options]``."""
+    from arrayrl.conformance.plan import FAMILIES
+
+    conformance = commands.add_parser(
+        "conformance",
+        help="every estimator and loss case x every available backend, and TorchRL",
+        description="Run every estimator and loss case on every backend and kernel available\n"
+        "here; compare with the float64 reference and with TorchRL.",
+        epilog=_CONFORMANCE_EPILOG.format(
+            families=textwrap.fill(", ".join(FAMILIES), 86, subsequent_indent="  ")
+        ),
+        formatter_class=_FORMATTER,
+    )
+    conformance.add_argument(
+        "--json", metavar="PATH", help="also write the full report (JSON) here"
+    )
+    conformance.add_argument(
+        "-k",
+        "--filter",
+        default="",
+        metavar="NAMES",
+        help="only these families or cases (gae, vtrace, ppo, ...; see below)",
+    )
+    conformance.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        action="append",
+        help="only this input dtype (repeat for both; default both)",
+    )
+    conformance.add_argument("--no-torchrl", action="store_true", help="skip the TorchRL oracle")
+    conformance.add_argument(
+        "--cases", action="store_true", help="one row per case, not per function or loss"
+    )
 
 
 def _add_train_parser(commands: Any) -> None:
     """``arrayrl train ppo [options]``."""
-    train = commands.add_parser("train", help="train an agent with arrayrl's losses")
-    algorithms = train.add_subparsers(dest="algorithm", required=True)
+    train = commands.add_parser(
+        "train",
+        help="train an agent with arrayrl's losses",
+        description="Train an agent with arrayrl's losses (needs the train extra:\n"
+        "pip install 'arrayrl[train]').",
+        epilog=_TRAIN_GROUP_EPILOG,
+        formatter_class=_FORMATTER,
+    )
+    algorithms = train.add_subparsers(dest="algorithm", required=True, metavar="ALGORITHM")
     ppo = algorithms.add_parser(
         "ppo",
         help="PPO (ClipPPOLoss + GAE) on Gymnasium vector envs",
-        description="Train PPO with arrayrl's ClipPPOLoss and GAE on a Gymnasium vector "
-        "env; write <out>/learning_curve.csv and .png.",
+        description="Train PPO with arrayrl's ClipPPOLoss and GAE on a Gymnasium vector env;\n"
+        "write <out>/learning_curve.csv and .png.",
         epilog=_TRAIN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_FORMATTER,
     )
     ppo.add_argument("--env", default="CartPole-v1", help="Gymnasium id (default CartPole-v1)")
     ppo.add_argument("--frames", type=int, help="total env frames (default: the preset's)")
@@ -72,11 +170,20 @@ def _add_train_parser(commands: Any) -> None:
         choices=("torch", "numpy"),
         help="array backend; only torch trains (NumPy has no autograd)",
     )
-    ppo.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    ppo.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
     ppo.add_argument("--out", metavar="DIR", help="output folder (default runs/ppo-<env>-<seed>)")
     ppo.add_argument("--num-envs", type=int, help="parallel environments")
     ppo.add_argument("--lr", type=float, help="Adam learning rate")
+    ppo.add_argument(
+        "--save-every",
+        type=float,
+        metavar="SECONDS",
+        help="rewrite the curve every SECONDS while training (default 30)",
+    )
     ppo.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# -- conformance -------------------------------------------------------------------------
 
 
 def _row_key(case_name: str, per_case: bool) -> str:
@@ -108,60 +215,136 @@ def _matrix(cells: list[Any], per_case: bool) -> str:
     return "\n".join(lines)
 
 
-def run_conformance(args: argparse.Namespace) -> int:
-    """Run the conformance matrix; exit status 1 when a cell fails."""
-    from arrayrl.conformance import cases as cases_module
-    from arrayrl.conformance import runner
-    from arrayrl.conformance.backends import available_targets
-    from arrayrl.conformance.loss_cases import all_loss_cases
+def json_path_error(path: str) -> str | None:
+    """Why the report cannot be written to ``path``, or ``None`` when it can.
 
-    cases = [c for c in cases_module.all_cases() if args.filter in c.name]
-    loss_cases = [c for c in all_loss_cases() if args.filter in c.name]
+    Checked before the run by opening the file for appending (which also catches a
+    read-only file system, and works for root); a file that did not exist is removed.
+    """
+    target = Path(path)
+    if target.is_dir():
+        return "is a directory"
+    existed = target.exists()
+    try:
+        with target.open("a"):
+            pass
+    except OSError as error:
+        return error.strerror or str(error)
+    if not existed:
+        target.unlink(missing_ok=True)
+    return None
+
+
+def _error(command: str, message: str) -> int:
+    """Print ``message`` as one error line on stderr; return exit status 2."""
+    print(f"arrayrl {command}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
+
+
+def select_cases(pattern: str) -> tuple[list[Any], list[Any]]:
+    """The estimator cases and the loss cases that ``-k pattern`` selects."""
+    from arrayrl.conformance.cases import all_cases
+    from arrayrl.conformance.loss_cases import all_loss_cases
+    from arrayrl.conformance.plan import select
+
+    return select(all_cases(), pattern), select(all_loss_cases(), pattern)
+
+
+def run_conformance(args: argparse.Namespace) -> int:
+    """Run the conformance matrix; exit status 1 when a cell fails, 2 on a bad option."""
+    from arrayrl.conformance import plan, runner
+    from arrayrl.conformance.cases import DTYPES
+
+    if args.json and (why := json_path_error(args.json)):
+        return _error("conformance", f"cannot write --json {args.json}: {why}")
+    cases, loss_cases = select_cases(args.filter)
     if not cases and not loss_cases:
-        print(f"no case matches {args.filter!r}", file=sys.stderr)
-        return 2
-    dtypes = args.dtype or cases_module.DTYPES
-    cells: list[Any] = []
-    if cases:
-        targets = available_targets()
-        print(f"{len(cases)} cases x {len(dtypes)} dtypes on: {', '.join(t.name for t in targets)}")
-        cells = runner.run(cases, targets, dtypes=dtypes, with_torchrl=not args.no_torchrl)
-        print(_matrix(cells, args.cases))
+        return _error(
+            "conformance",
+            f"-k {args.filter!r} matches no case; families: {plan.family_names()} "
+            "(or a function or loss class name, or part of a case name)",
+        )
+    skipped = plan.skipped_backends(with_torchrl=not args.no_torchrl)
+    print(plan.oracle_line(skipped))
+    print(plan.describe_skipped(skipped))
+    dtypes = args.dtype or DTYPES
+    with_torchrl = "torchrl" not in skipped
+    cells = _run_estimators(runner, cases, dtypes, args.cases, with_torchrl) if cases else []
     if loss_cases:
-        cells += _run_losses(runner, loss_cases, dtypes, args)
-    report = runner.report(cells)
-    print("\nmax scaled error = max|x - ref| / max(1, max|ref|); tolerance", report["tolerance"])
-    if loss_cases:
-        print("loss cases (every output, every loss_* gradient):", report["loss_tolerance"])
-    for deviation in report["deviations"]:
-        issue = deviation["torchrl_issue"] or "no TorchRL issue number"
-        print(f"* deviation {deviation['key']} ({issue}): {deviation['reason']}")
-    for cell in (c for c in cells if not c.passed):
-        print(f"FAIL {cell.case} {cell.dtype} {cell.target}: {cell.error:.3g} {cell.note}")
+        cells += _run_losses(runner, loss_cases, dtypes, args.cases, with_torchrl)
+    report = runner.report(cells, skipped)
+    _print_footer(report, cells, bool(loss_cases))
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(report, handle, indent=1)
+        Path(args.json).write_text(json.dumps(report, indent=1))
         print(f"report written to {args.json}")
     failed = sum(not c.passed for c in cells)
-    print(f"{len(cells) - failed} passed, {failed} failed")
+    print(f"{len(cells) - failed} passed, {failed} failed; {plan.describe_skipped(skipped)}")
     return 1 if failed else 0
 
 
-def _run_losses(runner: Any, cases: list[Any], dtypes: Sequence[str], args: Any) -> list[Any]:
+def _run_estimators(
+    runner: Any, cases: list[Any], dtypes: Sequence[str], per_case: bool, with_torchrl: bool
+) -> list[Any]:
+    """Run and print the estimator matrix on every backend × kernel here."""
+    from arrayrl.conformance.backends import available_targets
+
+    targets = available_targets()
+    names = ", ".join(t.name for t in targets)
+    print(f"\n{len(cases)} cases x {len(dtypes)} dtypes on: {names}")
+    cells = runner.run(cases, targets, dtypes=dtypes, with_torchrl=with_torchrl)
+    print(_matrix(cells, per_case))
+    return cells
+
+
+def _run_losses(
+    runner: Any, cases: list[Any], dtypes: Sequence[str], per_case: bool, with_torchrl: bool
+) -> list[Any]:
     """Run and print the loss matrix (gradients on torch; a subset of cases on JAX)."""
     from arrayrl.conformance.backends import available_loss_targets
 
     targets = available_loss_targets()
     names = ", ".join(t.label for t in targets)
     print(f"\n{len(cases)} loss cases x {len(dtypes)} dtypes on: {names}")
-    cells = runner.run_losses(cases, targets, dtypes=dtypes, with_torchrl=not args.no_torchrl)
-    print(_matrix(cells, args.cases))
+    cells = runner.run_losses(cases, targets, dtypes=dtypes, with_torchrl=with_torchrl)
+    print(_matrix(cells, per_case))
     return cells
 
 
+def _print_footer(report: dict[str, Any], cells: list[Any], with_losses: bool) -> None:
+    """Tolerances, the deviations the cells used, and every failed cell."""
+    print("\nmax scaled error = max|x - ref| / max(1, max|ref|); tolerance", report["tolerance"])
+    if with_losses:
+        print("loss cases (every output, every loss_* gradient):", report["loss_tolerance"])
+    for deviation in report["deviations"]:
+        issue = deviation["torchrl_issue"] or "no TorchRL issue number"
+        print(f"* deviation {deviation['key']} ({issue}): {deviation['reason']}")
+    for cell in (c for c in cells if not c.passed):
+        print(f"FAIL {cell.case} {cell.dtype} {cell.target}: {cell.error:.3g} {cell.note}")
+
+
+# -- train -------------------------------------------------------------------------------
+
+
+def missing_train_modules() -> list[str]:
+    """The modules of the ``[train]`` extra that cannot be imported here."""
+    missing = []
+    for name in TRAIN_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
 def run_train(args: argparse.Namespace) -> int:
-    """Run ``arrayrl train ppo``; exit status 2 on a setting that cannot train."""
-    from arrayrl.train import make_config, train_ppo  # torch and Gymnasium load in here
+    """Run ``arrayrl train ppo``: 2 on a setting that cannot train, 130 on Ctrl-C."""
+    missing = missing_train_modules()
+    if missing:
+        return _error(
+            "train",
+            f"missing {', '.join(missing)}: install the train extra (pip install 'arrayrl[train]')",
+        )
+    from arrayrl.train import TrainingInterrupted, check_setup, frames_note, make_config, train_ppo
 
     try:
         config = make_config(
@@ -173,13 +356,23 @@ def run_train(args: argparse.Namespace) -> int:
             out=args.out,
             num_envs=args.num_envs,
             lr=args.lr,
+            save_every_s=args.save_every,
             progress=not args.no_progress,
         )
-        config.validate()
+        check_setup(config)
     except ValueError as error:
-        print(f"arrayrl train ppo: error: {error}", file=sys.stderr)
-        return 2
-    result = train_ppo(config)
+        return _error("train ppo", str(error))
+    note = frames_note(config)
+    if note:
+        print(f"arrayrl train ppo: {note}", file=sys.stderr)
+    try:
+        result = train_ppo(config)
+    except TrainingInterrupted as stop:
+        print(stop.result.summary())
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("arrayrl train ppo: interrupted before training started", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(result.summary())
     return 0
 

@@ -1,14 +1,18 @@
-"""Seeded random generators, one per backend; arrayrl never touches a global RNG.
+"""Seeded random generators, one per backend; arrayrl keeps no global RNG of its own.
 
 Every random draw in the library (distribution samples, Monte-Carlo entropies, weight
 initialisation, minibatch shuffles) goes through a :class:`Generator` that the caller
-made from a seed. Two modes:
+made from a seed. Three modes:
 
 - ``"native"``: the backend's own generator (``numpy.random.Generator``, a
   ``torch.Generator`` on the backend's device, ``cupy.random.Generator``, JAX keys that
   are split at every draw). Fast, but each library draws different numbers.
 - ``"numpy"``: draws come from a NumPy ``Generator`` in float64 and are converted to the
   backend, so every backend sees exactly the same noise. The conformance suite uses it.
+- ``"global"`` (torch only, ``seed=None``): torch's default generator, the one
+  ``torch.manual_seed`` seeds. This is the TorchRL drop-in: a loss built from TorchRL's
+  modules without ``seed=`` draws from it in TorchRL's order, so a seeded TorchRL script
+  gets TorchRL's numbers.
 
 >>> from arrayrl.random import make_generator
 >>> rng = make_generator(0, backend="numpy")
@@ -27,7 +31,7 @@ from arrayrl.backends import Backend, get_backend
 
 __all__ = ["Generator", "make_generator"]
 
-_MODES = ("native", "numpy")
+_MODES = ("native", "numpy", "global")
 
 
 class Generator:
@@ -35,20 +39,22 @@ class Generator:
 
     Parameters
     ----------
-    seed : int
-        The seed; the same seed and mode give the same stream.
+    seed : int or None
+        The seed; the same seed and mode give the same stream. ``None`` only with
+        ``mode="global"``.
     backend : str or Backend, default "numpy"
         Where the draws are returned.
-    mode : {"native", "numpy"}, default "native"
+    mode : {"native", "numpy", "global"}, default "native"
         ``"numpy"`` draws with NumPy in float64 and converts (identical noise on every
-        backend); ``"native"`` uses the backend's own generator.
+        backend); ``"native"`` uses the backend's own generator; ``"global"`` (torch
+        only) draws from torch's default generator and takes no seed.
     device : optional
         The device, when ``backend`` is given by name.
     """
 
     def __init__(
         self,
-        seed: int,
+        seed: int | None,
         backend: str | Backend = "numpy",
         *,
         mode: str = "native",
@@ -56,13 +62,29 @@ class Generator:
     ) -> None:
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        self.backend = get_backend(backend, device)
+        if mode == "global":
+            self._init_global(seed)
+            return
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        self.backend = get_backend(backend, device)
         self.seed = int(seed)
         self.mode = mode if self.backend.name != "numpy" else "numpy"
         self._numpy = np.random.default_rng(self.seed)
         self._native = None if self.mode == "numpy" else _native_source(self.backend, seed)
+
+    def _init_global(self, seed: Any) -> None:
+        """Draw from torch's default generator (``mode="global"``)."""
+        if self.backend.name != "torch":
+            raise ValueError(
+                f"mode='global' draws from torch's default generator; the backend is "
+                f"{self.backend.name!r} (use a seed with mode='native' or 'numpy')"
+            )
+        if seed is not None:
+            raise ValueError(f"mode='global' takes no seed (torch.manual_seed does), got {seed!r}")
+        self.seed, self.mode = None, "global"
+        self._numpy = None
+        self._native = _TorchSource(self.backend, None)
 
     def __repr__(self) -> str:
         return f"Generator(seed={self.seed}, backend={self.backend.name!r}, mode={self.mode!r})"
@@ -88,7 +110,10 @@ class Generator:
         return self._native.permutation(n)
 
     def spawn(self) -> Generator:
-        """An independent generator of the same backend and mode (for a sub-task)."""
+        """An independent generator of the same backend and mode (for a sub-task); in
+        ``"global"`` mode, the same global stream."""
+        if self.mode == "global":
+            return self
         child_seed = int(self._numpy.integers(0, 2**31 - 1))
         return Generator(child_seed, self.backend, mode=self.mode)
 
@@ -100,7 +125,7 @@ class Generator:
 
 
 def make_generator(
-    seed: int, backend: str | Backend = "numpy", *, mode: str = "native", device: Any = None
+    seed: int | None, backend: str | Backend = "numpy", *, mode: str = "native", device: Any = None
 ) -> Generator:
     """A :class:`Generator` for ``backend`` seeded with ``seed`` (see its parameters)."""
     return Generator(seed, backend, mode=mode, device=device)
@@ -123,7 +148,8 @@ class _TorchSource:
 
         self._torch = torch
         self._device = backend.device
-        self._gen = torch.Generator(device=backend.device).manual_seed(seed)
+        # seed None: torch's default generator (generator=None in every draw)
+        self._gen = None if seed is None else torch.Generator(backend.device).manual_seed(seed)
 
     def normal(self, shape: tuple[int, ...], dtype: Any) -> Any:
         return self._torch.randn(shape, generator=self._gen, dtype=dtype, device=self._device)

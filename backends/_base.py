@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,7 @@ class Backend:
     def __init__(self, xp: Any, device: Any) -> None:
         self.xp = xp
         self.device = device
+        self._compiled: dict[tuple[str, bool], ScanKernels] = {}
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r}, device={self.device!r})"
@@ -167,22 +168,69 @@ class Backend:
         """A seeded generator of this library (a NumPy one where it has none)."""
         return np.random.default_rng(seed)
 
+    # -- caches of created arrays --------------------------------------------
+    def creation_state(self) -> Hashable:
+        """The library state, besides value, dtype and shape, that an array this backend
+        creates depends on; any cache of created arrays must include it in its key
+        (torch: whether inference mode is on, since an inference tensor cannot later be
+        saved for backward)."""
+        return None
+
     # -- kernels --------------------------------------------------------------
+    def compiled_kernel(self) -> str | None:
+        """The compiled ``kernel=`` that runs on this backend's device (``"numba"`` on
+        the CPU, ``"cuda"`` on CUDA), or ``None`` where only the reference runs."""
+        return None
+
+    def compiled_dtypes(self) -> tuple[Any, ...]:
+        """The float dtypes the compiled kernel takes (float32 and float64)."""
+        return (self.xp.float32, self.xp.float64)
+
     def kernel_names(self) -> tuple[str, ...]:
         """The ``kernel=`` values this backend accepts besides ``"auto"``."""
-        return ("reference",)
+        compiled = self.compiled_kernel()
+        return ("reference",) if compiled is None else ("reference", compiled)
 
-    def kernels(self, kernel: str = "auto", *, needs_grad: bool = False) -> ScanKernels:
-        """The scans for ``kernel`` (``"auto"`` picks the fastest that fits)."""
+    def kernels(
+        self, kernel: str = "auto", *, needs_grad: bool = False, dtype: Any = None
+    ) -> ScanKernels:
+        """The scans for ``kernel`` on arrays of float ``dtype`` (``None``: not checked).
+
+        ``"auto"`` picks the compiled kernel where it takes the device and the dtype,
+        else the reference. An explicit compiled kernel that does not fit raises
+        ``ValueError`` (device) or ``TypeError`` (dtype), naming it.
+        """
         check_kernel_name(kernel)
-        if kernel in ("auto", "reference"):
+        compiled = self.compiled_kernel()
+        if kernel == "auto":
+            fits = compiled is not None and self._takes_dtype(dtype)
+            kernel = compiled if fits else "reference"
+        if kernel == "reference":
             return reference_kernels(self.xp)
-        raise ValueError(self._unsupported(kernel))
+        if kernel != compiled:
+            raise ValueError(self._unsupported(kernel))
+        if not self._takes_dtype(dtype):
+            raise TypeError(
+                f"kernel={kernel!r} takes float32 or float64 arrays, got {dtype}; "
+                f"use kernel='reference' (or 'auto', which picks it) for {dtype}"
+            )
+        key = (kernel, needs_grad)
+        if key not in self._compiled:
+            self._compiled[key] = self._build_kernels(needs_grad)
+        return self._compiled[key]
+
+    def _takes_dtype(self, dtype: Any) -> bool:
+        return dtype is None or any(dtype == d for d in self.compiled_dtypes())
+
+    def _build_kernels(self, needs_grad: bool) -> ScanKernels:
+        """The compiled scans (:meth:`compiled_kernel`); made once per ``needs_grad``."""
+        raise NotImplementedError
 
     def _unsupported(self, kernel: str) -> str:
         return (
             f"kernel={kernel!r} is not available for {self.name} arrays on {self.device}; "
-            f"expected one of {('auto', *self.kernel_names())}"
+            f"expected one of {('auto', *self.kernel_names())} "
+            "(kernel='reference' runs on every backend and device)"
         )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ._base import Backend, ScanKernels, check_kernel_name, reference_kernels
+from ._base import Backend, ScanKernels
 
 
 class CupyBackend(Backend):
@@ -19,7 +19,6 @@ class CupyBackend(Backend):
         import array_api_compat.cupy as xp_cupy
 
         super().__init__(xp_cupy, device)
-        self._cuda: ScanKernels | None = None
 
     def is_array(self, x: Any) -> bool:
         import cupy
@@ -41,27 +40,20 @@ class CupyBackend(Backend):
         with self.device:
             return cupy.random.default_rng(seed)
 
-    def kernel_names(self) -> tuple[str, ...]:
-        return ("reference", "cuda")
+    def compiled_kernel(self) -> str | None:
+        return "cuda"
 
-    def kernels(self, kernel: str = "auto", *, needs_grad: bool = False) -> ScanKernels:
-        check_kernel_name(kernel)
-        if kernel == "reference":
-            return reference_kernels(self.xp)
-        if kernel in ("auto", "cuda"):
-            if self._cuda is None:
-                import cupy
+    def _build_kernels(self, needs_grad: bool) -> ScanKernels:
+        import cupy
 
-                from ._cuda_glue import cuda_kernels
+        from ._cuda_glue import cuda_kernels
 
-                def empty_like(x: Any) -> Any:
-                    return cupy.empty(x.shape, dtype=x.dtype)
+        def empty_like(x: Any) -> Any:
+            return cupy.empty(x.shape, dtype=x.dtype)
 
-                def stream() -> Any:
-                    from numba import cuda
+        def stream() -> Any:
+            from numba import cuda
 
-                    return cuda.external_stream(cupy.cuda.get_current_stream().ptr)
+            return cuda.external_stream(cupy.cuda.get_current_stream().ptr)
 
-                self._cuda = cuda_kernels(empty_like, stream)
-            return self._cuda
-        raise ValueError(self._unsupported(kernel))
+        return cuda_kernels(empty_like, stream)

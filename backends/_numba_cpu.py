@@ -19,7 +19,13 @@ are split into contiguous row ranges, one per thread, run by a small pool of Pyt
 threads plus the calling thread. (Numba's own ``parallel=True`` was measured first: its
 OpenMP layer stalled every call for about 8 ms on these 2-core VMs whenever another
 process held a core, and its workqueue layer aborts when two threads call it at once.
-Plain threads over ``nogil`` kernels are thread-safe and never spin.)
+Plain threads over ``nogil`` kernels are thread-safe and never spin.) The pool is made
+on first use under a lock, re-made when ``NUMBA_NUM_THREADS`` changes, and forgotten in
+a child made by ``fork``, which gets a pool of its own on its first large call.
+
+Kernels are cached on disk by Numba (``cache=True``) where it finds a writable folder
+(``NUMBA_CACHE_DIR``, ``__pycache__`` beside this file, or the user's cache folder); on
+a read-only install without one they are compiled in memory, with one warning.
 
 Terminal flags enter the arithmetic as ``1 - done`` factors, never as branches that skip
 a term, so NaN and inf propagate exactly as the written recurrences say.
@@ -30,7 +36,10 @@ from __future__ import annotations
 import functools
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import warnings
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -50,9 +59,41 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _ONE = {dtype: dtype.type(1) for dtype in _FLOAT_DTYPES}
 _BOOL_DTYPE = np.dtype(np.bool_)
 
-_serial = numba.njit(nogil=True, cache=True)
+#: Whether Numba can cache compiled kernels on disk; set to False by :func:`_serial` the
+#: first time Numba finds no writable cache folder (a read-only install).
+_CACHE_USABLE = True
 
+#: The worker threads of large scans: made on first use, re-made when the thread count
+#: changes, forgotten in a forked child (whose copy has no threads). Guarded by _POOL_LOCK.
 _POOL: ThreadPoolExecutor | None = None
+_POOL_WORKERS = 0
+_POOL_LOCK = threading.Lock()
+
+
+# ---------------------------------------------------------------------------------------
+# Compilation: cached on disk where Numba can write, in memory otherwise
+# ---------------------------------------------------------------------------------------
+def _serial(func: Callable) -> Callable:
+    """``numba.njit(nogil=True, cache=True)``, or the same without ``cache`` when Numba
+    has nowhere to write its cache (warned about once per process)."""
+    global _CACHE_USABLE
+    if _CACHE_USABLE:
+        try:
+            return numba.njit(nogil=True, cache=True)(func)
+        except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+            _CACHE_USABLE = False
+            _warn_no_cache(exc)
+    return numba.njit(nogil=True)(func)
+
+
+def _warn_no_cache(exc: Exception) -> None:
+    warnings.warn(
+        f"arrayrl: Numba has no writable cache folder ({exc}); the estimator kernels are "
+        "compiled in memory, again in every new process. Set NUMBA_CACHE_DIR to a "
+        "writable folder to cache them on disk.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -92,20 +133,59 @@ def _is_time_major(x: np.ndarray) -> bool:
     return rows > 1 and steps > 1 and abs(x.strides[1]) > abs(x.strides[0])
 
 
-@functools.cache
 def _threads() -> int:
-    """Threads a large scan is split over: ``NUMBA_NUM_THREADS``, else the usable CPUs."""
-    configured = os.environ.get("NUMBA_NUM_THREADS")
-    if configured:
-        return max(1, int(configured))
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    """Threads a large scan is split over: ``NUMBA_NUM_THREADS``, else the usable CPUs.
+
+    Read at every large call (a dictionary look-up), so a changed setting takes effect.
+    """
+    configured = os.environ.get("NUMBA_NUM_THREADS", "")
+    if configured.strip():
+        return _parse_threads(configured)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
-def _pool(workers: int) -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="arrayrl-scan")
-    return _POOL
+@functools.lru_cache(maxsize=8)
+def _parse_threads(text: str) -> int:
+    """``NUMBA_NUM_THREADS`` as a positive int; ``ValueError`` naming it otherwise."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"NUMBA_NUM_THREADS must be a positive integer, got {text!r}")
+    return count
+
+
+def _submit(kernel: Callable, ranges: list[tuple[int, int]], args: tuple,
+            workers: int) -> list[Future]:
+    """Queue ``kernel(n0, n1, *args)`` for each range on the pool of ``workers`` threads.
+
+    The pool is made (or re-made, for another thread count) and used under one lock, so
+    that a pool is never shut down between its hand-out and a submit; a replaced pool
+    finishes the work it holds before its threads exit.
+    """
+    global _POOL, _POOL_WORKERS
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_WORKERS != workers:
+            old = _POOL
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="arrayrl-scan")
+            _POOL_WORKERS = workers
+            if old is not None:
+                old.shutdown(wait=False)
+        return [_POOL.submit(kernel, n0, n1, *args) for n0, n1 in ranges]
+
+
+def _forget_pool_after_fork() -> None:
+    """In a forked child: drop the parent's pool (its threads were not forked) and its
+    lock (which another thread may have held at the fork)."""
+    global _POOL, _POOL_WORKERS, _POOL_LOCK
+    _POOL, _POOL_WORKERS, _POOL_LOCK = None, 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def _row_ranges(rows: int, parts: int, align: int) -> list[tuple[int, int]]:
@@ -130,7 +210,7 @@ def _run(kernels: tuple, primary: np.ndarray, args: tuple) -> None:
         kernel(0, rows, *args)
         return
     ranges = _row_ranges(rows, threads, _BLOCK if time_major else 1)
-    futures = [_pool(threads - 1).submit(kernel, n0, n1, *args) for n0, n1 in ranges[1:]]
+    futures = _submit(kernel, ranges[1:], args, threads - 1)
     kernel(*ranges[0], *args)
     for future in futures:
         future.result()

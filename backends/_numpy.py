@@ -7,7 +7,7 @@ from typing import Any
 import array_api_compat.numpy as xp_numpy
 import numpy as np
 
-from ._base import Backend, ScanKernels, check_kernel_name, reference_kernels
+from ._base import Backend, ScanKernels
 
 
 def _identity(x: Any) -> Any:
@@ -21,7 +21,6 @@ class NumpyBackend(Backend):
 
     def __init__(self) -> None:
         super().__init__(xp_numpy, "cpu")
-        self._numba: ScanKernels | None = None
 
     def is_array(self, x: Any) -> bool:
         return isinstance(x, np.ndarray)
@@ -52,17 +51,10 @@ class NumpyBackend(Backend):
             return x
         return super().from_dlpack(x)
 
-    def kernel_names(self) -> tuple[str, ...]:
-        return ("reference", "numba")
+    def compiled_kernel(self) -> str | None:
+        return "numba"
 
-    def kernels(self, kernel: str = "auto", *, needs_grad: bool = False) -> ScanKernels:
-        check_kernel_name(kernel)
-        if kernel == "reference":
-            return reference_kernels(self.xp)
-        if kernel in ("auto", "numba"):
-            if self._numba is None:
-                from ._host_kernels import numba_kernels
+    def _build_kernels(self, needs_grad: bool) -> ScanKernels:
+        from ._host_kernels import numba_kernels
 
-                self._numba = numba_kernels(_identity, _identity)
-            return self._numba
-        raise ValueError(self._unsupported(kernel))
+        return numba_kernels(_identity, _identity)

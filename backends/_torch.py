@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._base import Backend, ScanKernels, check_kernel_name, reference_kernels
+from ._base import Backend, ScanKernels
 
 
 class LinearScanFunction(torch.autograd.Function):
@@ -92,6 +92,10 @@ def _autograd_kernels(inner: ScanKernels, adjoint: Callable) -> ScanKernels:
     return ScanKernels(f"{inner.name}+autograd", linear_scan)
 
 
+#: The compiled kernel for each torch device type that has one.
+_COMPILED_BY_DEVICE_TYPE = {"cpu": "numba", "cuda": "cuda"}
+
+
 def _numpy_view(x: torch.Tensor) -> np.ndarray:
     return x.detach().numpy() if x.requires_grad else x.numpy()
 
@@ -106,7 +110,6 @@ class TorchBackend(Backend):
         import array_api_compat.torch as xp_torch
 
         super().__init__(xp_torch, torch.device(device))
-        self._kernels: dict[tuple[str, bool], ScanKernels] = {}
 
     def is_array(self, x: Any) -> bool:
         return isinstance(x, torch.Tensor) and x.device == self.device
@@ -169,25 +172,19 @@ class TorchBackend(Backend):
     def rng(self, seed: int) -> Any:
         return torch.Generator(device=self.device).manual_seed(seed)
 
+    def creation_state(self) -> bool:
+        return torch.is_inference_mode_enabled()
+
     @property
     def is_cuda(self) -> bool:
         return self.device.type == "cuda"
 
-    def kernel_names(self) -> tuple[str, ...]:
-        return ("reference", "cuda" if self.is_cuda else "numba")
+    def compiled_kernel(self) -> str | None:
+        """``"numba"`` on the CPU, ``"cuda"`` on CUDA, ``None`` on any other device
+        (``meta``, ``mps``, ``xpu``, ...), whose tensors only the reference takes."""
+        return _COMPILED_BY_DEVICE_TYPE.get(self.device.type)
 
-    def kernels(self, kernel: str = "auto", *, needs_grad: bool = False) -> ScanKernels:
-        check_kernel_name(kernel)
-        if kernel == "reference":
-            return reference_kernels(self.xp)
-        if kernel not in ("auto", *self.kernel_names()):
-            raise ValueError(self._unsupported(kernel))
-        key = (kernel, needs_grad)
-        if key not in self._kernels:
-            self._kernels[key] = self._make_kernels(needs_grad)
-        return self._kernels[key]
-
-    def _make_kernels(self, needs_grad: bool) -> ScanKernels:
+    def _build_kernels(self, needs_grad: bool) -> ScanKernels:
         if self.is_cuda:
             from ._cuda_glue import cuda_adjoint, cuda_kernels
 

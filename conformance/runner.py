@@ -52,6 +52,8 @@ class Cell:
     error: float
     passed: bool
     note: str = ""
+    #: keys of the recorded deviations from TorchRL that this (``torchrl``) cell used
+    deviations: tuple[str, ...] = ()
 
 
 def scaled_error(value: np.ndarray, reference: np.ndarray) -> float:
@@ -110,13 +112,13 @@ def run_torchrl(case: Case, dtype: str, reference: list[np.ndarray]) -> Cell:
     error = max(scaled_error(o, r) for o, r in zip(outs, reference, strict=True))
     deviation = deviation_for(case, dtype)
     tolerance = TOLERANCE[dtype]
-    note = ""
-    if deviation is not None:
-        note = f"deviation: {deviation.key}"
-        if deviation.tolerance is None:
-            return Cell(case.name, dtype, "torchrl", error, True, note)
-        tolerance = max(tolerance, deviation.tolerance)
-    return Cell(case.name, dtype, "torchrl", error, error <= tolerance, note)
+    if deviation is None:
+        return Cell(case.name, dtype, "torchrl", error, error <= tolerance)
+    note, used = f"deviation: {deviation.key}", (deviation.key,)
+    if deviation.tolerance is None:
+        return Cell(case.name, dtype, "torchrl", error, True, note, used)
+    passed = error <= max(tolerance, deviation.tolerance)
+    return Cell(case.name, dtype, "torchrl", error, passed, note, used)
 
 
 def run(
@@ -222,7 +224,7 @@ def run_loss_torchrl(case: LossCase, dtype: str, reference: Evaluation) -> Cell:
     deviations = loss_deviations_for(case, dtype)
     error, passed, worst = compare(value, reference, LOSS_TOLERANCE[dtype], deviations)
     return Cell(case.name, dtype, "torchrl", error, passed,
-                _deviation_note(deviations, note + worst))
+                _deviation_note(deviations, note + worst), tuple(d.key for d in deviations))
 
 
 def run_losses(
@@ -248,11 +250,24 @@ def run_losses(
     return cells
 
 
-def report(cells: list[Cell]) -> dict[str, Any]:
-    """The JSON-ready report: every cell, a summary per target, the deviations used."""
+def deviations_used(cells: Iterable[Cell]) -> list[dict[str, Any]]:
+    """The recorded deviations that the ``cells`` used (in the order they are recorded),
+    as JSON-ready dicts; those of cases or dtypes not run are left out."""
     from .loss_oracle import LOSS_DEVIATIONS
     from .oracle import DEVIATIONS
 
+    used = {key for cell in cells for key in cell.deviations}
+    return [
+        {"key": d.key, "reason": d.reason, "tolerance": d.tolerance,
+         "torchrl_issue": d.torchrl_issue, "covers": list(getattr(d, "covers", ()))}
+        for d in (*DEVIATIONS, *LOSS_DEVIATIONS)
+        if d.key in used
+    ]
+
+
+def report(cells: list[Cell], skipped: dict[str, str] | None = None) -> dict[str, Any]:
+    """The JSON-ready report: every cell, a summary per target, the targets that ran,
+    those ``skipped`` (name -> reason) and the deviations the cells used."""
     summary: dict[str, dict[str, Any]] = {}
     for cell in cells:
         entry = summary.setdefault(cell.target, {"cases": 0, "failed": 0, "max_error": 0.0})
@@ -264,10 +279,8 @@ def report(cells: list[Cell]) -> dict[str, Any]:
         "tolerance": TOLERANCE,
         "loss_tolerance": LOSS_TOLERANCE,
         "summary": summary,
-        "deviations": [
-            {"key": d.key, "reason": d.reason, "tolerance": d.tolerance,
-             "torchrl_issue": d.torchrl_issue, "covers": list(getattr(d, "covers", ()))}
-            for d in (*DEVIATIONS, *LOSS_DEVIATIONS)
-        ],
+        "ran": list(summary),
+        "skipped": dict(skipped or {}),
+        "deviations": deviations_used(cells),
         "cells": [asdict(c) for c in cells],
     }

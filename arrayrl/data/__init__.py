@@ -1,5 +1,5 @@
 """Batches of arrays: :class:`ArrayDict`, a TensorDict-lite for any Array API library."""
 
-from .arraydict import ArrayDict, as_arraydict
+from .arraydict import ArrayDict, as_arraydict, is_tensordict
 
-__all__ = ["ArrayDict", "as_arraydict"]
+__all__ = ["ArrayDict", "as_arraydict", "is_tensordict"]

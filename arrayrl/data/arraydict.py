@@ -14,14 +14,15 @@ Only NumPy, array-api-compat and :mod:`arrayrl.backends` are imported here, so t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from arrayrl._validation import count
 from arrayrl.backends import Backend, backend_of, get_backend
 
-__all__ = ["ArrayDict", "as_arraydict"]
+__all__ = ["ArrayDict", "as_arraydict", "is_tensordict"]
 
 #: A key: a string for a top-level entry, a tuple of strings for a nested one.
 Key = str | tuple[str, ...]
@@ -67,15 +68,28 @@ def _arrays_backend(entries: Sequence[tuple[tuple[str, ...], Any]]) -> Backend:
 
 
 def _as_batch_size(batch_size: Any) -> tuple[int, ...]:
-    if isinstance(batch_size, (int, np.integer)):
+    """``batch_size`` (an int or a sequence of ints >= 0) as a tuple of Python ints;
+    ``TypeError`` for floats, strings, booleans, ``ValueError`` for a negative size."""
+    if isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool):
         batch_size = (batch_size,)
+    if isinstance(batch_size, (str, bytes)) or not isinstance(batch_size, Iterable):
+        raise TypeError(f"batch_size must be a sequence of ints, got {batch_size!r}")
+    dims = tuple(batch_size)
     try:
-        dims = tuple(int(d) for d in batch_size)
-    except TypeError:
-        raise TypeError(f"batch_size must be a sequence of ints, got {batch_size!r}") from None
-    if any(d < 0 for d in dims):
-        raise ValueError(f"batch_size must not be negative, got {dims}")
-    return dims
+        return tuple(count(f"batch_size[{i}]", d, minimum=0) for i, d in enumerate(dims))
+    except ValueError:
+        raise ValueError(f"batch_size must not be negative, got {dims}") from None
+    except TypeError as err:
+        raise TypeError(f"batch_size must be a sequence of ints, got {dims!r}: {err}") from None
+
+
+def _not_none(full: tuple[str, ...], value: Any) -> None:
+    """``TypeError`` naming the key when a leaf is ``None``."""
+    if value is None:
+        raise TypeError(
+            f"key {_show_key(full)} is None: an ArrayDict leaf must be an array (or a "
+            "mapping of arrays); leave the key out, or delete it with del ad[key]"
+        )
 
 
 def _resolve_backend(backend: Any, device: Any = None) -> Backend:
@@ -88,7 +102,7 @@ def _resolve_backend(backend: Any, device: Any = None) -> Backend:
     raise TypeError(f"backend must be a name or a Backend, got {backend!r}")
 
 
-def _is_tensordict(obj: Any) -> bool:
+def is_tensordict(obj: Any) -> bool:
     """Whether ``obj`` is a ``tensordict`` collection, without importing tensordict."""
     return any(
         cls.__name__ == "TensorDictBase" and cls.__module__.startswith("tensordict")
@@ -191,6 +205,7 @@ class ArrayDict:
                 elif isinstance(value, Mapping):
                     walk(value, full)
                 elif not isinstance(value, _CONVERTIBLE):
+                    _not_none(full, value)
                     leaves.append((full, value))
 
         walk(source, prefix)
@@ -345,6 +360,7 @@ class ArrayDict:
 
     def _checked(self, full: tuple[str, ...], value: Any) -> Any:
         """``value`` converted and validated for entry ``full`` of this dict."""
+        _not_none(full, value)
         if isinstance(value, ArrayDict):
             return self._checked_nested(f"key {_show_key(full)}", value)
         if isinstance(value, Mapping):
@@ -539,10 +555,19 @@ class ArrayDict:
         return (*parts, Ellipsis)
 
     def _check_index_array(self, part: Any) -> None:
+        """``TypeError`` unless ``part`` is an integer or boolean array of this dict's
+        backend (a float, a string or a float array is not a batch index)."""
         try:
             backend = backend_of(index=part)
         except TypeError:
             raise TypeError(f"invalid ArrayDict batch index {part!r}") from None
+        if not backend.is_array(part) or not backend.xp.isdtype(
+            part.dtype, ("integral", "bool")
+        ):
+            raise TypeError(
+                f"invalid ArrayDict batch index {part!r}: expected an int, a slice, None, "
+                "..., or an integer or boolean array"
+            )
         if backend != self.backend:
             raise TypeError(
                 f"the index array is {backend.name} on {backend.device}, but the ArrayDict "
@@ -824,6 +849,29 @@ class ArrayDict:
         """Nested plain ``dict`` objects holding the same leaves (no copy)."""
         return {k: v.to_dict() if isinstance(v, ArrayDict) else v for k, v in self._data.items()}
 
+    def detach(self) -> ArrayDict:
+        """A new dict whose leaves are cut from the autograd graph (``TensorDict.detach``);
+        on backends without autograd the leaves are shared."""
+        if self._backend is None:
+            return self.clone(recurse=False)
+        return self._rebuild(self._backend.stop_gradient, self._batch_size)
+
+    def to_tensordict(self) -> Any:
+        """A ``tensordict.TensorDict`` holding the same torch tensors (no copy).
+
+        Raises ``TypeError`` when the leaves are not torch tensors (convert first with
+        ``.to("torch")``).
+        """
+        if self._backend is not None and self._backend.name != "torch":
+            raise TypeError(
+                f"to_tensordict needs torch leaves, this dict holds {self._backend.name} "
+                "arrays; call .to('torch') first"
+            )
+        from tensordict import TensorDict
+
+        device = None if self._backend is None else self._backend.device
+        return TensorDict(self.to_dict(), batch_size=self._batch_size, device=device)
+
     # -- conversion -----------------------------------------------------------------
     def to(self, backend: str | Backend, device: Any = None) -> ArrayDict:
         """The same dict with its leaves converted to another backend or device.
@@ -858,7 +906,7 @@ class ArrayDict:
 
         Nested tensordicts become nested ``ArrayDict`` objects with ``td``'s batch size.
         """
-        if not _is_tensordict(td):
+        if not is_tensordict(td):
             raise TypeError(f"expected a tensordict.TensorDict, got {type(td).__name__}")
         out = cls(batch_size=tuple(td.batch_size))
         for key, value in td.items(include_nested=True, leaves_only=True):
@@ -974,7 +1022,7 @@ def as_arraydict(obj: Any, batch_size: Sequence[int] = ()) -> ArrayDict:
     """
     if isinstance(obj, ArrayDict):
         return obj
-    if _is_tensordict(obj):
+    if is_tensordict(obj):
         return ArrayDict.from_tensordict(obj)
     if isinstance(obj, Mapping):
         return ArrayDict(obj, batch_size)

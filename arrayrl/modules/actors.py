@@ -13,6 +13,7 @@ from typing import Any
 from arrayrl.backends import backend_of
 
 from ._params import Params
+from .adapt import as_module
 from .dict_module import DictModule, Module, ModuleWrapper, NestedKey, as_key_list, read_key
 from .layers import Layer
 
@@ -97,13 +98,16 @@ class ProbabilisticActor(ModuleWrapper):
                 f"default_interaction_type must be one of {_INTERACTION_TYPES}, "
                 f"got {default_interaction_type!r}"
             )
-        self.module = module
+        self.module = as_module(module, "module", owner="ProbabilisticActor")
         if isinstance(in_keys, Mapping):
             self.dist_keys = {arg: key for arg, key in in_keys.items()}
         else:
             self.dist_keys = {_arg_name(key): key for key in as_key_list(in_keys, "in_keys")}
         sample_keys = ["action"] if out_keys is None else out_keys
         self.dist_sample_keys = as_key_list(sample_keys, "out_keys")
+        distribution_class, distribution_kwargs = _own_distribution(
+            distribution_class, distribution_kwargs or {}
+        )
         self.is_composite = bool(getattr(distribution_class, "is_composite", False))
         self._check_sample_keys(log_prob_key)
         self.distribution_class = distribution_class
@@ -199,6 +203,17 @@ class ProbabilisticActor(ModuleWrapper):
         if how == "deterministic":
             return dist.deterministic_sample
         return dist.mode if how == "mode" else dist.mean
+
+
+def _own_distribution(cls: type, kwargs: Mapping[str, Any]) -> tuple[type, dict]:
+    """An arrayrl distribution class and its kwargs; TorchRL's / torch's classes (and a
+    composite's per-head classes) are mapped to arrayrl's."""
+    if getattr(cls, "__module__", "").startswith("arrayrl."):
+        return cls, dict(kwargs)
+    from .torch_adapter import as_distribution_class, as_distribution_kwargs
+
+    own = as_distribution_class(cls, owner="ProbabilisticActor")
+    return own, as_distribution_kwargs(own, kwargs, owner="ProbabilisticActor")
 
 
 def _arg_name(key: NestedKey) -> str:

@@ -32,7 +32,14 @@ from ._params import Params, flatten_params, map_params, unflatten_params
 from .dict_module import Module, NestedKey, as_key_list, read_key
 from .layers import Layer
 
-__all__ = ["TorchDictModule", "TorchLayer", "from_torch"]
+__all__ = [
+    "TorchDictModule",
+    "TorchLayer",
+    "as_distribution_class",
+    "as_distribution_kwargs",
+    "from_torch",
+    "from_torchrl",
+]
 
 
 def _module_params(module: torch.nn.Module) -> Params:
@@ -241,4 +248,157 @@ def from_torch(obj: Any) -> TorchLayer | TorchDictModule:
         return TorchLayer(obj)
     raise TypeError(
         f"from_torch takes a torch.nn.Module or a tensordict module, got {type(obj).__name__}"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# TorchRL's modules and distribution classes
+# ---------------------------------------------------------------------------------------
+def _distribution_classes() -> dict[str, type]:
+    """arrayrl's distribution class for each TorchRL/torch/tensordict class name."""
+    from . import distributions as d
+
+    return {
+        "TanhNormal": d.TanhNormal,
+        "IndependentNormal": d.IndependentNormal,
+        "Normal": d.Normal,
+        "Delta": d.Delta,
+        "TanhDelta": d.TanhDelta,
+        "Categorical": d.Categorical,
+        "OneHotCategorical": d.OneHotCategorical,
+        "MaskedCategorical": d.MaskedCategorical,
+        "CompositeDistribution": d.CompositeDistribution,
+    }
+
+
+#: Constructor arguments of torch's distributions that only switch torch's own checks.
+_TORCH_ONLY_KWARGS = ("validate_args",)
+#: tensordict's ``CompositeDistribution`` arguments that arrayrl's takes.
+_COMPOSITE_KWARGS = ("distribution_map", "name_map", "extra_kwargs", "log_prob_key", "entropy_key")
+
+
+def as_distribution_class(cls: type, *, owner: str) -> type:
+    """arrayrl's counterpart of a TorchRL/torch distribution class (arrayrl classes pass).
+
+    Raises ``TypeError`` naming the supported classes for any other class.
+    """
+    if cls.__module__.startswith("arrayrl."):
+        return cls
+    table = _distribution_classes()
+    known = cls.__module__.split(".")[0] in ("torch", "torchrl", "tensordict")
+    if known and cls.__name__ in table:
+        return table[cls.__name__]
+    raise TypeError(
+        f"{owner}: the distribution class {cls.__module__}.{cls.__name__} has no arrayrl "
+        f"counterpart; supported: {sorted(table)} (from torchrl.modules, torch.distributions "
+        "or tensordict.nn.distributions), or a class of arrayrl.modules.distributions"
+    )
+
+
+def as_distribution_kwargs(cls: type, kwargs: Mapping[str, Any], *, owner: str) -> dict:
+    """TorchRL's ``distribution_kwargs`` for arrayrl's class: torch-only switches
+    dropped, a composite's ``distribution_map`` mapped class by class."""
+    kwargs = {k: v for k, v in kwargs.items() if k not in _TORCH_ONLY_KWARGS}
+    if not getattr(cls, "is_composite", False):
+        return kwargs
+    unknown = sorted(set(kwargs) - set(_COMPOSITE_KWARGS))
+    if unknown:
+        raise TypeError(
+            f"{owner}: CompositeDistribution arguments {unknown} are not supported by "
+            f"arrayrl (it takes {list(_COMPOSITE_KWARGS)})"
+        )
+    heads = kwargs.get("distribution_map", {})
+    kwargs["distribution_map"] = {
+        head: as_distribution_class(head_cls, owner=owner) for head, head_cls in heads.items()
+    }
+    return kwargs
+
+
+def _interaction_name(interaction: Any) -> str:
+    """tensordict's ``InteractionType`` member (or a string) as arrayrl's name."""
+    value = getattr(interaction, "value", interaction)
+    return str(value).lower()
+
+
+def _probabilistic_actor(actor: Any, owner: str) -> Module:
+    """TorchRL's ``ProbabilisticActor`` (any ``ProbabilisticTensorDictSequential``) as
+    arrayrl's: its parameter modules run through torch, the distribution is arrayrl's."""
+    from tensordict.nn import TensorDictSequential
+
+    from .actors import ProbabilisticActor
+
+    head = actor.module[-1]
+    # the same sub-modules at the same positions: parameter names match the actor's own
+    params_net = TensorDictSequential(*actor.module[:-1])
+    cls = as_distribution_class(head.distribution_class, owner=owner)
+    sample_keys = list(head.dist_sample_keys)
+    return ProbabilisticActor(
+        TorchDictModule(params_net),
+        in_keys=dict(zip(head.dist_keys, head.in_keys)),
+        out_keys=sample_keys,
+        distribution_class=cls,
+        distribution_kwargs=as_distribution_kwargs(
+            cls, head.distribution_kwargs or {}, owner=owner
+        ),
+        return_log_prob=bool(head.return_log_prob),
+        default_interaction_type=_interaction_name(head.default_interaction_type),
+        log_prob_key=head.log_prob_key if len(sample_keys) == 1 else None,
+    )
+
+
+def _qvalue_actor(actor: Any) -> Module:
+    """TorchRL's ``QValueActor`` (value module, then ``QValueModule``) as arrayrl's."""
+    from tensordict.nn import TensorDictSequential
+
+    from .actors import QValueActor
+
+    greedy = actor.module[-1]
+    action_key, value_key, chosen_key = greedy.out_keys
+    return QValueActor(
+        TorchDictModule(TensorDictSequential(*actor.module[:-1])),
+        action_space=greedy.action_space,
+        action_value_key=value_key,
+        action_key=action_key,
+        chosen_action_value_key=chosen_key,
+        action_mask_key=greedy.action_mask_key,
+        var_nums=greedy.var_nums,
+    )
+
+
+def _class_names(obj: Any) -> set[str]:
+    return {cls.__name__ for cls in type(obj).__mro__}
+
+
+def from_torchrl(obj: Any, *, name: str, owner: str) -> Module:
+    """A TorchRL / tensordict module as the arrayrl module a loss computes with.
+
+    ``ProbabilisticActor`` (and any ``ProbabilisticTensorDictSequential``) becomes an
+    arrayrl :class:`~arrayrl.modules.ProbabilisticActor` with the mapped distribution
+    class; ``QValueActor`` an arrayrl :class:`~arrayrl.modules.QValueActor`; any other
+    ``TensorDictModuleBase`` (``ValueOperator``, ``Actor``, ``SafeModule``,
+    ``TensorDictSequential``) a :class:`TorchDictModule`. The parameters stay the
+    module's own ``nn.Parameter`` objects. A plain ``torch.nn.Module`` is refused: the
+    TorchRL losses that take a network here need one that reads and writes keys.
+    """
+    names = _class_names(obj)
+    if "ProbabilisticTensorDictSequential" in names:
+        return _probabilistic_actor(obj, owner)
+    if "QValueActor" in names and "TensorDictSequential" in names:
+        return _qvalue_actor(obj)
+    if "ProbabilisticTensorDictModule" in names:
+        raise TypeError(
+            f"{owner}: {name} is a {type(obj).__name__} without a network; pass the whole "
+            "ProbabilisticActor (parameter network + distribution)"
+        )
+    if _is_tensordict_module(obj):
+        return TorchDictModule(obj)
+    if isinstance(obj, torch.nn.Module):
+        raise TypeError(
+            f"{owner}: {name} is a plain torch.nn.Module ({type(obj).__name__}), which "
+            "reads no keys; wrap it as TorchRL does, e.g. ValueOperator(module, "
+            "in_keys=['observation']) or TensorDictModule(module, in_keys=..., out_keys=...)"
+        )
+    raise TypeError(
+        f"{owner}: {name} of type {type(obj).__module__}.{type(obj).__name__} is not a "
+        "module; pass a TorchRL/tensordict module or an arrayrl module"
     )

@@ -33,22 +33,8 @@ class EntropyBonusMixin:
     """The entropy bonus of a policy-gradient loss.
 
     The host class sets ``entropy_bonus``, ``entropy_coeff`` (a registered coefficient),
-    ``samples_mc_entropy``, ``seed`` and ``_generators = {}``.
+    ``samples_mc_entropy`` and ``seed``; draws come from ``LossModule.generator``.
     """
-
-    #: Mode of the generators made from ``seed`` (:func:`arrayrl.random.make_generator`):
-    #: ``"native"`` draws with the backend's own generator; ``"numpy"`` draws with NumPy
-    #: and converts, so every backend sees the same noise (the conformance suite sets
-    #: it to compare Monte-Carlo entropies across backends). Set it before the first call.
-    generator_mode: str = "native"
-
-    def _generator(self, backend: Any) -> Any:
-        """The loss's generator on ``backend`` (made from ``seed`` on first use)."""
-        from arrayrl.random import make_generator
-
-        if backend not in self._generators:
-            self._generators[backend] = make_generator(self.seed, backend, mode=self.generator_mode)
-        return self._generators[backend]
 
     def _entropy(self, dist: Any, backend: Any) -> Any:
         """``H(π_θ)`` per sample with a trailing unit dim: closed form where one exists,
@@ -56,7 +42,7 @@ class EntropyBonusMixin:
         ``xᵢ ~ π`` from the loss's generator on ``backend``."""
         from arrayrl.modules.distributions import entropy_estimate
 
-        rng = self._generator(backend)
+        rng = self.generator(backend)
         entropy = entropy_estimate(dist, self.samples_mc_entropy, rng=rng)
         return entropy if is_composite(dist) else entropy[..., None]
 

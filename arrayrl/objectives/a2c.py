@@ -19,6 +19,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from arrayrl._validation import count
 from arrayrl.backends import backend_of
 from arrayrl.data import ArrayDict
 from arrayrl.modules import Params
@@ -31,14 +32,12 @@ from .ppo import (
     _as_tuple,
     _non_negative,
     _positive,
+    _reject_kwargs,
     _reject_unsupported,
 )
 from .utils import ValueEstimators
 
 __all__ = ["A2CLoss"]
-
-_REMOVED = {"entropy_coef": "entropy_coeff", "critic_coef": "critic_coeff"}
-
 
 class A2CLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
     """The A2C loss (see the module docstring).
@@ -66,8 +65,10 @@ class A2CLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
     clip_value : float, optional
         Clip the new value to ``[V_old − c, V_old + c]`` and keep the larger loss; adds
         the ``value_clip_fraction`` diagnostic.
-    seed : int, default 0
-        Seed of the loss's own generator (Monte-Carlo entropy); arrayrl has no global RNG.
+    seed : int, optional
+        Seed of the loss's own generator (Monte-Carlo entropy). ``None`` (default): seed 0
+        for arrayrl networks; with TorchRL / torch networks, torch's default generator in
+        TorchRL's order, so ``torch.manual_seed`` reproduces TorchRL's numbers.
 
     ``functional`` must be ``True``; ``advantage_norm`` (a ``ValueNorm``) is not
     supported; ``gamma`` and the ``*_key`` arguments raise as in TorchRL (use
@@ -121,16 +122,16 @@ class A2CLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         critic: Any = None,
         reduction: str | None = None,
         clip_value: float | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         **kwargs: Any,
     ) -> None:
-        _reject_kwargs(kwargs)
+        _reject_kwargs(type(self).__name__, kwargs)
         actor_network = actor if actor is not None else actor_network
         critic_network = critic if critic is not None else critic_network
         if actor_network is None or critic_network is None:
             raise TypeError("Missing positional arguments actor_network or critic_network.")
         _reject_unsupported(gamma, advantage_norm, functional, advantage_key, value_target_key)
-        _check_settings(loss_critic_type, samples_mc_entropy)
+        samples_mc_entropy = _check_settings(loss_critic_type, samples_mc_entropy)
         super().__init__()
         self.convert_to_functional(actor_network, "actor_network")
         self.convert_to_functional(critic_network, "critic_network")
@@ -139,12 +140,12 @@ class A2CLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         self.loss_critic_type = loss_critic_type
         self.reduction = reduction
         self.seed = seed
-        self._generators: dict[Any, Any] = {}
         entropy_coeff = 0.01 if entropy_coeff is None else entropy_coeff
         self.register_coeff("entropy_coeff", entropy_coeff, _non_negative)
         self.register_coeff("critic_coeff", critic_coeff, _non_negative)
         self.register_coeff("clip_value", clip_value, _positive)
         self.entropy_bonus = bool(entropy_bonus and self.entropy_coeff)
+        actor_network = self.actor_network  # adapted, if TorchRL's
         if len(actor_network.dist_sample_keys) > 1:
             raise NotImplementedError(
                 "A2CLoss does not support composite (multi-head) actors: TorchRL 0.14.1's "
@@ -255,22 +256,10 @@ class A2CLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         return reduce_terms(self, out, batch)
 
 
-def _reject_kwargs(kwargs: dict[str, Any]) -> None:
-    """TorchRL's errors for the removed ``*_coef`` names; ``TypeError`` for the rest."""
-    for name in kwargs:
-        if name in _REMOVED:
-            raise TypeError(
-                f"'{name}' has been removed in torchrl v0.11. Please use "
-                f"'{_REMOVED[name]}' instead."
-            )
-    if kwargs:
-        raise TypeError(f"A2CLoss got unexpected keyword arguments {sorted(kwargs)}")
-
-
-def _check_settings(loss_critic_type: str, samples_mc_entropy: int) -> None:
+def _check_settings(loss_critic_type: str, samples_mc_entropy: Any) -> int:
+    """Check ``loss_critic_type``; ``samples_mc_entropy`` as an int >= 1."""
     if loss_critic_type not in _CRITIC_LOSSES:
         raise ValueError(
             f"unknown loss_critic_type {loss_critic_type!r}; expected one of {_CRITIC_LOSSES}"
         )
-    if samples_mc_entropy < 1:
-        raise ValueError(f"samples_mc_entropy must be >= 1, got {samples_mc_entropy}")
+    return count("samples_mc_entropy", samples_mc_entropy)

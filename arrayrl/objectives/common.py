@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from arrayrl._validation import coefficient, network_name
 from arrayrl.backends import Backend, backend_of, get_backend
-from arrayrl.data import ArrayDict, as_arraydict
+from arrayrl.data import ArrayDict, as_arraydict, is_tensordict
 from arrayrl.modules import Module, Params, convert_params, flatten_params, map_params
 from arrayrl.modules._params import unflatten_params
+from arrayrl.modules.adapt import as_module, is_torch_object
 
 from .utils import ValueEstimators, default_value_kwargs
 
@@ -45,6 +47,13 @@ class LossModule:
 
     default_value_estimator: ValueEstimators | None = None
     SUPPORTED_VALUE_ESTIMATORS: tuple[ValueEstimators, ...] = ()
+    #: Mode of the generators made from ``seed`` (:func:`arrayrl.random.make_generator`):
+    #: ``"native"`` draws with the backend's own generator; ``"numpy"`` draws with NumPy
+    #: and converts, so every backend sees the same noise (the conformance suite sets
+    #: it to compare Monte-Carlo estimates across backends). Set it before the first call.
+    generator_mode: str = "native"
+    #: The loss's seed (``None``: see :meth:`generator`); losses that draw set it.
+    seed: int | None = None
 
     def __init__(self) -> None:
         object.__setattr__(self, "_coeffs", {})
@@ -57,6 +66,8 @@ class LossModule:
         self.value_type = self.default_value_estimator
         self._reduction = "mean"
         self._loss_mask_key: Any = "auto"
+        self._generators: dict[Any, Any] = {}
+        self._has_torch_modules = False
 
     # -- keys -----------------------------------------------------------------------
     @property
@@ -126,15 +137,21 @@ class LossModule:
         self._coeffs[name] = (None, check)
         setattr(self, name, value)
 
+    def _checked_coeff(self, name: str, value: Any) -> float | None:
+        """``value`` for coefficient ``name``: a finite, non-negative float or ``None``
+        (:func:`arrayrl._validation.coefficient`) that also passes the loss's check."""
+        check = self._coeffs[name][1]
+        value = coefficient(name, value)
+        problem = None if value is None or check is None else check(value)
+        if problem:
+            raise ValueError(f"{name} {problem}, got {value}")
+        return value
+
     def __setattr__(self, name: str, value: Any) -> None:
         coeffs = self.__dict__.get("_coeffs")
         if coeffs is not None and name in coeffs:
-            check = coeffs[name][1]
-            value = _as_coeff(name, value)
-            problem = None if value is None or check is None else check(value)
-            if problem:
-                raise ValueError(f"{name} {problem}, got {value}")
-            coeffs[name] = (value, check)
+            value = self._checked_coeff(name, value)
+            coeffs[name] = (value, coeffs[name][1])
             self.__dict__[name] = value  # a plain attribute read from now on (no __getattr__)
             return
         object.__setattr__(self, name, value)
@@ -216,18 +233,25 @@ class LossModule:
 
     # -- networks and parameters -----------------------------------------------------
     def convert_to_functional(
-        self, module: Module, name: str, *, create_target_params: bool = False
-    ) -> None:
+        self, module: Any, name: str, *, create_target_params: bool = False
+    ) -> Module:
         """Register ``module`` as network ``name``: its parameter tree becomes
         ``<name>_params`` (trainable, shared with the module) and ``target_<name>_params``
-        (a detached copy when ``create_target_params``, else a detached view)."""
-        if not hasattr(module, "params"):
-            raise TypeError(f"{name} must be an arrayrl Module, got {type(module).__name__}")
+        (a detached copy when ``create_target_params``, else a detached view).
+
+        A TorchRL / tensordict module is adapted first (:func:`arrayrl.modules.as_module`);
+        its parameters stay its own ``nn.Parameter`` objects. Returns the registered
+        (possibly adapted) module, also reachable as ``self.<name>``.
+        """
+        adapted = as_module(module, name, owner=type(self).__name__)
+        self._has_torch_modules |= adapted is not module
+        module = adapted
         self._networks[name] = module
         object.__setattr__(self, name, module)
         self._params[name] = module.params
         self._owns_target[name] = create_target_params
         self._refresh_target(name)
+        return module
 
     def _refresh_target(self, name: str) -> None:
         tree = self._params[name]
@@ -240,10 +264,21 @@ class LossModule:
             self._target_params[name] = map_params(backend.stop_gradient, tree)
 
     def network_params(self, name: str, params: Mapping[str, Params] | None) -> Params:
-        """The tree network ``name`` computes with: ``params[name]`` if given, else its own."""
-        if params is not None and name in params:
-            return params[name]
-        return self._params[name]
+        """The tree network ``name`` computes with: ``params[name]`` if given, else its own.
+
+        Raises ``KeyError`` when ``params`` names a network the loss does not have, or
+        when ``params[name]`` does not hold exactly the network's parameter paths.
+        """
+        if params is None:
+            return self._params[name]
+        owner = f"{type(self).__name__} (forward params=)"
+        for given in params:
+            network_name(given, self._networks, owner=owner)
+        if name not in params:
+            return self._params[name]
+        tree = params[name]
+        _check_tree_paths(f"params[{name!r}]", tree, self._params[name])
+        return tree
 
     def detached_params(self, name: str, params: Mapping[str, Params] | None = None) -> Params:
         """:meth:`network_params` with every leaf cut from the graph."""
@@ -303,17 +338,25 @@ class LossModule:
         Keys must match exactly. On backends with in-place writes (NumPy, torch) the
         values are copied into the existing arrays, so an optimizer keeps tracking them.
         """
-        expected, given = set(self.state_dict()), set(state)
+        current = self.state_dict()
+        expected, given = set(current), set(state)
         if expected != given:
             raise KeyError(
                 f"state_dict keys differ: missing {sorted(expected - given)}, "
                 f"unexpected {sorted(given - expected)}"
             )
-        for coeff in self._coeffs:
-            if coeff in state:
-                setattr(self, coeff, float(np.asarray(_host(state[coeff]))))
+        # Check everything first (shapes, dtypes, coefficient values); only then write,
+        # so that a bad entry leaves the loss as it was.
+        coeffs = {c: self._checked_coeff(c, state[c]) for c in self._coeffs if c in state}
+        arrays = {
+            key: _checked_entry(key, state[key], leaf)
+            for key, leaf in current.items()
+            if key not in self._coeffs
+        }
+        for coeff, value in coeffs.items():
+            setattr(self, coeff, value)
         for name in self._params:
-            self._load_tree(name, state)
+            self._load_tree(name, arrays)
         return self
 
     def _load_tree(self, name: str, state: Mapping[str, Any]) -> None:
@@ -325,12 +368,22 @@ class LossModule:
         else:
             self._refresh_target(name)
 
-    def to(self, backend: str | Backend, device: Any = None) -> LossModule:
-        """Move every network, parameter tree and the value estimator to ``backend``
-        in place; returns ``self``. On torch the trainable leaves require gradients."""
+    def to(self, backend: Any, device: Any = None) -> LossModule:
+        """Move every network and parameter tree to ``backend`` in place; returns ``self``.
+
+        ``backend`` is a backend name (``"numpy"``, ``"torch"``, ``"cupy"``, ...) with an
+        optional ``device``, or, as TorchRL's ``loss.to(...)``, a device alone
+        (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``): the current backend on
+        that device. On torch the trainable leaves require gradients; networks adapted
+        from torch modules move their own ``nn.Parameter`` objects.
+        """
+        backend, device = resolve_destination(self.backend, backend, device)
         for name, module in self._networks.items():
-            self._params[name] = convert_params(self._params[name], backend, device)
-            module.params = self._params[name]
+            if _moves_itself(module):
+                module.to(backend, device)
+            else:
+                module.params = convert_params(self._params[name], backend, device)
+            self._params[name] = module.params
             if self._owns_target[name]:
                 self._target_params[name] = convert_params(
                     self._target_params[name], backend, device, requires_grad=False
@@ -398,8 +451,32 @@ class LossModule:
         """The ``loss_*`` terms and diagnostics for ``batch``."""
         raise NotImplementedError
 
-    def __call__(self, batch: Any, params: Mapping[str, Params] | None = None) -> ArrayDict:
-        return self.forward(batch, params)
+    def __call__(self, batch: Any, params: Mapping[str, Params] | None = None) -> Any:
+        """:meth:`forward`; the result is a ``tensordict.TensorDict`` when ``batch`` is
+        one (as TorchRL's losses return), else an ``ArrayDict``."""
+        out = self.forward(batch, params)
+        return out.to_tensordict() if is_tensordict(batch) else out
+
+    # -- randomness -------------------------------------------------------------------
+    def generator(self, backend: Any) -> Any:
+        """The loss's generator on ``backend``, made on first use.
+
+        With ``seed=None`` (the default), a loss built from TorchRL / torch modules draws
+        from torch's default generator, as TorchRL does (``torch.manual_seed`` reproduces
+        TorchRL's numbers); any other loss uses seed 0. An explicit ``seed`` gives the
+        loss its own generator (:attr:`generator_mode`).
+        """
+        from arrayrl.random import make_generator
+
+        if backend not in self._generators:
+            name = getattr(backend, "name", backend)
+            if self.seed is None and self._has_torch_modules and name == "torch":
+                rng = make_generator(None, backend, mode="global")
+            else:
+                seed = 0 if self.seed is None else self.seed
+                rng = make_generator(seed, backend, mode=self.generator_mode)
+            self._generators[backend] = rng
+        return self._generators[backend]
 
     @staticmethod
     def working_copy(batch: Any) -> ArrayDict:
@@ -410,15 +487,46 @@ class LossModule:
         """Reset adaptive state (KL-PEN's β); nothing by default."""
 
 
-def _as_coeff(name: str, value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+def _check_tree_paths(name: str, tree: Any, own: Params) -> None:
+    """``TypeError`` if ``tree`` is not a mapping, ``KeyError`` naming the missing and
+    unexpected leaf paths if it differs from the network's own tree ``own``."""
+    if not isinstance(tree, Mapping):
+        raise TypeError(f"{name} must be a parameter tree (a mapping), got {type(tree).__name__}")
+    expected, given = set(flatten_params(own)), set(flatten_params(tree))
+    if expected != given:
+        raise KeyError(
+            f"{name} does not match the network's parameters: missing "
+            f"{sorted(expected - given)}, unexpected {sorted(given - expected)}"
+        )
+
+
+#: The dtype kinds a state entry must share with the array it is loaded into.
+_DTYPE_KINDS = ("bool", "integral", "real floating", "complex floating")
+
+
+def _dtype_kind(x: Any) -> str:
+    """The Array API dtype kind of ``x`` (one of :data:`_DTYPE_KINDS`)."""
+    xp = backend_of(x).xp
+    return next((kind for kind in _DTYPE_KINDS if xp.isdtype(x.dtype, kind)), str(x.dtype))
+
+
+def _checked_entry(key: str, value: Any, leaf: Any) -> np.ndarray:
+    """State entry ``key`` as a host array that can be written into ``leaf``:
+    ``ValueError`` for another shape, ``TypeError`` for another dtype kind."""
+    if not hasattr(value, "shape"):
+        raise TypeError(f"state_dict[{key!r}] must be an array, got {type(value).__name__}")
+    host = _host(value)
+    if tuple(host.shape) != tuple(leaf.shape):
+        raise ValueError(
+            f"state_dict[{key!r}] has shape {tuple(host.shape)}, but the loss's array has "
+            f"shape {tuple(leaf.shape)}"
+        )
+    if _dtype_kind(host) != _dtype_kind(leaf):
+        raise TypeError(
+            f"state_dict[{key!r}] has dtype {host.dtype}, which cannot be loaded into the "
+            f"loss's {leaf.dtype} array"
+        )
+    return host
 
 
 def _first_leaf(tree: Mapping[str, Any]) -> Any:
@@ -462,3 +570,35 @@ def _mask_like(mask: Any, loss: Any) -> Any:
     mask = xp.reshape(mask, tuple(mask.shape) + (1,) * (loss.ndim - mask.ndim))
     return xp.broadcast_to(mask, tuple(loss.shape))
 
+
+
+def _moves_itself(module: Module) -> bool:
+    """Whether ``module`` wraps a torch module, which moves its own parameters."""
+    return any(cls.__name__ in ("TorchDictModule", "TorchLayer") for cls in type(module).__mro__)
+
+
+_BACKEND_NAMES = ("numpy", "torch", "cupy", "jax", "array_api_strict", "generic")
+
+
+def resolve_destination(current: Backend, backend: Any, device: Any) -> tuple[Any, Any]:
+    """``loss.to(...)``'s arguments as ``(backend, device)``.
+
+    A backend name or :class:`Backend` passes; a device alone (a ``torch.device``, or a
+    string such as ``"cpu"``, ``"cuda"``, ``"cuda:1"``) means the current backend on
+    that device (NumPy lives on the CPU only).
+    """
+    if isinstance(backend, Backend) or backend in _BACKEND_NAMES:
+        return backend, device
+    if device is not None:
+        raise TypeError(f"to({backend!r}, device={device!r}): give a backend name with a device")
+    if is_torch_object(backend):  # a torch.device
+        return "torch", backend
+    if isinstance(backend, str):
+        if current.name == "numpy" and backend == "cpu":
+            return "numpy", None
+        if current.name in ("torch", "cupy"):
+            return current.name, backend
+    raise ValueError(
+        f"cannot move a loss on {current.name!r} to {backend!r}; pass a backend name "
+        f"{list(_BACKEND_NAMES[:5])} with device=..., or a device of the current backend"
+    )

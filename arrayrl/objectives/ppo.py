@@ -20,6 +20,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
+from arrayrl._validation import coefficient, count, hyperparameter, reject_unknown_kwargs
 from arrayrl.backends import backend_of
 from arrayrl.data import ArrayDict
 from arrayrl.modules import Params
@@ -37,6 +40,8 @@ from .utils import ValueEstimators
 __all__ = ["ClipPPOLoss", "KLPENPPOLoss", "PPOLoss"]
 
 _CRITIC_LOSSES = ("l1", "l2", "smooth_l1")
+#: Keyword arguments TorchRL removed in v0.11, and their new names.
+_REMOVED = {"entropy_coef": "entropy_coeff", "critic_coef": "critic_coeff"}
 _CLIP_NAMES = ("clip_epsilon", "clip_epsilon_low", "clip_epsilon_high")
 
 
@@ -90,8 +95,10 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         :class:`~arrayrl.objectives.utils.SoftUpdate` / ``HardUpdate``).
     max_importance_ratio : float, optional
         Cap of π_θ / π_behaviour (through a gradient-free shift of the behaviour log-prob).
-    seed : int, default 0
-        Seed of the loss's own generator (Monte-Carlo entropy); arrayrl has no global RNG.
+    seed : int, optional
+        Seed of the loss's own generator (Monte-Carlo entropy). ``None`` (default): seed 0
+        for arrayrl networks; with TorchRL / torch networks, torch's default generator in
+        TorchRL's order, so ``torch.manual_seed`` reproduces TorchRL's numbers.
 
     ``functional`` must be ``True``; ``advantage_norm`` is not supported. ``gamma`` and the
     ``*_key`` arguments raise as in TorchRL (use ``make_value_estimator`` / ``set_keys``).
@@ -144,8 +151,10 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         delay_actor: bool = False,
         max_importance_ratio: float | None = None,
         device: Any = None,
-        seed: int = 0,
+        seed: int | None = None,
+        **kwargs: Any,
     ) -> None:
+        _reject_kwargs(type(self).__name__, kwargs)
         actor_network = actor if actor is not None else actor_network
         critic_network = critic if critic is not None else critic_network
         _reject_unsupported(gamma, advantage_norm, functional, advantage_key,
@@ -157,8 +166,8 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
             raise ValueError(
                 f"unknown loss_critic_type {loss_critic_type!r}; expected one of {_CRITIC_LOSSES}"
             )
-        if samples_mc_entropy < 1:
-            raise ValueError(f"samples_mc_entropy must be >= 1, got {samples_mc_entropy}")
+        samples_mc_entropy = count("samples_mc_entropy", samples_mc_entropy)
+        exclude_dims = _exclude_dims(normalize_advantage_exclude_dims)
         super().__init__()
         self.convert_to_functional(actor_network, "actor_network", create_target_params=delay_actor)
         if critic_network is not None:
@@ -171,11 +180,10 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         self.log_explained_variance = log_explained_variance
         self.loss_critic_type = loss_critic_type
         self.normalize_advantage = normalize_advantage
-        self.normalize_advantage_exclude_dims = tuple(normalize_advantage_exclude_dims)
+        self.normalize_advantage_exclude_dims = exclude_dims
         self.separate_losses = separate_losses
         self.reduction = reduction
         self.seed = seed
-        self._generators: dict[Any, Any] = {}
         self._entropy_coeff_map = _entropy_coeff_map(entropy_coeff)
         if self._entropy_coeff_map is not None:
             entropy_coeff = 0.0  # the scalar is unused then, as TorchRL's buffer
@@ -184,7 +192,8 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         self.register_coeff("critic_coeff", critic_coeff, _non_negative)
         self.register_coeff("clip_value", clip_value, _positive)
         self.register_coeff("max_importance_ratio", max_importance_ratio, _positive)
-        log_prob_keys, action_keys = actor_network.log_prob_keys, actor_network.dist_sample_keys
+        actor = self.actor_network
+        log_prob_keys, action_keys = actor.log_prob_keys, actor.dist_sample_keys
         if len(log_prob_keys) > 1:  # a composite actor: one key per head, as TorchRL
             self.set_keys(sample_log_prob=list(log_prob_keys), action=list(action_keys))
         else:
@@ -236,11 +245,17 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         return advantage
 
     def _standardize(self, advantage: Any, batch: ArrayDict) -> Any:
-        """``(A − mean) / std`` over all dims but the excluded ones (TorchRL's rule)."""
+        """``(A − mean) / std`` over all dims but the excluded ones (TorchRL's rule).
+
+        An excluded dim outside the advantage's dims raises ``ValueError``; excluding
+        every dim returns the advantage as is (both as TorchRL's ``_standardize``; its
+        masked branch checks neither, and reduces over every dim when all are excluded).
+        """
         xp = backend_of(advantage).xp
         ndim = advantage.ndim
-        excluded = {d % ndim for d in self.normalize_advantage_exclude_dims}
-        axes = tuple(d for d in range(ndim) if d not in excluded)
+        axes = _standardized_axes(self.normalize_advantage_exclude_dims, tuple(advantage.shape))
+        if not axes:
+            return advantage
         mask = batch.get("shifted_valid", None)
         if mask is None:
             mean = xp.mean(advantage, axis=axes, keepdims=True)
@@ -315,6 +330,7 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         prev = self._previous_log_prob(batch)
         backend = backend_of(prev)
         log_prob, dist = self._log_prob(batch, self.network_params("actor_network", params))
+        self._check_log_prob_shapes(log_prob, prev)
         prox = prev
         if self.delay_actor:
             with backend.no_grad():
@@ -328,6 +344,19 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
             cap = math.log(self.max_importance_ratio) - backend.stop_gradient(log_weight)
             log_is = xp.minimum(xp.zeros_like(log_weight) if log_is is None else log_is, cap)
         return log_weight, dist, kl_approx, log_is
+
+    def _check_log_prob_shapes(self, log_prob: Any, prev: Any) -> None:
+        """``ValueError`` naming both keys and shapes when ``log π_θ(a|s)`` and the
+        stored log-prob differ in shape: ``[N, 1]`` against ``[N]`` would broadcast the
+        ratio into an ``[N, N]`` outer product (TorchRL 0.14.1 does; arrayrl refuses)."""
+        if tuple(log_prob.shape) != tuple(prev.shape):
+            tk = self.tensor_keys
+            raise ValueError(
+                f"the log-probability of {tk.action!r} under the actor has shape "
+                f"{tuple(log_prob.shape)} but the stored {tk.sample_log_prob!r} has shape "
+                f"{tuple(prev.shape)}; they must be equal (a trailing unit dim on one side "
+                "would broadcast the ratio into an outer product over samples)"
+            )
 
     def loss_critic(
         self, batch: ArrayDict, params: Mapping[str, Params] | None = None
@@ -502,12 +531,10 @@ class KLPENPPOLoss(PPOLoss):
                 "between composite distributions is not implemented; use ClipPPOLoss"
             )
         super().__init__(actor_network, critic_network, **kwargs)
-        if increment < 1.0:
-            raise ValueError(f"increment must be >= 1.0, got {increment}")
-        if decrement > 1.0:
-            raise ValueError(f"decrement must be <= 1.0, got {decrement}")
-        self.dtarg, self.increment, self.decrement = dtarg, increment, decrement
-        self.samples_mc_kl = samples_mc_kl
+        self.dtarg = coefficient("dtarg", dtarg, allow_none=False)
+        self.increment = hyperparameter("increment", increment, low=1.0, high=math.inf)
+        self.decrement = hyperparameter("decrement", decrement, low=0.0, high=1.0)
+        self.samples_mc_kl = count("samples_mc_kl", samples_mc_kl)
         self._beta_init = beta
         self.register_coeff("beta", beta, _non_negative)
 
@@ -530,7 +557,7 @@ class KLPENPPOLoss(PPOLoss):
         try:
             return kl_divergence(previous, current)
         except NotImplementedError:
-            draws = previous.sample((self.samples_mc_kl,), rng=self._generator(backend_of(like)))
+            draws = previous.sample((self.samples_mc_kl,), rng=self.generator(backend_of(like)))
             xp = backend_of(like).xp
             return xp.mean(previous.log_prob(draws) - current.log_prob(draws), axis=0)
 
@@ -606,12 +633,64 @@ def _advantage_like(advantage: Any, log_weight: Any) -> Any:
     spread = xp.reshape(advantage, (*batch, *(1,) * extra, 1))
     return xp.broadcast_to(spread, lw_shape)
 
-def _clip_pair(clip_epsilon: float | tuple[float, float]) -> tuple[float, float]:
+def _clip_pair(clip_epsilon: Any) -> tuple[Any, Any]:
+    """``(ε_low, ε_high)`` as given (``register_coeff`` checks each value)."""
     if isinstance(clip_epsilon, (tuple, list)):
         if len(clip_epsilon) != 2:
             raise ValueError(f"clip_epsilon must be a float or a pair, got {clip_epsilon}")
-        return float(clip_epsilon[0]), float(clip_epsilon[1])
-    return float(clip_epsilon), float(clip_epsilon)
+        return clip_epsilon[0], clip_epsilon[1]
+    return clip_epsilon, clip_epsilon
+
+
+def _reject_kwargs(owner: str, kwargs: Mapping[str, Any]) -> None:
+    """TorchRL's errors for the removed ``*_coef`` names; ``TypeError`` naming ``owner``
+    for any other keyword (TorchRL 0.14.1 swallows them silently: a deviation)."""
+    for name in kwargs:
+        if name in _REMOVED:
+            raise TypeError(
+                f"'{name}' has been removed in torchrl v0.11. Please use "
+                f"'{_REMOVED[name]}' instead."
+            )
+    reject_unknown_kwargs(owner, kwargs)
+
+
+def _exclude_dims(dims: Any) -> tuple[int, ...]:
+    """``normalize_advantage_exclude_dims`` as a tuple of distinct ints (``TypeError``
+    for a non-int, ``ValueError`` for a repeat, as TorchRL's ``_standardize``)."""
+    if isinstance(dims, (int, np.integer)) and not isinstance(dims, bool):
+        dims = (dims,)
+    try:
+        dims = tuple(dims)
+    except TypeError:
+        raise TypeError(
+            f"normalize_advantage_exclude_dims must be a tuple of ints, got {dims!r}"
+        ) from None
+    if any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) for d in dims):
+        raise TypeError(f"normalize_advantage_exclude_dims must be a tuple of ints, got {dims!r}")
+    dims = tuple(int(d) for d in dims)
+    if len(set(dims)) != len(dims):
+        raise ValueError(f"normalize_advantage_exclude_dims has repeated dims: {dims}")
+    return dims
+
+
+def _standardized_axes(exclude_dims: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The axes of an advantage of ``shape`` that the standardisation averages over;
+    ``ValueError`` naming the argument and the advantage's ndim for a dim out of range
+    or two dims that are the same axis."""
+    ndim = len(shape)
+    bad = [d for d in exclude_dims if not -ndim <= d < ndim]
+    if bad:
+        raise ValueError(
+            f"normalize_advantage_exclude_dims={exclude_dims} is out of range for an "
+            f"advantage with {ndim} dims (shape {shape}): {bad}"
+        )
+    excluded = {d % ndim for d in exclude_dims}
+    if len(excluded) != len(exclude_dims):
+        raise ValueError(
+            f"normalize_advantage_exclude_dims={exclude_dims} names the same dim twice for "
+            f"an advantage with {ndim} dims"
+        )
+    return tuple(d for d in range(ndim) if d not in excluded)
 
 
 def _clip_low(value: float) -> str | None:
@@ -660,7 +739,5 @@ def _entropy_coeff_map(entropy_coeff: Any) -> dict[Any, float] | None:
     for key, value in entropy_coeff.items():
         if isinstance(key, tuple) and len(key) == 1:
             key = key[0]
-        coeffs[key] = float(value)
-        if coeffs[key] < 0:
-            raise ValueError(f"entropy_coeff[{key!r}] must be >= 0, got {value}")
+        coeffs[key] = coefficient(f"entropy_coeff[{key!r}]", value, allow_none=False)
     return coeffs

@@ -19,13 +19,14 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from arrayrl._validation import reject_unknown_kwargs
 from arrayrl.backends import backend_of
 from arrayrl.data import ArrayDict
 from arrayrl.modules import Params
 
 from ._shared import CriticLossMixin, reduce_terms
 from .common import LossModule
-from .ppo import _CRITIC_LOSSES, _as_tuple, _positive, _reject_unsupported
+from .ppo import _CRITIC_LOSSES, _advantage_like, _as_tuple, _positive, _reject_unsupported
 from .utils import ValueEstimators
 
 __all__ = ["ReinforceLoss"]
@@ -52,6 +53,8 @@ class ReinforceLoss(CriticLossMixin, LossModule):
     clip_value : float, optional
         Clip the new value to ``[V_old − c, V_old + c]`` and keep the larger loss
         (schedulable, > 0); adds the ``value_clip_fraction`` diagnostic.
+    seed : int, optional
+        Accepted as by every arrayrl loss; REINFORCE draws nothing.
 
     ``functional`` must be ``True``; ``gamma`` and the ``*_key`` arguments raise as in
     TorchRL (use ``make_value_estimator`` / ``set_keys``).
@@ -101,7 +104,10 @@ class ReinforceLoss(CriticLossMixin, LossModule):
         critic: Any = None,
         reduction: str | None = None,
         clip_value: float | None = None,
+        seed: int | None = None,
+        **kwargs: Any,
     ) -> None:
+        reject_unknown_kwargs(type(self).__name__, kwargs)
         actor_network = actor if actor is not None else actor_network
         critic_network = critic if critic is not None else critic_network
         if actor_network is None or critic_network is None:
@@ -125,6 +131,7 @@ class ReinforceLoss(CriticLossMixin, LossModule):
         self.loss_critic_type = loss_critic_type
         self.separate_losses = separate_losses
         self.reduction = reduction
+        self.seed = seed
         self.register_coeff("clip_value", clip_value, _positive)
 
     @property
@@ -187,7 +194,7 @@ class ReinforceLoss(CriticLossMixin, LossModule):
         batch = self.working_copy(batch)
         self.check_batch_backend(batch, self.tensor_keys.action)
         advantage = self._advantage(batch, params)
-        log_prob = _align(self._log_prob(batch, params), advantage)
+        log_prob, advantage = _align(self._log_prob(batch, params), advantage)
         backend = backend_of(advantage)
         out = {"loss_actor": -log_prob * backend.stop_gradient(advantage)}
         loss_value, clip_fraction = self.loss_critic(batch, params)
@@ -197,14 +204,16 @@ class ReinforceLoss(CriticLossMixin, LossModule):
         return reduce_terms(self, out, batch)
 
 
-def _align(log_prob: Any, advantage: Any) -> Any:
-    """``log_prob`` with a trailing unit dim when the advantage has one (TorchRL's rule);
-    ``ValueError`` for any other mismatch, which would broadcast into an outer product."""
-    if advantage.ndim and tuple(log_prob.shape) == tuple(advantage.shape[:-1]):
-        log_prob = log_prob[..., None]
-    if tuple(log_prob.shape) != tuple(advantage.shape):
-        raise ValueError(
-            f"the advantage (shape {tuple(advantage.shape)}) must have the batch shape of "
-            f"the log-probability {tuple(log_prob.shape)}, optionally with a trailing unit dim"
-        )
-    return log_prob
+def _align(log_prob: Any, advantage: Any) -> tuple[Any, Any]:
+    """``(log π, A)`` shaped alike.
+
+    Equal shapes pass. Otherwise ``log π`` gets a trailing unit dim and the advantage is
+    shaped like it by :func:`~arrayrl.objectives.ppo._advantage_like`, as for PPO and
+    A2C: a per-sample ``[*B, 1]`` advantage against ``[*B]`` log-probs, or spread over
+    the action dims of an element-wise ``Normal`` (``[*B, A]``), which is what TorchRL's
+    broadcast computes. Any other mismatch raises ``ValueError`` (no outer product).
+    """
+    if tuple(log_prob.shape) == tuple(advantage.shape):
+        return log_prob, advantage
+    log_prob = log_prob[..., None]
+    return log_prob, _advantage_like(advantage, log_prob)

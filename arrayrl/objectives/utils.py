@@ -6,6 +6,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
+from arrayrl._validation import count, hyperparameter
 from arrayrl.backends import backend_of
 
 __all__ = [
@@ -34,9 +35,12 @@ class ValueEstimators(Enum):
 
     @classmethod
     def parse(cls, value: ValueEstimators | str) -> ValueEstimators:
-        """``value`` as a member; a string is matched case-insensitively to a name."""
+        """``value`` as a member; a string is matched case-insensitively to a name, and
+        a member of TorchRL's ``ValueEstimators`` to the member of the same name."""
         if isinstance(value, cls):
             return value
+        if isinstance(value, Enum) and type(value).__name__ == "ValueEstimators":
+            value = value.name  # TorchRL's own enum: same member names
         if isinstance(value, str):
             for member in cls:
                 if member.name.lower() == value.lower().replace("_", ""):
@@ -152,10 +156,9 @@ class SoftUpdate(TargetNetUpdater):
     def __init__(self, loss_module: Any, *, eps: float | None = None, tau: float | None = None):
         if (eps is None) == (tau is None):
             raise ValueError("give exactly one of eps and tau")
-        eps = 1.0 - tau if eps is None else eps
-        if not 0.0 <= eps <= 1.0:
-            raise ValueError(f"eps must be in [0, 1], got {eps}")
-        self.eps = float(eps)
+        if eps is None:
+            eps = 1.0 - hyperparameter("tau", tau, low=0.0, high=1.0)
+        self.eps = hyperparameter("eps", eps, low=0.0, high=1.0)
         super().__init__(loss_module)
 
     def _step(self, backend: Any, source: Any, target: Any) -> None:
@@ -169,12 +172,9 @@ class HardUpdate(TargetNetUpdater):
     counter equal to the interval, which then resets it to 0."""
 
     def __init__(self, loss_module: Any, *, value_network_update_interval: int = 1000):
-        if value_network_update_interval < 0:
-            raise ValueError(
-                "value_network_update_interval must be >= 0, "
-                f"got {value_network_update_interval}"
-            )
-        self.value_network_update_interval = value_network_update_interval
+        self.value_network_update_interval = count(
+            "value_network_update_interval", value_network_update_interval, minimum=0
+        )
         self.counter = 0
         super().__init__(loss_module)
 

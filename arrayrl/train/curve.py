@@ -10,12 +10,39 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["LOSS_COLUMNS", "LearningCurve", "read_curve"]
+__all__ = ["PANELS", "LearningCurve", "Panel", "read_curve"]
 
-#: The loss terms plotted in the lower panel, when present.
-LOSS_COLUMNS = ("loss_objective", "loss_critic", "loss_entropy")
+
+@dataclass(frozen=True)
+class Panel:
+    """One subplot of the learning-curve figure: a title, the columns it draws and the
+    range of its y axis (``None`` ends are fitted to the data)."""
+
+    title: str
+    columns: tuple[str, ...]
+    low: float | None = None
+    high: float | None = None
+    floor: float | None = None  #: the lowest y shown, however low the data goes
+
+
+#: The panels of :meth:`LearningCurve.plot_png`, row by row (two per row), each on an
+#: axis of its own so that no curve flattens another. A panel whose columns the curve
+#: lacks is left out. Explained variance starts far below 0 (an untrained critic), so
+#: its axis stops at -1 to keep the useful range, (-1, 1], readable.
+PANELS = (
+    Panel("mean episode return (last episodes)", ("mean_return",)),
+    Panel("explained variance (critic)", ("explained_variance",), high=1.05, floor=-1.0),
+    Panel("policy loss", ("loss_objective",)),
+    Panel("critic loss", ("loss_critic",), low=0.0),
+    Panel("approximate KL (old || new)", ("kl_approx",)),
+    Panel("clip fraction", ("clip_fraction",), low=0.0),
+    Panel("policy entropy", ("entropy",)),
+    Panel("frames / s", ("fps",), low=0.0),
+)
 
 
 class LearningCurve:
@@ -57,30 +84,52 @@ class LearningCurve:
         return path
 
     def plot_png(self, path: str | Path, title: str = "") -> Path:
-        """Plot the mean return and the loss terms against frames into ``path``."""
+        """Plot the :data:`PANELS` the curve has columns for against frames into ``path``
+        (two panels per row, each with its own y axis; ``title`` above them all)."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        figure = Figure(figsize=(8, 6), layout="constrained")
+        panels = [p for p in PANELS if all(c in self.columns for c in p.columns)]
+        rows = max(1, math.ceil(len(panels) / 2))
+        figure = Figure(figsize=(11, 2.4 * rows + 0.6), layout="constrained")
         FigureCanvasAgg(figure)
-        top, bottom = figure.subplots(2, 1, sharex=True)
-        frames = self.column("frames")
-        top.plot(frames, self.column("mean_return"), color="tab:blue")
-        top.set_ylabel("mean episode return")
-        top.grid(alpha=0.3)
-        top.set_title(title)
-        for name in (c for c in LOSS_COLUMNS if c in self.columns):
-            bottom.plot(frames, self.column(name), label=name)
-        bottom.set_yscale("symlog", linthresh=1e-3)  # terms of different signs and scales
-        bottom.set_xlabel("frames")
-        bottom.set_ylabel("loss (mean over the iteration)")
-        bottom.grid(alpha=0.3)
-        if bottom.lines:
-            bottom.legend(loc="best")
+        axes = figure.subplots(rows, 2, sharex=True, squeeze=False).ravel()
+        for axis, panel in zip(axes, panels):
+            self._draw_panel(axis, panel)
+        for axis in axes[len(panels) :]:
+            axis.set_visible(False)
+        for axis in axes[max(0, len(panels) - 2) : len(panels)]:
+            axis.set_xlabel("frames")
+            axis.xaxis.set_tick_params(labelbottom=True)
+        figure.suptitle(title)
         figure.savefig(path, dpi=100)
         return path
+
+    def _draw_panel(self, axis: Any, panel: Panel) -> None:
+        """Draw ``panel``'s columns on ``axis`` and set its y range."""
+        frames = self.column("frames")
+        for name in panel.columns:
+            axis.plot(frames, self.column(name), color="tab:blue", linewidth=1.2)
+        axis.set_title(panel.title, fontsize=10)
+        axis.grid(alpha=0.3)
+        values = [v for name in panel.columns for v in self.column(name) if math.isfinite(v)]
+        if not values:
+            return
+        low, high = _y_range(values, panel)
+        axis.set_ylim(low, high)
+
+
+def _y_range(values: Sequence[float], panel: Panel) -> tuple[float, float]:
+    """The y range of ``panel``: its fixed ends, else the data's with a 5 % margin."""
+    lowest, highest = min(values), max(values)
+    if panel.floor is not None:
+        lowest = max(lowest, panel.floor)
+    margin = 0.05 * (highest - lowest) or 0.05 * abs(highest) or 0.05
+    low = lowest - margin if panel.low is None else min(panel.low, lowest)
+    high = highest + margin if panel.high is None else max(panel.high, highest)
+    return low, high
 
 
 def read_curve(path: str | Path) -> dict[str, list[float]]:

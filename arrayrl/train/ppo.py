@@ -39,14 +39,18 @@ from arrayrl.random import make_generator
 
 from .curve import LearningCurve
 from .progress import ProgressBar
-from .rollout import RewardScaler, RolloutCollector, make_vector_env
+from .rollout import RewardScaler, RolloutCollector, check_env, make_vector_env
 
 __all__ = [
     "PRESETS",
     "PPOConfig",
     "TrainResult",
+    "TrainingInterrupted",
     "build_actor_critic",
     "build_loss",
+    "check_device",
+    "check_setup",
+    "frames_note",
     "make_config",
     "train_ppo",
 ]
@@ -106,6 +110,9 @@ class PPOConfig:
         small CPU, where several threads contend.
     progress : bool
         Show the progress bar on stderr.
+    save_every_s : float
+        Rewrite the learning curve (CSV and PNG) at the end of the first iteration that
+        is at least this many seconds after the last write (and always at the end).
     """
 
     env_id: str = "CartPole-v1"
@@ -134,6 +141,7 @@ class PPOConfig:
     out: str | None = None
     torch_threads: int | None = 1
     progress: bool = True
+    save_every_s: float = 30.0
 
     @property
     def frames_per_batch(self) -> int:
@@ -144,6 +152,11 @@ class PPOConfig:
     def iterations(self) -> int:
         """Iterations of the run (at least one)."""
         return max(1, self.frames // self.frames_per_batch)
+
+    @property
+    def total_frames(self) -> int:
+        """Frames the run collects: ``frames`` rounded to whole iterations."""
+        return self.iterations * self.frames_per_batch
 
     @property
     def minibatch_size(self) -> int:
@@ -194,6 +207,48 @@ PRESETS: dict[str, dict[str, Any]] = {
         "entropy_coeff": 0.0,
     },
 }
+
+
+def frames_note(config: PPOConfig) -> str | None:
+    """One line saying how ``frames`` was rounded to whole iterations (``None`` if not)."""
+    if config.total_frames == config.frames:
+        return None
+    direction = "down" if config.total_frames < config.frames else "up"
+    return (
+        f"frames: {config.frames:,} rounded {direction} to {config.total_frames:,} "
+        f"({config.iterations} iterations of {config.num_envs} envs x "
+        f"{config.rollout_steps} steps)"
+    )
+
+
+def check_device(backend: str, device: str) -> None:
+    """Raise ``ValueError`` unless ``device`` exists here and can hold ``backend``'s
+    arrays (``"cuda"`` on a machine without CUDA, ``"foo"``, ``"meta"``)."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"unknown torch device {device!r}; expected cpu, cuda, cuda:<index>, mps, xpu, ..."
+        ) from None
+    if kind == "meta":
+        raise ValueError("device 'meta' holds no data and cannot train; use cpu or cuda")
+    if kind == "cuda" and not torch.cuda.is_available():
+        why = "torch is built without CUDA" if torch.version.cuda is None else "no GPU found"
+        raise ValueError(f"device {device!r} is not available here ({why}); use --device cpu")
+    try:
+        get_backend(backend, device)
+    except Exception as error:  # any refusal of the device is a bad setting
+        raise ValueError(f"device {device!r} is not available here: {error}") from None
+
+
+def check_setup(config: PPOConfig) -> None:
+    """Raise ``ValueError`` naming the first setting that cannot train here: the
+    settings themselves, the environment id and its spaces, the device."""
+    config.validate()
+    check_env(config.env_id)
+    check_device(config.backend, config.device)
 
 
 def make_config(env_id: str = "CartPole-v1", **overrides: Any) -> PPOConfig:
@@ -361,7 +416,7 @@ def _advantages(loss: Any, batch: ArrayDict, backend: Backend) -> ArrayDict:
 # -- the run -----------------------------------------------------------------------------
 @dataclasses.dataclass
 class TrainResult:
-    """What a run produced."""
+    """What a run produced (``interrupted``: stopped by Ctrl-C, the curve so far)."""
 
     config: PPOConfig
     final_mean_return: float
@@ -371,16 +426,70 @@ class TrainResult:
     curve: LearningCurve
     csv_path: Path
     png_path: Path
+    interrupted: bool = False
 
     def summary(self) -> str:
         """One line: final mean return, frames, seconds and the output paths."""
+        config = self.config
+        ret = f"{self.final_mean_return:.1f} (last {config.return_window} episodes)"
+        if self.interrupted:
+            written = (
+                f"curve so far: {self.csv_path} and {self.png_path}"
+                if self.curve.rows
+                else "no iteration finished, nothing written"
+            )
+            return (
+                f"ppo {config.env_id} seed {config.seed}: interrupted after "
+                f"{self.frames:,} of {config.total_frames:,} frames ({self.seconds:.1f} s), "
+                f"mean return {ret}; {written}"
+            )
         return (
-            f"ppo {self.config.env_id} seed {self.config.seed}: final mean return "
-            f"{self.final_mean_return:.1f} (last {self.config.return_window} episodes), "
+            f"ppo {config.env_id} seed {config.seed}: final mean return {ret}, "
             f"{self.frames:,} frames in {self.seconds:.1f} s "
             f"({self.frames / max(self.seconds, 1e-9):,.0f} fps); "
             f"curve: {self.csv_path} and {self.png_path}"
         )
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`train_ppo`; ``result`` holds the run so far, whose curve has
+    been written. A ``KeyboardInterrupt``, so an interrupted script still stops."""
+
+    def __init__(self, result: TrainResult) -> None:
+        super().__init__(result.summary())
+        self.result = result
+
+
+class _CurveWriter:
+    """Writes a run's curve to ``<out>/learning_curve.csv`` and ``.png``: on demand, and
+    every ``save_every_s`` seconds while training."""
+
+    def __init__(self, config: PPOConfig) -> None:
+        self.config = config
+        self.csv_path = config.out_dir / "learning_curve.csv"
+        self.png_path = config.out_dir / "learning_curve.png"
+        self._last = time.perf_counter()
+
+    def title(self, frames: int, interrupted: bool = False) -> str:
+        """The figure's title: algorithm, env, seed and frames (of the total, if fewer)."""
+        config = self.config
+        done = f"{frames:,}"
+        if frames < config.total_frames:
+            done += f" of {config.total_frames:,}"
+        stopped = " (interrupted)" if interrupted else ""
+        return f"PPO on {config.env_id}, seed {config.seed}, {done} frames{stopped}"
+
+    def write(self, curve: LearningCurve, frames: int, interrupted: bool = False) -> None:
+        """Write the CSV and the PNG now (nothing before the first row)."""
+        if curve.rows:
+            curve.write_csv(self.csv_path)
+            curve.plot_png(self.png_path, self.title(frames, interrupted))
+        self._last = time.perf_counter()
+
+    def write_if_due(self, curve: LearningCurve, frames: int) -> None:
+        """Write if ``save_every_s`` seconds have passed since the last write."""
+        if time.perf_counter() - self._last >= self.config.save_every_s:
+            self.write(curve, frames)
 
 
 @contextlib.contextmanager
@@ -417,7 +526,8 @@ def _setup(config: PPOConfig, env: Any) -> tuple[Any, Any, RolloutCollector, Any
 
 
 def train_ppo(config: PPOConfig | None = None) -> TrainResult:
-    """Train a PPO agent as ``config`` says; write the learning curve (CSV and PNG).
+    """Train a PPO agent as ``config`` says; write the learning curve (CSV and PNG)
+    every ``config.save_every_s`` seconds and at the end.
 
     Parameters
     ----------
@@ -428,50 +538,88 @@ def train_ppo(config: PPOConfig | None = None) -> TrainResult:
     -------
     TrainResult
         The final mean return, frames, wall time, the curve and the paths written.
+
+    Raises
+    ------
+    TrainingInterrupted
+        On Ctrl-C during the iterations, after writing the curve so far; its ``result``
+        is the run so far.
     """
     config = make_config() if config is None else config
     config.validate()
     env = make_vector_env(config.env_id, config.num_envs)
+    writer = _CurveWriter(config)
     try:
         with _torch_threads(config.torch_threads):
             loss, optimizer, collector, shuffle_rng = _setup(config, env)
-            curve, seconds = _loop(config, loss, optimizer, collector, shuffle_rng)
+            curve, seconds, interrupted = _loop(
+                config, loss, optimizer, collector, shuffle_rng, writer
+            )
     finally:
         env.close()
-    out = config.out_dir
-    csv_path = curve.write_csv(out / "learning_curve.csv")
-    png_path = curve.plot_png(out / "learning_curve.png", f"PPO on {config.env_id}")
-    return TrainResult(
+    writer.write(curve, collector.frames, interrupted)
+    result = TrainResult(
         config, collector.mean_return, collector.frames, seconds,
-        collector.episodes.episodes, curve, csv_path, png_path,
+        collector.episodes.episodes, curve, writer.csv_path, writer.png_path, interrupted,
     )  # fmt: skip
+    if interrupted:
+        raise TrainingInterrupted(result)
+    return result
 
 
 def _loop(
-    config: PPOConfig, loss: Any, optimizer: Any, collector: RolloutCollector, shuffle_rng: Any
-) -> tuple[LearningCurve, float]:
-    """The iterations: collect, GAE, update, log. Returns the curve and the wall time."""
+    config: PPOConfig,
+    loss: Any,
+    optimizer: Any,
+    collector: RolloutCollector,
+    shuffle_rng: Any,
+    writer: _CurveWriter,
+) -> tuple[LearningCurve, float, bool]:
+    """The iterations, each logged as a row of the curve; Ctrl-C ends them early.
+
+    Returns the curve, the wall time and whether Ctrl-C stopped the run.
+    """
     curve = LearningCurve()
-    bar = ProgressBar(config.iterations * config.frames_per_batch, enabled=config.progress)
     start = time.perf_counter()
-    for iteration in range(config.iterations):
-        lr = config.lr * (1.0 - iteration / config.iterations if config.anneal_lr else 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = _advantages(loss, collector.collect(config.rollout_steps), collector.backend)
-        terms = _update(loss, optimizer, batch.reshape(-1), config, shuffle_rng)
-        wall = time.perf_counter() - start
-        curve.append(
-            {
-                "frames": collector.frames,
-                "wall_s": wall,
-                "mean_return": collector.mean_return,
-                "episodes": collector.episodes.episodes,
-                **terms,
-                "lr": lr,
-                "fps": collector.frames / wall,
-            }
-        )
-        bar.update(collector.frames, collector.mean_return)
-    bar.close()
-    return curve, time.perf_counter() - start
+    with ProgressBar(config.total_frames, enabled=config.progress) as bar:
+        try:
+            for iteration in range(config.iterations):
+                lr, terms = _iteration(iteration, config, loss, optimizer, collector, shuffle_rng)
+                curve.append(_row(collector, time.perf_counter() - start, terms, lr))
+                bar.update(collector.frames, collector.mean_return)
+                writer.write_if_due(curve, collector.frames)
+        except KeyboardInterrupt:
+            return curve, time.perf_counter() - start, True
+    return curve, time.perf_counter() - start, False
+
+
+def _iteration(
+    iteration: int,
+    config: PPOConfig,
+    loss: Any,
+    optimizer: Any,
+    collector: RolloutCollector,
+    shuffle_rng: Any,
+) -> tuple[float, dict[str, float]]:
+    """One iteration: set the learning rate, collect, GAE, update. Returns the learning
+    rate and the mean diagnostics of the update."""
+    lr = config.lr * (1.0 - iteration / config.iterations if config.anneal_lr else 1.0)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    batch = _advantages(loss, collector.collect(config.rollout_steps), collector.backend)
+    return lr, _update(loss, optimizer, batch.reshape(-1), config, shuffle_rng)
+
+
+def _row(
+    collector: RolloutCollector, wall: float, terms: dict[str, float], lr: float
+) -> dict[str, float]:
+    """The learning curve's row after an iteration that ended ``wall`` s into the run."""
+    return {
+        "frames": collector.frames,
+        "wall_s": wall,
+        "mean_return": collector.mean_return,
+        "episodes": collector.episodes.episodes,
+        **terms,
+        "lr": lr,
+        "fps": collector.frames / wall,
+    }

@@ -1,32 +1,46 @@
-"""A dependency-free text progress bar for training loops.
+"""The training progress bar: frames, frames/s and the recent mean return, drawn by tqdm.
 
-On a terminal the bar redraws one line in place (``\\r``); when the stream is not a
-terminal (a log file, a CI job, a pipe) it writes plain lines, at most one every
-``line_interval`` seconds, so logs stay short and readable.
+On a terminal tqdm redraws one line in place about ten times a second. When the stream
+is not a terminal (a log file, a CI job, a pipe) the bar writes plain lines instead, one
+at the start, at most one every ``plain_interval`` seconds after that, and always a final
+one with the result, so logs stay short and readable.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-import time
-from typing import TextIO
+from typing import Any, TextIO
 
-__all__ = ["ProgressBar", "format_duration"]
+__all__ = ["ProgressBar"]
+
+_BAR_FORMAT = (
+    "{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} frames "
+    "[{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+)
 
 
-def format_duration(seconds: float) -> str:
-    """``seconds`` as ``"42s"``, ``"3m07s"`` or ``"1h02m"``; ``"?"`` if unknown."""
-    if not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    whole = round(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    minutes, secs = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
+class _PlainLines:
+    """A text stream for tqdm that turns its in-place redraws into separate lines.
+
+    tqdm redraws with ``"\\r" + text + padding``; this writes each distinct text once,
+    followed by a newline, and drops the carriage returns and the padding.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._last = ""
+
+    def write(self, text: str) -> None:
+        """Write the status line in ``text`` on a line of its own (once)."""
+        line = text.replace("\r", "").rstrip()
+        if line and line != self._last:
+            self.stream.write(line + "\n")
+            self._last = line
+
+    def flush(self) -> None:
+        """Flush the underlying stream."""
+        self.stream.flush()
 
 
 class ProgressBar:
@@ -38,12 +52,10 @@ class ProgressBar:
         The number of frames the run will collect.
     stream : text stream, optional
         Where to write (``sys.stderr`` by default).
-    width : int, default 30
-        Characters of the bar itself (terminal mode).
-    line_interval : float, default 5.0
-        Seconds between two plain lines when ``stream`` is not a terminal.
     enabled : bool, default True
         ``False`` writes nothing at all.
+    plain_interval : float, default 30.0
+        Seconds between two plain lines when ``stream`` is not a terminal.
 
     Examples
     --------
@@ -58,61 +70,41 @@ class ProgressBar:
         total: int,
         stream: TextIO | None = None,
         *,
-        width: int = 30,
-        line_interval: float = 5.0,
         enabled: bool = True,
+        plain_interval: float = 30.0,
     ) -> None:
-        self.total = max(int(total), 1)
-        self.stream = sys.stderr if stream is None else stream
-        self.width = width
-        self.line_interval = line_interval
-        self.enabled = enabled
-        self.is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._start = time.perf_counter()
-        self._last_draw = -math.inf
-        self._last_text = ""
-        self._line_length = 0
+        from tqdm import tqdm
 
-    def text(self, frames: int, mean_return: float | None = None) -> str:
-        """The status line for ``frames`` done (without the bar in plain mode)."""
-        elapsed = time.perf_counter() - self._start
-        fps = frames / elapsed if elapsed > 0 else 0.0
-        remaining = (self.total - frames) / fps if fps > 0 else math.inf
-        ret = "  -" if mean_return is None or math.isnan(mean_return) else f"{mean_return:.1f}"
-        status = (
-            f"{frames:,}/{self.total:,} frames  {fps:,.0f} fps  return {ret}  "
-            f"{format_duration(elapsed)} elapsed, eta {format_duration(remaining)}"
+        stream = sys.stderr if stream is None else stream
+        self.is_tty = bool(getattr(stream, "isatty", lambda: False)())
+        interval = 0.1 if self.is_tty else plain_interval
+        self._bar = tqdm(
+            total=max(int(total), 1),
+            file=stream if self.is_tty else _PlainLines(stream),
+            disable=not enabled,
+            unit=" frames",
+            unit_scale=True,
+            bar_format=_BAR_FORMAT,
+            mininterval=interval,
+            maxinterval=max(interval, 10.0),
+            dynamic_ncols=self.is_tty,
+            ncols=None if self.is_tty else 100,
+            ascii=None if self.is_tty else True,
+            postfix="return -",
         )
-        if not self.is_tty:
-            return f"[{100 * frames / self.total:5.1f}%] {status}"
-        filled = min(self.width, int(self.width * frames / self.total))
-        bar = "#" * filled + "." * (self.width - filled)
-        return f"[{bar}] {status}"
 
     def update(self, frames: int, mean_return: float | None = None) -> None:
-        """Redraw for ``frames`` done (rate-limited; always drawn at the total)."""
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        interval = 0.1 if self.is_tty else self.line_interval
-        if now - self._last_draw < interval and frames < self.total:
-            return
-        self._last_draw = now
-        self._draw(self.text(frames, mean_return))
-
-    def _draw(self, text: str) -> None:
-        if self.is_tty:
-            padding = " " * max(0, self._line_length - len(text))
-            self.stream.write("\r" + text + padding)
-            self._line_length = len(text)
-        elif text != self._last_text:
-            self.stream.write(text + "\n")
-        self._last_text = text
-        self.stream.flush()
+        """Move the bar to ``frames`` done and show ``mean_return`` (rate-limited)."""
+        ret = "-" if mean_return is None or math.isnan(mean_return) else f"{mean_return:.1f}"
+        self._bar.set_postfix_str(f"return {ret}", refresh=False)
+        self._bar.update(int(frames) - self._bar.n)
 
     def close(self) -> None:
-        """End the bar's line (terminal mode) so later output starts on a new line."""
-        if self.enabled and self.is_tty and self._line_length:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._line_length = 0
+        """Draw the final line and end it, so later output starts on a new line."""
+        self._bar.close()
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

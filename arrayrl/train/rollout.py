@@ -25,7 +25,39 @@ import numpy as np
 from arrayrl.backends import Backend
 from arrayrl.data import ArrayDict
 
-__all__ = ["EpisodeTracker", "RewardScaler", "RolloutCollector", "make_vector_env"]
+__all__ = ["EpisodeTracker", "RewardScaler", "RolloutCollector", "check_env", "make_vector_env"]
+
+
+def check_env(env_id: str) -> None:
+    """Raise ``ValueError`` unless ``env_id`` makes a Gymnasium environment the PPO
+    trainer can run: 1-D ``Box`` observations, ``Discrete`` or bounded 1-D ``Box`` actions.
+
+    Makes (and closes) one environment, so an unknown id, a missing dependency
+    (``gymnasium[box2d]``, ...) or an unsupported space fails before any training.
+    """
+    import gymnasium
+    from gymnasium import spaces
+
+    try:
+        env = gymnasium.make(env_id)
+    except (gymnasium.error.Error, ImportError) as error:
+        raise ValueError(f"cannot make Gymnasium env {env_id!r}: {error}") from None
+    observation, action = env.observation_space, env.action_space
+    env.close()
+    if not (isinstance(observation, spaces.Box) and len(observation.shape) == 1):
+        raise ValueError(
+            f"{env_id} has observations {observation}; the PPO trainer's MLPs need a 1-D Box"
+        )
+    bounded_box = (
+        isinstance(action, spaces.Box)
+        and len(action.shape) == 1
+        and bool(np.isfinite(action.low).all() and np.isfinite(action.high).all())
+    )
+    if not (isinstance(action, spaces.Discrete) or bounded_box):
+        raise ValueError(
+            f"{env_id} has actions {action}; the PPO trainer supports Discrete and "
+            "1-D Box actions with finite bounds"
+        )
 
 
 def make_vector_env(env_id: str, num_envs: int, **make_kwargs: Any) -> Any:

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from arrayrl._validation import hyperparameter, is_scalar
 from arrayrl.backends import Backend, ScanKernels, backend_of
 
 
@@ -141,14 +145,31 @@ def _check_shapes(named: Mapping[str, Any]) -> tuple[int, ...]:
     return tuple(first.shape)
 
 
-def check_scalar_range(name: str, value: Any, low: float, high: float, *, low_open: bool) -> None:
-    """Raise ``ValueError`` when the Python scalar ``value`` is outside its range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return
-    below = value <= low if low_open else value < low
-    if math.isnan(value) or below or value > high:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value}")
+def scalar_or_array(
+    name: str, value: Any, *, low: float = -math.inf, high: float = math.inf, low_open: bool = False
+) -> Any:
+    """A hyper-parameter: a scalar as a checked Python float, a per-step array as is.
+
+    Scalars (Python numbers, NumPy scalars, 0-d arrays) go through
+    :func:`arrayrl._validation.hyperparameter` (range, NaN, booleans), so a NumPy
+    scalar meets torch inputs as a float. A 0-d array that needs a gradient, or one
+    being traced (JAX), stays an array, as do per-step arrays: their dtype and shape are
+    checked by :func:`prepare`, their values are not (that would read them on the host).
+    """
+    if is_scalar(value) and not _stays_array(value):
+        return hyperparameter(name, value, low=low, high=high, low_open=low_open)
+    if not hasattr(value, "shape"):
+        raise TypeError(f"{name} must be a float or a floating array, got {type(value).__name__}")
+    return value
+
+
+def _stays_array(value: Any) -> bool:
+    """Whether the 0-d ``value`` must stay an array: it needs a gradient, or it is a
+    tracer without a device (JAX under ``jit``)."""
+    if isinstance(value, (numbers.Number, np.generic)):
+        return False
+    backend = backend_of(value)
+    return backend.device is None or backend.requires_grad(value)
 
 
 def _is_python_scalar(x: Any) -> bool:
@@ -166,10 +187,12 @@ def prepare(
     """Check the inputs of an estimator and lay them out as ``[N, T, F]``.
 
     ``values`` are floating arrays, ``masks`` boolean ones (``None`` entries are
-    dropped), ``params`` are Python floats or arrays (0-d, or the inputs' shape).
+    dropped), ``params`` are scalars (see :func:`scalar_or_array`; NaN is refused) or
+    arrays (0-d, or the inputs' shape).
     ``time_dim=None`` is for functions without a time axis (TD(0)).
     """
     masks = {k: v for k, v in masks.items() if v is not None}
+    params = {k: scalar_or_array(k, v) for k, v in params.items()}
     array_params = {k: v for k, v in params.items() if not _is_python_scalar(v)}
     backend = backend_of(**values, **masks, **array_params)
     xp = backend.xp
@@ -183,7 +206,7 @@ def prepare(
     needs_grad = backend.requires_grad(*values.values(), *array_params.values())
     return ScanInputs(
         backend=backend,
-        kernels=backend.kernels(kernel, needs_grad=needs_grad),
+        kernels=backend.kernels(kernel, needs_grad=needs_grad, dtype=dtype),
         dtype=dtype,
         arrays=arrays,
         params={k: _param_array(k, p, backend, dtype, layout) for k, p in params.items()},
@@ -196,9 +219,13 @@ def _with_dtype(x: Any, dtype: Any, xp: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=256)
-def _broadcast_scalar(backend: Backend, value: float, dtype: Any, shape: tuple[int, ...]) -> Any:
+def _broadcast_scalar(
+    backend: Backend, value: float, dtype: Any, shape: tuple[int, ...], state: Any
+) -> Any:
     """A read-only ``shape`` view of one scalar; cached, since estimators are called with
-    the same γ and λ on the same shapes over and over."""
+    the same γ and λ on the same shapes over and over. ``state`` is
+    :meth:`Backend.creation_state`, so that an array made in one state of the library
+    (torch's inference mode) is never handed out in another."""
     return backend.xp.broadcast_to(backend.asarray(value, dtype=dtype), shape)
 
 
@@ -206,7 +233,7 @@ def _param_array(name: str, p: Any, backend: Backend, dtype: Any, layout: Layout
     """A hyper-parameter as an ``[N, T, F]`` array (a broadcast view for scalars)."""
     xp = backend.xp
     if _is_python_scalar(p):
-        return _broadcast_scalar(backend, float(p), dtype, layout.ntf)
+        return _broadcast_scalar(backend, float(p), dtype, layout.ntf, backend.creation_state())
     if not hasattr(p, "shape"):
         raise TypeError(f"{name} must be a float or a floating array, got {type(p).__name__}")
     _check_float(name, p, xp)

@@ -44,12 +44,14 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from arrayrl._validation import count, flag
 from arrayrl.backends import KERNEL_NAMES, backend_of
 from arrayrl.data import ArrayDict
 from arrayrl.modules._params import map_params
+from arrayrl.modules.adapt import as_module
 
 from . import functional as F
-from ._inputs import check_scalar_range
+from ._inputs import scalar_or_array
 
 __all__ = [
     "GAE",
@@ -139,13 +141,10 @@ def _masked_standardize(
 
 
 def _scalar_or_array(name: str, value: Any, low: float, high: float, low_open: bool) -> Any:
-    """A hyper-parameter as a checked Python float, or a per-step array kept as is."""
-    if getattr(value, "shape", None) == ():
-        value = float(value)
-    if isinstance(value, bool) or not (isinstance(value, (int, float)) or hasattr(value, "shape")):
-        raise TypeError(f"{name} must be a float or an array, got {type(value).__name__}")
-    check_scalar_range(name, value, low, high, low_open=low_open)
-    return float(value) if isinstance(value, int) else value
+    """A hyper-parameter as a checked Python float (any real scalar, 0-d arrays of every
+    backend included), or a per-step array kept as is (see
+    :func:`~arrayrl.objectives.value._inputs.scalar_or_array`)."""
+    return scalar_or_array(name, value, low=low, high=high, low_open=low_open)
 
 
 ########################################################################
@@ -211,20 +210,9 @@ def _reject_key_arguments(**keys: Any) -> None:
             )
 
 
-def _check_flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be a boolean, got {value!r}")
-    return value
-
-
 def _positive_int(name: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
+    """``None``, or ``value`` as an int >= 1 (:func:`arrayrl._validation.count`)."""
+    return None if value is None else count(name, value, minimum=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,7 +366,7 @@ class ValueEstimatorBase:
         _unsupported_group_key(group_key)
         self.time_dim = time_dim
         self.value_network = value_network
-        self.shifted = _check_flag("shifted", shifted)
+        self.shifted = flag("shifted", shifted)
         self.differentiable = bool(differentiable)
         self.skip_existing = skip_existing
         self.device = device
@@ -392,6 +380,16 @@ class ValueEstimatorBase:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(value_network={self.value_network!r})"
+
+    @property
+    def value_network(self) -> Any:
+        """The value network (``None``: the batch holds the values). A TorchRL /
+        tensordict module is adapted on assignment (:func:`arrayrl.modules.as_module`)."""
+        return self._value_network
+
+    @value_network.setter
+    def value_network(self, network: Any) -> None:
+        self._value_network = _adapted(network, "value_network", self)
 
     # -- keys -----------------------------------------------------------------------
     @classmethod
@@ -721,6 +719,11 @@ class ValueEstimatorBase:
             return self._read(batch, key, "value")
         _, params = self._network_params(None, target_params)
         return self._evaluate(self._inputs(batch, nested=True), batch, params)
+
+
+def _adapted(network: Any, name: str, owner: Any) -> Any:
+    """``network`` as an arrayrl module (``None`` stays ``None``)."""
+    return None if network is None else as_module(network, name, owner=type(owner).__name__)
 
 
 def _fill_nan(nxt: Any, root: Any) -> Any:
@@ -1160,6 +1163,15 @@ class VTrace(ValueEstimatorBase):
         self.c_thresh = _scalar_or_array("c_thresh", c_thresh, 0.0, inf, low_open=True)
         self.average_adv = average_adv
         self.actor_network = actor_network
+
+    @property
+    def actor_network(self) -> Any:
+        """The policy whose log π V-trace recomputes (TorchRL's actor is adapted)."""
+        return self._actor_network
+
+    @actor_network.setter
+    def actor_network(self, network: Any) -> None:
+        self._actor_network = _adapted(network, "actor_network", self)
 
     @property
     def in_keys(self) -> list[NestedKey]:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from ._inputs import ScanInputs, check_scalar_range, prepare
+from arrayrl._validation import required_array
+
+from ._inputs import ScanInputs, prepare, scalar_or_array
 
 __all__ = [
     "generalized_advantage_estimate",
@@ -44,9 +46,18 @@ def _not(mask: Any, s: ScanInputs) -> Any:
     return s.xp.astype(s.xp.logical_not(mask), s.dtype)
 
 
-def _check_discounts(gamma: Any, lmbda: Any = 0.0) -> None:
-    check_scalar_range("gamma", gamma, 0.0, 1.0, low_open=False)
-    check_scalar_range("lmbda", lmbda, 0.0, 1.0, low_open=False)
+def _discounts(gamma: Any, lmbda: Any = 0.0) -> tuple[Any, Any]:
+    """``(γ, λ)`` checked: scalars as Python floats in ``[0, 1]``, arrays as given."""
+    return (
+        scalar_or_array("gamma", gamma, low=0.0, high=1.0),
+        scalar_or_array("lmbda", lmbda, low=0.0, high=1.0),
+    )
+
+
+def _require(owner: str, **arrays: Any) -> None:
+    """``TypeError`` naming the first of ``arrays`` that is ``None`` or not an array."""
+    for name, value in arrays.items():
+        required_array(name, value, owner=owner)
 
 
 ########################################################################
@@ -92,7 +103,11 @@ def generalized_advantage_estimate(
     advantage, value_target : arrays of the inputs' shape
         :math:`A_t` and :math:`A_t + V(s_t)`.
     """
-    _check_discounts(gamma, lmbda)
+    _require(
+        "generalized_advantage_estimate", state_value=state_value,
+        next_state_value=next_state_value, reward=reward, done=done,
+    )
+    gamma, lmbda = _discounts(gamma, lmbda)
     s = prepare(
         values={"state_value": state_value, "next_state_value": next_state_value, "reward": reward},
         masks={"done": done, "terminated": terminated},
@@ -145,7 +160,8 @@ def td0_return_estimate(
         terminated = done
     if terminated is None:
         raise TypeError("td0_return_estimate needs terminated (a boolean array)")
-    _check_discounts(gamma)
+    _require("td0_return_estimate", next_state_value=next_state_value, reward=reward)
+    gamma, _ = _discounts(gamma)
     s = prepare(
         values={"next_state_value": next_state_value, "reward": reward},
         masks={"terminated": terminated},
@@ -172,6 +188,10 @@ def td0_advantage_estimate(
 
     ``terminated`` defaults to ``done``. See :func:`td0_return_estimate`.
     """
+    _require(
+        "td0_advantage_estimate", state_value=state_value,
+        next_state_value=next_state_value, reward=reward, done=done,
+    )
     if terminated is None:
         terminated = done
     prepare(  # checks state_value and done against the rest, like TorchRL's shape check
@@ -281,7 +301,11 @@ def td_lambda_return_estimate(
     \lambda_k` for the rest of the trajectory. See :func:`generalized_advantage_estimate`
     for the other arguments.
     """
-    _check_discounts(gamma, lmbda)
+    _require(
+        "td_lambda_return_estimate", next_state_value=next_state_value, reward=reward,
+        done=done,
+    )
+    gamma, lmbda = _discounts(gamma, lmbda)
     _check_rolling(rolling_gamma, gamma, lmbda)
     s = prepare(
         values={"next_state_value": next_state_value, "reward": reward},
@@ -307,6 +331,10 @@ def td_lambda_advantage_estimate(
     kernel: str = "auto",
 ) -> Any:
     """TD(λ) advantage: :func:`td_lambda_return_estimate` minus ``state_value``."""
+    _require(
+        "td_lambda_advantage_estimate", state_value=state_value,
+        next_state_value=next_state_value, reward=reward, done=done,
+    )
     _check_same_shape(state_value, next_state_value)
     returns = td_lambda_return_estimate(
         gamma, lmbda, next_state_value, reward, done, terminated, rolling_gamma,
@@ -335,6 +363,7 @@ def td1_return_estimate(
 
     See :func:`td_lambda_return_estimate`.
     """
+    _require("td1_return_estimate", next_state_value=next_state_value, reward=reward, done=done)
     return td_lambda_return_estimate(
         gamma, 1.0, next_state_value, reward, done, terminated, rolling_gamma,
         time_dim=time_dim, kernel=kernel,
@@ -354,6 +383,10 @@ def td1_advantage_estimate(
     kernel: str = "auto",
 ) -> Any:
     """TD(1) advantage: :func:`td1_return_estimate` minus ``state_value``."""
+    _require(
+        "td1_advantage_estimate", state_value=state_value, next_state_value=next_state_value,
+        reward=reward, done=done,
+    )
     return td_lambda_advantage_estimate(
         gamma, 1.0, state_value, next_state_value, reward, done, terminated, rolling_gamma,
         time_dim, kernel=kernel,
@@ -409,9 +442,13 @@ def vtrace_advantage_estimate(
     advantage, value_target : arrays of the inputs' shape
         :math:`A_t` and :math:`v_t`.
     """
-    check_scalar_range("gamma", gamma, 0.0, 1.0, low_open=False)
-    check_scalar_range("rho_thresh", rho_thresh, 0.0, float("inf"), low_open=True)
-    check_scalar_range("c_thresh", c_thresh, 0.0, float("inf"), low_open=True)
+    _require(
+        "vtrace_advantage_estimate", log_pi=log_pi, log_mu=log_mu, state_value=state_value,
+        next_state_value=next_state_value, reward=reward, done=done,
+    )
+    gamma, _ = _discounts(gamma)
+    rho_thresh = scalar_or_array("rho_thresh", rho_thresh, low=0.0, low_open=True)
+    c_thresh = scalar_or_array("c_thresh", c_thresh, low=0.0, low_open=True)
     s = prepare(
         values={
             "state_value": state_value, "next_state_value": next_state_value, "reward": reward,
@@ -467,7 +504,8 @@ def reward2go(
 
     No bootstrap: the last, unfinished trajectory of the batch sums its rewards only.
     """
-    check_scalar_range("gamma", gamma, 0.0, 1.0, low_open=False)
+    _require("reward2go", reward=reward, done=done)
+    gamma, _ = _discounts(gamma)
     s = prepare(
         values={"reward": reward},
         masks={"done": done},

@@ -1,0 +1,111 @@
+"""The Numba CPU scans' thread pool: safe across ``fork``, concurrent callers, a changed
+thread count, and a bad ``NUMBA_NUM_THREADS``.
+
+"Large" inputs below have ``2**16`` elements, the size from which a scan is split over
+threads; ``NUMBA_NUM_THREADS=2`` makes that happen on a one-CPU machine too.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+
+import numpy as np
+import pytest
+
+from arrayrl.objectives.value import functional as F
+
+LARGE = (512, 128, 1)
+#: Seconds a forked child may take for one large call (a regression hangs forever).
+FORK_TIMEOUT = 60
+
+
+def _inputs(seed: int, shape: tuple[int, ...] = LARGE) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    value, next_value, reward = (rng.standard_normal(shape) for _ in range(3))
+    done = rng.random(shape) < 0.05
+    return value, next_value, reward, done
+
+
+def _gae(inputs: tuple[np.ndarray, ...], kernel: str) -> np.ndarray:
+    value, next_value, reward, done = inputs
+    advantage, _ = F.generalized_advantage_estimate(
+        0.99, 0.95, value, next_value, reward, done, done, kernel=kernel
+    )
+    return advantage
+
+
+def _child(conn, inputs: tuple[np.ndarray, ...]) -> None:
+    conn.send(_gae(inputs, "numba"))
+    conn.close()
+
+
+@pytest.fixture
+def two_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "2")
+
+
+@pytest.mark.usefixtures("two_threads")
+def test_forked_child_runs_large_scans() -> None:
+    """After a large call made the pool, a forked child's large call completes."""
+    _gae(_inputs(0), "numba")  # the parent now holds a pool with live threads
+    inputs = _inputs(1)
+    ctx = multiprocessing.get_context("fork")
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child, args=(sender, inputs), daemon=True)
+    child.start()
+    sender.close()
+    try:
+        if not receiver.poll(FORK_TIMEOUT):
+            pytest.fail(f"the forked child's large scan hung for {FORK_TIMEOUT} s")
+        got = receiver.recv()
+    finally:
+        child.join(timeout=5)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    assert child.exitcode == 0
+    np.testing.assert_allclose(got, _gae(inputs, "reference"), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.usefixtures("two_threads")
+def test_concurrent_callers_get_their_own_results() -> None:
+    """Python threads running large scans at once each get the right answer."""
+    cases = [_inputs(seed) for seed in range(4)]
+    expected = [_gae(inputs, "reference") for inputs in cases]
+    results: dict[int, list[np.ndarray]] = {}
+    start = threading.Barrier(len(cases))
+
+    def work(i: int) -> None:
+        start.wait()
+        results[i] = [_gae(cases[i], "numba") for _ in range(5)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(results) == list(range(len(cases)))
+    for i, runs in results.items():
+        for got in runs:
+            np.testing.assert_allclose(got, expected[i], rtol=1e-10, atol=1e-10)
+
+
+def test_changed_thread_count_takes_effect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new ``NUMBA_NUM_THREADS`` re-makes the pool; results stay right."""
+    from arrayrl.backends import _numba_cpu
+
+    inputs = _inputs(2)
+    expected = _gae(inputs, "reference")
+    for threads in ("2", "3", "1", "2"):
+        monkeypatch.setenv("NUMBA_NUM_THREADS", threads)
+        np.testing.assert_allclose(_gae(inputs, "numba"), expected, rtol=1e-10, atol=1e-10)
+        if threads != "1":
+            assert _numba_cpu._POOL_WORKERS == int(threads) - 1
+
+
+@pytest.mark.parametrize("bad", ["abc", "0", "-2", "1.5"])
+def test_bad_numba_num_threads_is_named(monkeypatch: pytest.MonkeyPatch, bad: str) -> None:
+    monkeypatch.setenv("NUMBA_NUM_THREADS", bad)
+    with pytest.raises(ValueError, match=rf"NUMBA_NUM_THREADS .*{bad!r}"):
+        _gae(_inputs(3), "numba")
