@@ -55,11 +55,12 @@ def is_scalar(value: Any) -> bool:
     return getattr(value, "shape", None) == () and hasattr(value, "dtype")
 
 
-def _zero_dim_number(name: str, value: Any, kinds: tuple[str, ...]) -> Any:
-    """The Python number held by the 0-d array ``value`` whose dtype is of ``kinds``."""
+def _zero_dim_number(name: str, value: Any, kinds: tuple[str, ...], expected: str) -> Any:
+    """The Python number held by the 0-d array (or NumPy scalar) ``value``; ``TypeError``
+    saying ``expected`` unless its dtype is of ``kinds``."""
     backend = backend_of(**{name: value})
     if not backend.xp.isdtype(value.dtype, kinds):
-        raise TypeError(f"{name} must be a real number, got a 0-d array of dtype {value.dtype}")
+        raise TypeError(f"{name} must be {expected}, got a scalar of dtype {value.dtype}")
     return backend.to_numpy(value).item()
 
 
@@ -71,7 +72,7 @@ def _real(name: str, value: Any) -> float:
     if isinstance(value, numbers.Real):
         return float(value)
     if getattr(value, "shape", None) == () and hasattr(value, "dtype"):
-        return float(_zero_dim_number(name, value, ("real floating", "integral")))
+        return float(_zero_dim_number(name, value, ("real floating", "integral"), "a real number"))
     raise TypeError(f"{name} must be a real number, got {type(value).__name__}: {value!r}")
 
 
@@ -127,12 +128,12 @@ def coefficient(name: str, value: Any, *, allow_none: bool = True) -> float | No
     if value is None:
         if allow_none:
             return None
-        raise TypeError(f"{name} must be a finite number >= 0, got None")
+        raise TypeError(f"{name} must be a number >= 0, got None")
     if _is_bool(value):
-        raise ValueError(f"{name} must be a finite number >= 0, got the boolean {value!r}")
+        raise ValueError(f"{name} must be a number >= 0, got the boolean {value!r}")
     x = _real(name, value)
     if not math.isfinite(x) or x < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {x}")
+        raise ValueError(f"{name} must be >= 0 and finite, got {x}")
     return x
 
 
@@ -147,7 +148,7 @@ def count(name: str, value: Any, *, minimum: int = 1) -> int:
     if isinstance(value, numbers.Integral):
         n = int(value)
     elif getattr(value, "shape", None) == () and hasattr(value, "dtype"):
-        n = int(_zero_dim_number(name, value, ("integral",)))
+        n = int(_zero_dim_number(name, value, ("integral",), "an int"))
     else:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
     if n < minimum:

@@ -91,6 +91,42 @@ def test_concurrent_callers_get_their_own_results() -> None:
             np.testing.assert_allclose(got, expected[i], rtol=1e-10, atol=1e-10)
 
 
+def test_thread_count_changing_under_concurrent_callers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pools replaced while other threads submit to them still run every range."""
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "2")
+    cases = [_inputs(seed) for seed in range(3)]
+    expected = [_gae(inputs, "reference") for inputs in cases]
+    errors: list[BaseException] = []
+    finished = threading.Event()
+
+    def work(i: int) -> None:
+        try:
+            for _ in range(8):
+                got = _gae(cases[i], "numba")
+                np.testing.assert_allclose(got, expected[i], rtol=1e-10, atol=1e-10)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    def toggle() -> None:
+        counts = ("3", "2", "4")
+        k = 0
+        while not finished.is_set():
+            monkeypatch.setenv("NUMBA_NUM_THREADS", counts[k % len(counts)])
+            k += 1
+            finished.wait(0.001)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
+    toggler = threading.Thread(target=toggle)
+    toggler.start()
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(timeout=120)
+    finished.set()
+    toggler.join()
+    assert not errors, errors[0]
+
+
 def test_changed_thread_count_takes_effect(monkeypatch: pytest.MonkeyPatch) -> None:
     """A new ``NUMBA_NUM_THREADS`` re-makes the pool; results stay right."""
     from arrayrl.backends import _numba_cpu

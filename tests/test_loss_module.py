@@ -80,7 +80,7 @@ def test_coefficients_are_schedulable_checked_and_tracked() -> None:
     assert loss.state_dict()["coeff"] == 0.25
     with pytest.raises(ValueError, match="coeff must be >= 0"):
         loss.coeff = -1.0
-    with pytest.raises(ValueError, match="number"):
+    with pytest.raises(TypeError, match="coeff must be a real number"):
         loss.coeff = "big"
 
 

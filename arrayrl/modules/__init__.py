@@ -19,6 +19,7 @@ from .actors import (
     ValueOperator,
     as_layer,
 )
+from .adapt import as_module
 from .dict_module import DictModule, Module
 from .ensemble import Ensemble, ensemble_params, stack_params, unstack_params
 from .layers import ELU, MLP, Identity, Layer, Linear, NormalParamExtractor, ReLU, Sequential, Tanh
@@ -47,6 +48,7 @@ __all__ = [
     "TorchLayer",
     "ValueOperator",
     "as_layer",
+    "as_module",
     "convert_params",
     "ensemble_params",
     "flatten_params",

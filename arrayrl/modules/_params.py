@@ -125,3 +125,56 @@ class HasParams:
         """Move the parameters to ``backend`` in place; returns ``self``."""
         self.params = convert_params(self.params, backend, device)
         return self
+
+    #: Prefixes of foreign state-dict names and what they stand for here (see
+    #: :meth:`load_state_dict`); empty: names must match as they are.
+    _foreign_prefixes: tuple[tuple[str, str], ...] = ()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Flat ``{"module.0.weight": array, ...}``: the parameters under their dotted
+        names, which are ``torch.nn.Module.state_dict``'s for the same layout."""
+        return flatten_params(self.params)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> HasParams:
+        """Overwrite the parameters with ``state``'s values, in place where the backend
+        allows (an optimizer keeps tracking them); returns ``self``.
+
+        ``state`` may come from :meth:`state_dict` on any backend, or from a
+        ``torch.nn.Module`` / TorchRL module of the same layout (a TorchRL ``MLP`` or
+        ``ValueOperator``, ``nn.Sequential``; a TorchRL ``ProbabilisticActor`` for an
+        arrayrl one): names are matched one for one. Every name, shape and value is
+        checked before anything is written: ``KeyError`` lists missing and unexpected
+        names, ``ValueError`` a shape that differs.
+        """
+        own = self.state_dict()
+        state = {self._own_name(name): value for name, value in state.items()}
+        missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own)
+        if missing or unexpected:
+            raise KeyError(
+                f"{type(self).__name__}.load_state_dict: missing {missing}, unexpected "
+                f"{unexpected}"
+            )
+        host = {name: _host_array(state[name]) for name in own}
+        for name, leaf in own.items():
+            if tuple(host[name].shape) != tuple(leaf.shape):
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: {name!r} has shape "
+                    f"{tuple(host[name].shape)}, expected {tuple(leaf.shape)}"
+                )
+        written = {name: backend_of(x).write_into(x, host[name]) for name, x in own.items()}
+        self.params = unflatten_params(written)
+        return self
+
+    def _own_name(self, name: str) -> str:
+        """A state-dict name in this module's naming (foreign prefixes translated)."""
+        for foreign, own in self._foreign_prefixes:
+            if name.startswith(foreign):
+                return own + name[len(foreign) :]
+        return name
+
+
+def _host_array(value: Any) -> np.ndarray:
+    """A state-dict value as a NumPy array (detached, on the host)."""
+    if isinstance(value, np.ndarray):
+        return value
+    return np.asarray(backend_of(value).to_numpy(value))

@@ -78,7 +78,12 @@ class ProbabilisticActor(ModuleWrapper):
     ``composite_lp_aggregate(False)``.
     rng : arrayrl.random.Generator, optional
         The generator used when sampling; may also be passed per call.
+
+    ``load_state_dict`` also reads a TorchRL ``ProbabilisticActor``'s state dict (its
+    ``"module.0."`` names are this actor's ``"module."`` ones).
     """
+
+    _foreign_prefixes = (("module.0.", "module."),)
 
     def __init__(
         self,

@@ -379,10 +379,7 @@ class LossModule:
         """
         backend, device = resolve_destination(self.backend, backend, device)
         for name, module in self._networks.items():
-            if _moves_itself(module):
-                module.to(backend, device)
-            else:
-                module.params = convert_params(self._params[name], backend, device)
+            module.to(backend, device)
             self._params[name] = module.params
             if self._owns_target[name]:
                 self._target_params[name] = convert_params(
@@ -570,11 +567,6 @@ def _mask_like(mask: Any, loss: Any) -> Any:
     mask = xp.reshape(mask, tuple(mask.shape) + (1,) * (loss.ndim - mask.ndim))
     return xp.broadcast_to(mask, tuple(loss.shape))
 
-
-
-def _moves_itself(module: Module) -> bool:
-    """Whether ``module`` wraps a torch module, which moves its own parameters."""
-    return any(cls.__name__ in ("TorchDictModule", "TorchLayer") for cls in type(module).__mro__)
 
 
 _BACKEND_NAMES = ("numpy", "torch", "cupy", "jax", "array_api_strict", "generic")

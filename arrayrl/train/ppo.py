@@ -214,9 +214,10 @@ def frames_note(config: PPOConfig) -> str | None:
     if config.total_frames == config.frames:
         return None
     direction = "down" if config.total_frames < config.frames else "up"
+    plural = "s" if config.iterations > 1 else ""
     return (
         f"frames: {config.frames:,} rounded {direction} to {config.total_frames:,} "
-        f"({config.iterations} iterations of {config.num_envs} envs x "
+        f"({config.iterations} iteration{plural} of {config.num_envs} envs x "
         f"{config.rollout_steps} steps)"
     )
 
@@ -557,9 +558,10 @@ def train_ppo(config: PPOConfig | None = None) -> TrainResult:
             )
     finally:
         env.close()
-    writer.write(curve, collector.frames, interrupted)
+    frames = int(curve.rows[-1]["frames"]) if curve.rows else 0  # of finished iterations
+    writer.write(curve, frames, interrupted)
     result = TrainResult(
-        config, collector.mean_return, collector.frames, seconds,
+        config, collector.mean_return, frames, seconds,
         collector.episodes.episodes, curve, writer.csv_path, writer.png_path, interrupted,
     )  # fmt: skip
     if interrupted:
