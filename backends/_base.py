@@ -51,7 +51,7 @@ class Backend:
     def __init__(self, xp: Any, device: Any) -> None:
         self.xp = xp
         self.device = device
-        self._compiled: dict[tuple[str, bool], ScanKernels] = {}
+        self._kernels: dict[tuple[str, bool], ScanKernels] = {}
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r}, device={self.device!r})"
@@ -215,9 +215,9 @@ class Backend:
                 f"use kernel='reference' (or 'auto', which picks it) for {dtype}"
             )
         key = (kernel, needs_grad)
-        if key not in self._compiled:
-            self._compiled[key] = self._build_kernels(needs_grad)
-        return self._compiled[key]
+        if key not in self._kernels:
+            self._kernels[key] = self._build_kernels(needs_grad)
+        return self._kernels[key]
 
     def _takes_dtype(self, dtype: Any) -> bool:
         return dtype is None or any(dtype == d for d in self.compiled_dtypes())

@@ -293,12 +293,12 @@ def test_ctrl_c_writes_the_curve_so_far(tmp_path, monkeypatch, capsys):
 
     _interrupt_on_update(monkeypatch, calls=2)
     out = tmp_path / "run"
-    command = ["train", "ppo", "--frames", "4096", "--out", str(out), "--no-progress"]
-    assert cli.main(command) == 130
+    command = ["train", "ppo", "--frames", "1024", "--num-envs", "2", "--out", str(out)]
+    assert cli.main([*command, "--no-progress"]) == 130
     captured = capsys.readouterr()
-    assert "interrupted after 1,024 of 4,096 frames" in captured.out
+    assert "interrupted after 256 of 1,024 frames" in captured.out
     assert str(out / "learning_curve.csv") in captured.out
-    assert read_curve(out / "learning_curve.csv")["frames"] == [1024.0]
+    assert read_curve(out / "learning_curve.csv")["frames"] == [256.0]
     assert (out / "learning_curve.png").is_file()
     assert "Traceback" not in captured.err
 
@@ -310,8 +310,8 @@ def test_curve_is_written_while_training(tmp_path, monkeypatch):
     out = tmp_path / "run"
 
     def written_after_first_iteration():
-        assert read_curve(out / "learning_curve.csv")["frames"] == [1024.0]
+        assert read_curve(out / "learning_curve.csv")["frames"] == [256.0]
 
     _interrupt_on_update(monkeypatch, calls=2, check=written_after_first_iteration)
-    command = ["train", "ppo", "--frames", "4096", "--out", str(out), "--save-every", "0"]
-    assert cli.main([*command, "--no-progress"]) == 130
+    command = ["train", "ppo", "--frames", "1024", "--num-envs", "2", "--out", str(out)]
+    assert cli.main([*command, "--save-every", "0", "--no-progress"]) == 130

@@ -234,7 +234,12 @@ def _gradients(out, params: dict) -> dict:
 @pytest.mark.parametrize(
     "entropy_coeff", [0.05, {"disc_entropy": 0.02, "cont_entropy": 0.07}], ids=["scalar", "map"]
 )
-def test_ppo_with_two_heads_matches_torchrl(entropy_coeff, loss_name: str, config: dict) -> None:
+@pytest.mark.parametrize("modules", ["arrayrl", "torchrl"])
+def test_ppo_with_two_heads_matches_torchrl(
+    entropy_coeff, loss_name: str, config: dict, modules: str
+) -> None:
+    """arrayrl's loss with arrayrl's modules, or with TorchRL's own composite actor and
+    critic (adapted, the same weights), against TorchRL's loss."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("torchrl")
     import torchrl.objectives
@@ -259,11 +264,12 @@ def test_ppo_with_two_heads_matches_torchrl(entropy_coeff, loss_name: str, confi
     ref_params |= {f"critic.{k}": v for k, v in critic.named_parameters()}
     expected_grads = _gradients(expected, ref_params)
 
+    if modules == "torchrl":
+        networks = (_torchrl_actor(mine_net), TorchRLValue(mine_critic, in_keys=["observation"]))
+    else:
+        networks = (_arrayrl_actor(mine_net), ValueOperator(mine_critic, in_keys=["observation"]))
     loss = getattr(arrayrl.objectives, loss_name)(
-        _arrayrl_actor(mine_net),
-        ValueOperator(mine_critic, in_keys=["observation"]),
-        entropy_coeff=entropy_coeff,
-        **config,
+        *networks, entropy_coeff=entropy_coeff, **config
     )
     assert loss.tensor_keys.sample_log_prob == ["disc_log_prob", "cont_log_prob"]
     assert loss.tensor_keys.action == ["disc", "cont"]

@@ -208,7 +208,8 @@ def test_device_strings_resolve_as_torchrl():
 
 
 def _ppo_batch():
-    batch = _torchrl_actor("TanhNormal")(_batch())
+    with torch.no_grad():
+        batch = _torchrl_actor("TanhNormal")(_batch())
     batch["advantage"] = torch.randn(N, 1)
     batch["value_target"] = torch.randn(N, 1)
     return batch
@@ -309,3 +310,49 @@ def test_load_state_dict_checks_before_writing():
         mine.load_state_dict({**before, "extra": np.zeros(1)})
     for key, value in mine.state_dict().items():
         np.testing.assert_array_equal(value, before[key])
+
+
+@pytest.mark.parametrize("loss_name", ["PPOLoss", "KLPENPPOLoss"])
+def test_other_ppo_losses_match_torchrl_forward(loss_name):
+    """Forward values with TorchRL's modules, Monte-Carlo KL and entropy included (the
+    KL-PEN gradients differ by the recorded ``torchrl-klpen-inplace-beta`` deviation)."""
+    import torchrl.objectives as torchrl_objectives
+
+    import arrayrl.objectives as arrayrl_objectives
+
+    batch = _ppo_batch()
+    outputs = []
+    for objectives in (torchrl_objectives, arrayrl_objectives):
+        actor = _torchrl_actor("TanhNormal")
+        torch.manual_seed(0)
+        critic = tm.ValueOperator(nn.Linear(OBS, 1), in_keys=["observation"])
+        loss = getattr(objectives, loss_name)(actor, critic)
+        torch.manual_seed(3)
+        outputs.append(loss(batch.clone()))
+    theirs, mine = outputs
+    assert sorted(mine.keys()) == sorted(theirs.keys())
+    for key in theirs.keys():
+        torch.testing.assert_close(mine[key], theirs[key], msg=key)
+
+
+def test_vtrace_takes_a_torchrl_actor():
+    from arrayrl.objectives.value import VTrace
+
+    actor = _torchrl_actor("TanhNormal")
+    critic = tm.ValueOperator(nn.Linear(OBS, 1), in_keys=["observation"])
+    estimator = VTrace(gamma=0.9, actor_network=actor, value_network=critic)
+    assert isinstance(estimator.actor_network, am.ProbabilisticActor)
+    obs = torch.randn(2, 5, OBS)
+    with torch.no_grad():
+        td = actor(TensorDict({"observation": obs[:, :-1]}, [2, 4]))
+    td["next"] = TensorDict(
+        {
+            "observation": obs[:, 1:], "reward": torch.randn(2, 4, 1),
+            "done": torch.zeros(2, 4, 1, dtype=torch.bool),
+            "terminated": torch.zeros(2, 4, 1, dtype=torch.bool),
+        },
+        [2, 4],
+    )
+    out = estimator(td)
+    assert out["advantage"].shape == (2, 4, 1)
+    assert torch.isfinite(out["advantage"]).all()

@@ -112,12 +112,53 @@ def test_episode_tracker_and_reward_scaler():
 
 
 def test_progress_bar_plain_lines():
+    """Not a terminal: one line per redraw, no carriage returns, frames/s and return."""
     stream = io.StringIO()
-    bar = ProgressBar(1000, stream=stream, line_interval=0.0)
+    bar = ProgressBar(1000, stream=stream, plain_interval=0.0)
     bar.update(500, mean_return=12.5)
     bar.update(1000, mean_return=float("nan"))
     bar.close()
+    text = stream.getvalue()
+    lines = text.splitlines()
+    assert "\r" not in text and len(lines) >= 3
+    assert "500/1.00k frames" in lines[1] and "frames/s" in lines[1]
+    assert "return 12.5" in lines[1]
+    assert lines[-1].startswith("100%") and "return -" in lines[-1]
+
+
+def test_progress_bar_does_not_spam_logs():
+    """Not a terminal, default interval: a first line and a final line, nothing between."""
+    stream = io.StringIO()
+    with ProgressBar(100 * 1024, stream=stream) as bar:
+        for i in range(1, 101):
+            bar.update(1024 * i, mean_return=float(i))
     lines = stream.getvalue().splitlines()
-    assert len(lines) == 2 and "\r" not in stream.getvalue()
-    assert "500/1,000 frames" in lines[0] and "return 12.5" in lines[0]
-    assert "[100.0%]" in lines[1] and "return   -" in lines[1]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("  0%") and lines[-1].startswith("100%")
+    assert "102k/102k frames" in lines[-1] and "return 100.0" in lines[-1]
+
+
+def test_progress_bar_disabled_writes_nothing():
+    stream = io.StringIO()
+    with ProgressBar(10, stream=stream, enabled=False) as bar:
+        bar.update(10, 1.0)
+    assert stream.getvalue() == ""
+
+
+def test_figure_title_and_readable_ranges(tmp_path):
+    from arrayrl.train.curve import PANELS, _y_range
+    from arrayrl.train.ppo import _CurveWriter
+
+    config = make_config("CartPole-v1", frames=4096, seed=3, out=str(tmp_path))
+    writer = _CurveWriter(config)
+    assert writer.title(4096) == "PPO on CartPole-v1, seed 3, 4,096 frames"
+    assert writer.title(1024, interrupted=True) == (
+        "PPO on CartPole-v1, seed 3, 1,024 of 4,096 frames (interrupted)"
+    )
+    panels = {p.columns[0]: p for p in PANELS}
+    for name in ("kl_approx", "clip_fraction", "explained_variance", "mean_return"):
+        assert name in panels  # each diagnostic on an axis of its own
+    # an untrained critic's explained variance (-50) must not flatten the useful range
+    low, high = _y_range([-50.0, 0.2, 0.9], panels["explained_variance"])
+    assert -1.2 < low < -1.0 and high == 1.05
+    assert _y_range([0.0, 0.1], panels["clip_fraction"])[0] == 0.0

@@ -228,22 +228,24 @@ class TorchDictModule(Module):
         return f"TorchDictModule({self.module!r})"
 
 
-def from_torch(obj: Any) -> TorchLayer | TorchDictModule:
+def from_torch(obj: Any) -> Layer | Module:
     """The arrayrl adapter for a torch network.
 
     Parameters
     ----------
     obj : tensordict.nn.TensorDictModuleBase or torch.nn.Module
-        A dict-level tensordict module becomes a :class:`TorchDictModule` (keeps its
-        keys); any other ``torch.nn.Module`` a :class:`TorchLayer` (array in, array out;
-        give it keys with ``ValueOperator``, ``Actor`` or ``DictModule``).
+        A TorchRL ``ProbabilisticActor`` or ``QValueActor`` becomes arrayrl's class of
+        that name (:func:`from_torchrl`); any other dict-level tensordict module a
+        :class:`TorchDictModule` (keeps its keys); any other ``torch.nn.Module`` a
+        :class:`TorchLayer` (array in, array out; give it keys with ``ValueOperator``,
+        ``Actor`` or ``DictModule``).
 
     Returns
     -------
-    TorchLayer or TorchDictModule
+    TorchLayer, TorchDictModule, ProbabilisticActor or QValueActor
     """
     if _is_tensordict_module(obj):
-        return TorchDictModule(obj)
+        return from_torchrl(obj, name="module", owner="from_torch")
     if isinstance(obj, torch.nn.Module):
         return TorchLayer(obj)
     raise TypeError(
