@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._base import ScanKernels
+from ._threads import scan_threads
 
 FUSED_ESTIMATORS = ("gae", "td_lambda", "vtrace", "reward2go")
 
@@ -18,6 +19,7 @@ def numba_kernels(
     to_view: Callable[[Any], Any], from_view: Callable[[Any], Any]
 ) -> ScanKernels:
     """Numba scans that take ``to_view(x)`` of each array and return ``from_view(y)``."""
+    scan_threads()  # a bad NUMBA_NUM_THREADS: our named error, before Numba's import fails
     from . import _numba_cpu
 
     def bind(kernel: Callable[..., Any]) -> Callable[..., Any]:
@@ -35,6 +37,7 @@ def numba_kernels(
 
 def numba_adjoint(to_view: Callable[[Any], Any], from_view: Callable[[Any], Any]) -> Callable:
     """The forward (adjoint) scan ``u_t = g_t + b_{t-1} u_{t-1}`` on Numba."""
+    scan_threads()
     from . import _numba_cpu
 
     def adjoint(b: Any, grad: Any) -> Any:

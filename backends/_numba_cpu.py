@@ -33,7 +33,6 @@ a term, so NaN and inf propagate exactly as the written recurrences say.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import threading
@@ -43,6 +42,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numba
 import numpy as np
+
+from ._threads import scan_threads
 
 __all__ = ["gae", "linear_scan", "linear_scan_adjoint", "reward2go", "td_lambda", "vtrace"]
 
@@ -133,31 +134,6 @@ def _is_time_major(x: np.ndarray) -> bool:
     return rows > 1 and steps > 1 and abs(x.strides[1]) > abs(x.strides[0])
 
 
-def _threads() -> int:
-    """Threads a large scan is split over: ``NUMBA_NUM_THREADS``, else the usable CPUs.
-
-    Read at every large call (a dictionary look-up), so a changed setting takes effect.
-    """
-    configured = os.environ.get("NUMBA_NUM_THREADS", "")
-    if configured.strip():
-        return _parse_threads(configured)
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-@functools.lru_cache(maxsize=8)
-def _parse_threads(text: str) -> int:
-    """``NUMBA_NUM_THREADS`` as a positive int; ``ValueError`` naming it otherwise."""
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise ValueError(f"NUMBA_NUM_THREADS must be a positive integer, got {text!r}")
-    return count
-
-
 def _submit(kernel: Callable, ranges: list[tuple[int, int]], args: tuple,
             workers: int) -> list[Future]:
     """Queue ``kernel(n0, n1, *args)`` for each range on the pool of ``workers`` threads.
@@ -205,7 +181,7 @@ def _run(kernels: tuple, primary: np.ndarray, args: tuple) -> None:
     rows = primary.shape[0]
     time_major = _is_time_major(primary)
     kernel = block_kernel if time_major else rows_kernel
-    threads = _threads()
+    threads = scan_threads()
     if threads < 2 or rows < 2 or primary.size < _PARALLEL_MIN_SIZE:
         kernel(0, rows, *args)
         return

@@ -8,6 +8,9 @@ threads; ``NUMBA_NUM_THREADS=2`` makes that happen on a one-CPU machine too.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -145,3 +148,23 @@ def test_bad_numba_num_threads_is_named(monkeypatch: pytest.MonkeyPatch, bad: st
     monkeypatch.setenv("NUMBA_NUM_THREADS", bad)
     with pytest.raises(ValueError, match=rf"NUMBA_NUM_THREADS .*{bad!r}"):
         _gae(_inputs(3), "numba")
+
+
+def test_bad_numba_num_threads_is_named_before_numba_loads() -> None:
+    """In a fresh process Numba itself rejects ``0`` at import, with a message that does
+    not name the variable; the check runs first."""
+    script = (
+        "import numpy as np\n"
+        "from arrayrl.objectives.value import functional as F\n"
+        "x = np.zeros((4, 5, 1))\n"
+        "try:\n"
+        "    F.generalized_advantage_estimate(0.9, 0.9, x, x, x, x > 0, x > 0)\n"
+        "except ValueError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {**os.environ, "NUMBA_NUM_THREADS": "0"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert "NUMBA_NUM_THREADS must be a positive integer, got '0'" in result.stdout, (
+        result.stdout + result.stderr
+    )

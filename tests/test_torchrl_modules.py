@@ -107,7 +107,7 @@ def test_unsupported_distribution_is_refused_at_construction():
         distribution_class=torch.distributions.Beta,
     )
     critic = tm.ValueOperator(nn.Linear(OBS, 1), in_keys=["observation"])
-    with pytest.raises(TypeError, match=r"Beta has no arrayrl counterpart; supported: .*TanhNormal"):
+    with pytest.raises(TypeError, match=r"Beta has no arrayrl counterpart; supported: .*Tanh"):
         ClipPPOLoss(theirs, critic)
 
 
