@@ -138,6 +138,20 @@ def test_progress_bar_does_not_spam_logs():
     assert "102k/102k frames" in lines[-1] and "return 100.0" in lines[-1]
 
 
+def test_progress_bar_terminal_of_unknown_width_still_draws():
+    """A pseudo-terminal whose size was never set: tqdm would draw nothing at width 0."""
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    with ProgressBar(1000, stream=stream) as bar:
+        bar.update(1000, mean_return=3.0)
+    text = stream.getvalue()
+    assert "\r" in text and "1.00k/1.00k frames" in text and "return 3.0" in text
+
+
 def test_progress_bar_disabled_writes_nothing():
     stream = io.StringIO()
     with ProgressBar(10, stream=stream, enabled=False) as bar:

@@ -34,8 +34,10 @@ class Panel:
 #: lacks is left out. Explained variance starts far below 0 (an untrained critic), so
 #: its axis stops at -1 to keep the useful range, (-1, 1], readable.
 PANELS = (
-    Panel("mean episode return (last episodes)", ("mean_return",)),
-    Panel("explained variance (critic)", ("explained_variance",), high=1.05, floor=-1.0),
+    Panel("mean episode return (recent episodes)", ("mean_return",)),
+    Panel(
+        "explained variance (critic; axis from -1)", ("explained_variance",), high=1.05, floor=-1.0
+    ),
     Panel("policy loss", ("loss_objective",)),
     Panel("critic loss", ("loss_critic",), low=0.0),
     Panel("approximate KL (old || new)", ("kl_approx",)),

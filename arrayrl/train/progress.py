@@ -9,6 +9,7 @@ one with the result, so logs stay short and readable.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from typing import Any, TextIO
 
@@ -41,6 +42,15 @@ class _PlainLines:
     def flush(self) -> None:
         """Flush the underlying stream."""
         self.stream.flush()
+
+
+def _terminal_columns(stream: TextIO) -> int:
+    """The width of the terminal ``stream`` writes to (0 when unknown, as on a
+    pseudo-terminal whose size was never set)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 class ProgressBar:
@@ -78,6 +88,7 @@ class ProgressBar:
         stream = sys.stderr if stream is None else stream
         self.is_tty = bool(getattr(stream, "isatty", lambda: False)())
         interval = 0.1 if self.is_tty else plain_interval
+        sized = self.is_tty and _terminal_columns(stream) > 0  # else tqdm draws nothing
         self._bar = tqdm(
             total=max(int(total), 1),
             file=stream if self.is_tty else _PlainLines(stream),
@@ -87,8 +98,8 @@ class ProgressBar:
             bar_format=_BAR_FORMAT,
             mininterval=interval,
             maxinterval=max(interval, 10.0),
-            dynamic_ncols=self.is_tty,
-            ncols=None if self.is_tty else 100,
+            dynamic_ncols=sized,
+            ncols=None if sized else 100,
             ascii=None if self.is_tty else True,
             postfix="return -",
         )
