@@ -455,3 +455,50 @@ def test_import_is_cheap() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- strict inputs: float indices, None leaves, non-integer batch sizes ----------------------
+@pytest.mark.parametrize("index", [1.5, np.float64(1.0), np.array([0.5, 1.0]), (slice(None), 1.5)])
+def test_non_integer_batch_index_is_a_named_type_error(index) -> None:
+    ad = ArrayDict({"a": np.zeros((3, 2))}, [3])
+    with pytest.raises(TypeError, match="ArrayDict"):
+        ad[index]
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: ArrayDict({"a": None}, [3]),
+        lambda: ArrayDict({"n": {"a": None}}, [3]),
+        lambda: ArrayDict({"b": np.zeros(3), "a": None}, [3]),
+        lambda: ArrayDict({"b": np.zeros(3)}, [3]).set("a", None),
+        lambda: ArrayDict({"b": np.zeros(3)}, [3]).set(("n", "a"), None),
+    ],
+)
+def test_none_leaf_is_a_type_error_naming_the_key(build) -> None:
+    with pytest.raises(TypeError, match=r"key .*'a'.* is None"):
+        build()
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "error"),
+    [
+        ([2.5], TypeError),
+        (["a"], TypeError),
+        ("3", TypeError),
+        (np.float64(2), TypeError),
+        ([np.float32(2.0)], TypeError),
+        ([True], TypeError),
+        (2.0, TypeError),
+        ([2, -1], ValueError),
+    ],
+)
+def test_batch_size_must_be_ints(batch_size, error) -> None:
+    with pytest.raises(error, match="batch_size"):
+        ArrayDict({}, batch_size)
+
+
+def test_integer_batch_sizes_of_every_kind_are_accepted() -> None:
+    torch = pytest.importorskip("torch")
+    for batch_size in (3, np.int64(3), [np.int32(3)], torch.Size([3]), np.array([3]), (3,)):
+        assert ArrayDict({"a": np.zeros(3)}, batch_size).batch_size == (3,)

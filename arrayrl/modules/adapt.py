@@ -26,6 +26,14 @@ def is_torch_object(obj: Any) -> bool:
     )
 
 
+def _follows_the_protocol(obj: Any) -> bool:
+    """Whether ``obj`` is a module by its behaviour, without the base class: a policy
+    (``get_dist``), or a dict-level module (``in_keys``, ``out_keys`` and a call)."""
+    if hasattr(obj, "get_dist"):
+        return True
+    return hasattr(obj, "in_keys") and hasattr(obj, "out_keys") and callable(obj)
+
+
 def as_module(obj: Any, name: str, *, owner: str) -> Module:
     """``obj`` as a dict-level arrayrl :class:`Module`.
 
@@ -34,7 +42,9 @@ def as_module(obj: Any, name: str, *, owner: str) -> Module:
     obj : Module, or a TorchRL / tensordict module
         TorchRL's modules are adapted: their parameters stay the module's own
         ``torch.nn.Parameter`` objects, so ``torch.optim`` over the loss's parameters
-        trains the user's module.
+        trains the user's module. Any other object with ``get_dist``, or with
+        ``in_keys``, ``out_keys`` and a call, follows the module protocol and is
+        returned as it is.
     name : str
         The argument's name, for messages (``"actor_network"``).
     owner : str
@@ -51,6 +61,8 @@ def as_module(obj: Any, name: str, *, owner: str) -> Module:
         from .torch_adapter import from_torchrl
 
         return from_torchrl(obj, name=name, owner=owner)
+    if _follows_the_protocol(obj):
+        return obj
     raise TypeError(
         f"{owner}: {name} must be an arrayrl module (arrayrl.modules.ProbabilisticActor, "
         "ValueOperator, Actor, DictModule, ...) or a TorchRL/tensordict module "

@@ -244,6 +244,11 @@ class LossModule:
         (possibly adapted) module, also reachable as ``self.<name>``.
         """
         adapted = as_module(module, name, owner=type(self).__name__)
+        if not hasattr(adapted, "params"):
+            raise TypeError(
+                f"{type(self).__name__}: {name} has no parameter tree (`params`); pass an "
+                "arrayrl module or a TorchRL/tensordict module"
+            )
         self._has_torch_modules |= adapted is not module
         module = adapted
         self._networks[name] = module

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -255,6 +256,11 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         ndim = advantage.ndim
         axes = _standardized_axes(self.normalize_advantage_exclude_dims, tuple(advantage.shape))
         if not axes:
+            warnings.warn(
+                "normalize_advantage_exclude_dims excludes every dim of the advantage: it is "
+                "returned unstandardised (as TorchRL does)",
+                stacklevel=3,
+            )
             return advantage
         mask = batch.get("shifted_valid", None)
         if mask is None:
