@@ -356,3 +356,9 @@ def test_vtrace_takes_a_torchrl_actor():
     out = estimator(td)
     assert out["advantage"].shape == (2, 4, 1)
     assert torch.isfinite(out["advantage"]).all()
+
+
+@pytest.mark.parametrize(("seed", "error"), [(-1, ValueError), (1.5, TypeError), ("3", TypeError)])
+def test_seed_is_checked_at_construction(seed, error):
+    with pytest.raises(error, match="seed"):
+        _torch_loss(seed=seed)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from arrayrl._validation import coefficient, network_name
+from arrayrl._validation import coefficient, count, network_name
 from arrayrl.backends import Backend, backend_of, get_backend
 from arrayrl.data import ArrayDict, as_arraydict, is_tensordict
 from arrayrl.modules import Module, Params, convert_params, flatten_params, map_params
@@ -52,8 +52,6 @@ class LossModule:
     #: and converts, so every backend sees the same noise (the conformance suite sets
     #: it to compare Monte-Carlo estimates across backends). Set it before the first call.
     generator_mode: str = "native"
-    #: The loss's seed (``None``: see :meth:`generator`); losses that draw set it.
-    seed: int | None = None
 
     def __init__(self) -> None:
         object.__setattr__(self, "_coeffs", {})
@@ -67,6 +65,7 @@ class LossModule:
         self._reduction = "mean"
         self._loss_mask_key: Any = "auto"
         self._generators: dict[Any, Any] = {}
+        self._seed: int | None = None
         self._has_torch_modules = False
 
     # -- keys -----------------------------------------------------------------------
@@ -460,6 +459,17 @@ class LossModule:
         return out.to_tensordict() if is_tensordict(batch) else out
 
     # -- randomness -------------------------------------------------------------------
+    @property
+    def seed(self) -> int | None:
+        """The seed of the loss's generators (``None``: see :meth:`generator`); setting
+        it (a non-negative int or ``None``) starts fresh generators."""
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: Any) -> None:
+        self._seed = None if value is None else count("seed", value, minimum=0)
+        self._generators = {}
+
     def generator(self, backend: Any) -> Any:
         """The loss's generator on ``backend``, made on first use.
 
