@@ -104,14 +104,17 @@ def hyperparameter(
         ``value`` is a boolean, NaN, or outside the interval; the message names the
         argument, the interval and the value.
     """
-    interval = _interval(low, high, low_open, high_open)
-    if _is_bool(value):
+    if type(value) is float or type(value) is int:  # the usual case, on every call
+        x = float(value)
+    elif _is_bool(value):
+        interval = _interval(low, high, low_open, high_open)
         raise ValueError(f"{name} must be a number in {interval}, got the boolean {value!r}")
-    x = _real(name, value)
+    else:
+        x = _real(name, value)
     below = x <= low if low_open else x < low
     above = x >= high if high_open else x > high
     if math.isnan(x) or below or above:
-        raise ValueError(f"{name} must be in {interval}, got {x}")
+        raise ValueError(f"{name} must be in {_interval(low, high, low_open, high_open)}, got {x}")
     return x
 
 
@@ -167,6 +170,8 @@ def flag(name: str, value: Any) -> bool:
 def required_array(name: str, value: Any, *, owner: str) -> Any:
     """``value`` itself when it is an array; ``TypeError`` naming ``name`` and ``owner``
     when it is ``None``, a Python or NumPy scalar, or anything without shape and dtype."""
+    if type(value) is np.ndarray:  # the usual case, on every call
+        return value
     if value is None:
         raise TypeError(f"{owner} needs {name} (an array), got None")
     is_array = hasattr(value, "shape") and hasattr(value, "dtype")

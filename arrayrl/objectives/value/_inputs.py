@@ -156,7 +156,7 @@ def scalar_or_array(
     being traced (JAX), stays an array, as do per-step arrays: their dtype and shape are
     checked by :func:`prepare`, their values are not (that would read them on the host).
     """
-    if is_scalar(value) and not _stays_array(value):
+    if type(value) is float or (is_scalar(value) and not _stays_array(value)):
         return hyperparameter(name, value, low=low, high=high, low_open=low_open)
     if not hasattr(value, "shape"):
         raise TypeError(f"{name} must be a float or a floating array, got {type(value).__name__}")
