@@ -51,7 +51,10 @@ class Backend:
     def __init__(self, xp: Any, device: Any) -> None:
         self.xp = xp
         self.device = device
-        self._kernels: dict[tuple[str, bool], ScanKernels] = {}
+        #: The compiled scans by ``(kernel, needs_grad)``, and :meth:`kernels`'s answers
+        #: by ``(kernel, needs_grad, dtype)`` (asked on every estimator call, with the
+        #: same few questions).
+        self._kernels: dict[tuple[Any, ...], ScanKernels] = {}
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r}, device={self.device!r})"
@@ -200,6 +203,14 @@ class Backend:
         else the reference. An explicit compiled kernel that does not fit raises
         ``ValueError`` (device) or ``TypeError`` (dtype), naming it.
         """
+        key = (kernel, needs_grad, dtype)
+        chosen = self._kernels.get(key)
+        if chosen is None:
+            chosen = self._kernels[key] = self._choose_kernels(kernel, needs_grad, dtype)
+        return chosen
+
+    def _choose_kernels(self, kernel: str, needs_grad: bool, dtype: Any) -> ScanKernels:
+        """:meth:`kernels` without the memo."""
         check_kernel_name(kernel)
         compiled = self.compiled_kernel()
         if kernel == "auto":

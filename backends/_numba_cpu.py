@@ -181,8 +181,11 @@ def _run(kernels: tuple, primary: np.ndarray, args: tuple) -> None:
     rows = primary.shape[0]
     time_major = _is_time_major(primary)
     kernel = block_kernel if time_major else rows_kernel
+    if rows < 2 or primary.size < _PARALLEL_MIN_SIZE:
+        kernel(0, rows, *args)
+        return
     threads = scan_threads()
-    if threads < 2 or rows < 2 or primary.size < _PARALLEL_MIN_SIZE:
+    if threads < 2:
         kernel(0, rows, *args)
         return
     ranges = _row_ranges(rows, threads, _BLOCK if time_major else 1)
