@@ -7,6 +7,13 @@ seen, so ``import arrayrl`` leaves torch, CuPy, Numba and JAX out of ``sys.modul
 """
 
 from ._base import KERNEL_NAMES, Backend, ScanKernels
-from ._registry import backend_of, get_backend
+from ._registry import BACKEND_NAMES, backend_of, get_backend
 
-__all__ = ["KERNEL_NAMES", "Backend", "ScanKernels", "backend_of", "get_backend"]
+__all__ = [
+    "BACKEND_NAMES",
+    "KERNEL_NAMES",
+    "Backend",
+    "ScanKernels",
+    "backend_of",
+    "get_backend",
+]

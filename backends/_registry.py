@@ -158,6 +158,10 @@ def _numpy_backend() -> Backend:
     return backend
 
 
+#: The names :func:`get_backend` takes.
+BACKEND_NAMES = ("numpy", "torch", "cupy", "array_api_strict", "jax")
+
+
 def get_backend(name: str, device: Any = None) -> Backend:
     """The backend called ``name`` (``"numpy"``, ``"torch"``, ``"cupy"``,
     ``"array_api_strict"``, ``"jax"``) on ``device`` (its default device if ``None``)."""
@@ -184,10 +188,7 @@ def get_backend(name: str, device: Any = None) -> Backend:
 
         x = jnp.empty(0) if device is None else jax_put(jnp.empty(0), device)
         return _backend_for("generic", x)
-    raise ValueError(
-        f"unknown backend {name!r}; expected 'numpy', 'torch', 'cupy', "
-        "'array_api_strict' or 'jax'"
-    )
+    raise ValueError(f"unknown backend {name!r}; expected one of {BACKEND_NAMES}")
 
 
 def jax_put(x: Any, device: Any) -> Any:

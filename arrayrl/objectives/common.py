@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from arrayrl._validation import coefficient, count, network_name
-from arrayrl.backends import Backend, backend_of, get_backend
+from arrayrl.backends import BACKEND_NAMES, Backend, backend_of, get_backend
 from arrayrl.data import ArrayDict, as_arraydict, is_tensordict
 from arrayrl.modules import Module, Params, convert_params, flatten_params, map_params
 from arrayrl.modules._params import unflatten_params
@@ -583,10 +583,6 @@ def _mask_like(mask: Any, loss: Any) -> Any:
     return xp.broadcast_to(mask, tuple(loss.shape))
 
 
-
-_BACKEND_NAMES = ("numpy", "torch", "cupy", "jax", "array_api_strict", "generic")
-
-
 def resolve_destination(current: Backend, backend: Any, device: Any) -> tuple[Any, Any]:
     """``loss.to(...)``'s arguments as ``(backend, device)``.
 
@@ -594,7 +590,7 @@ def resolve_destination(current: Backend, backend: Any, device: Any) -> tuple[An
     string such as ``"cpu"``, ``"cuda"``, ``"cuda:1"``) means the current backend on
     that device (NumPy lives on the CPU only).
     """
-    if isinstance(backend, Backend) or backend in _BACKEND_NAMES:
+    if isinstance(backend, Backend) or backend in BACKEND_NAMES:
         return backend, device
     if device is not None:
         raise TypeError(f"to({backend!r}, device={device!r}): give a backend name with a device")
@@ -607,5 +603,5 @@ def resolve_destination(current: Backend, backend: Any, device: Any) -> tuple[An
             return current.name, backend
     raise ValueError(
         f"cannot move a loss on {current.name!r} to {backend!r}; pass a backend name "
-        f"{list(_BACKEND_NAMES[:5])} with device=..., or a device of the current backend"
+        f"{list(BACKEND_NAMES)} with device=..., or a device of the current backend"
     )
