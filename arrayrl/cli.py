@@ -289,11 +289,8 @@ def _run_estimators(
     from arrayrl.conformance.backends import available_targets
 
     targets = available_targets()
-    names = ", ".join(t.name for t in targets)
-    print(f"\n{len(cases)} cases x {len(dtypes)} dtypes on: {names}")
-    cells = runner.run(cases, targets, dtypes=dtypes, with_torchrl=with_torchrl)
-    print(_matrix(cells, per_case))
-    return cells
+    names = [t.name for t in targets]
+    return _run_matrix("cases", runner.run, cases, targets, names, dtypes, per_case, with_torchrl)
 
 
 def _run_losses(
@@ -303,9 +300,25 @@ def _run_losses(
     from arrayrl.conformance.backends import available_loss_targets
 
     targets = available_loss_targets()
-    names = ", ".join(t.label for t in targets)
-    print(f"\n{len(cases)} loss cases x {len(dtypes)} dtypes on: {names}")
-    cells = runner.run_losses(cases, targets, dtypes=dtypes, with_torchrl=with_torchrl)
+    names = [t.label for t in targets]
+    return _run_matrix(
+        "loss cases", runner.run_losses, cases, targets, names, dtypes, per_case, with_torchrl
+    )
+
+
+def _run_matrix(
+    what: str,
+    run: Any,
+    cases: list[Any],
+    targets: list[Any],
+    names: list[str],
+    dtypes: Sequence[str],
+    per_case: bool,
+    with_torchrl: bool,
+) -> list[Any]:
+    """Say what runs where, run ``cases`` on ``targets`` and print their matrix."""
+    print(f"\n{len(cases)} {what} x {len(dtypes)} dtypes on: {', '.join(names)}")
+    cells = run(cases, targets, dtypes=dtypes, with_torchrl=with_torchrl)
     print(_matrix(cells, per_case))
     return cells
 
