@@ -14,10 +14,14 @@ environment's spec. Run it as a script::
     python examples/torchrl_dropin.py              # arrayrl's ClipPPOLoss and GAE
     python examples/torchrl_dropin.py --torchrl    # TorchRL's own, for comparison
 
-Both print the same numbers: ``tests/test_torchrl_dropin.py`` runs :func:`train` with
-TorchRL's classes and with arrayrl's (``ClipPPOLoss``, ``A2CLoss``, ``ReinforceLoss``)
-and checks the advantages, value targets, every ``loss_*`` term, every gradient and the
-parameters after the optimiser steps against each other.
+``tests/test_torchrl_dropin.py`` runs :func:`train` with TorchRL's classes and with
+arrayrl's (``ClipPPOLoss``, ``A2CLoss``, ``ReinforceLoss``) and checks the advantages,
+value targets, every ``loss_*`` term, every gradient and the parameters after the
+optimiser steps against each other (they agree to float32 rounding, about 1e-7). Over
+the script's full 20,480 frames the two print the same first four batches to the
+printed digits; after that the float32 differences in the parameters change a sampled
+action now and then, and the collected batches drift apart as two TorchRL runs on
+different hardware would.
 """
 
 from __future__ import annotations
