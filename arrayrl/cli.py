@@ -35,7 +35,7 @@ _MAIN_EPILOG = """\
 examples:
   arrayrl conformance -k gae          # GAE on every backend here, and against TorchRL
   arrayrl conformance --help          # case families, JSON report, dtypes
-  arrayrl train ppo                   # PPO on CartPole-v1: mean return 500 in about 30 s
+  arrayrl train ppo                   # PPO on CartPole-v1: mean return 500 in 30-45 s
   arrayrl train ppo --help            # environments, frames, seeds, devices
 """
 
