@@ -96,12 +96,21 @@ class Generator:
             return self._convert(self._numpy.standard_normal(shape), dtype)
         return self._native.normal(shape, self._dtype(dtype))
 
-    def uniform(self, shape: Sequence[int], dtype: Any = None) -> Any:
-        """Uniform draws on [0, 1) of ``shape`` (``dtype`` defaults to float32)."""
+    def uniform(
+        self, shape: Sequence[int], dtype: Any = None, *, low: float = 0.0, high: float = 1.0
+    ) -> Any:
+        """Uniform draws on ``[low, high)`` of ``shape`` (``dtype`` defaults to float32).
+
+        On torch the draw is ``Tensor.uniform_(low, high)``, so with ``mode="global"``
+        it is exactly the draw TorchRL makes with the same bounds after the same seed.
+        """
         shape = tuple(shape)
         if self._native is None:
-            return self._convert(self._numpy.random(shape), dtype)
-        return self._native.uniform(shape, self._dtype(dtype))
+            return self._convert(self._numpy.uniform(low, high, shape), dtype)
+        if isinstance(self._native, _TorchSource):
+            return self._native.uniform(shape, self._dtype(dtype), low, high)
+        unit = self._native.uniform(shape, self._dtype(dtype))
+        return unit if (low, high) == (0.0, 1.0) else low + (high - low) * unit
 
     def permutation(self, n: int) -> Any:
         """A random permutation of ``range(n)`` as an int64 array of this backend."""
@@ -154,8 +163,11 @@ class _TorchSource:
     def normal(self, shape: tuple[int, ...], dtype: Any) -> Any:
         return self._torch.randn(shape, generator=self._gen, dtype=dtype, device=self._device)
 
-    def uniform(self, shape: tuple[int, ...], dtype: Any) -> Any:
-        return self._torch.rand(shape, generator=self._gen, dtype=dtype, device=self._device)
+    def uniform(
+        self, shape: tuple[int, ...], dtype: Any, low: float = 0.0, high: float = 1.0
+    ) -> Any:
+        out = self._torch.empty(shape, dtype=dtype, device=self._device)
+        return out.uniform_(low, high, generator=self._gen)
 
     def permutation(self, n: int) -> Any:
         return self._torch.randperm(n, generator=self._gen, device=self._device)

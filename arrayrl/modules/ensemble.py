@@ -30,7 +30,14 @@ from arrayrl.backends import backend_of
 from ._params import Params, flatten_params, map_params, unflatten_params
 from .layers import Layer
 
-__all__ = ["Ensemble", "ensemble_params", "stack_params", "unstack_params"]
+__all__ = [
+    "Ensemble",
+    "apply_ensemble",
+    "ensemble_params",
+    "expand_params",
+    "stack_params",
+    "unstack_params",
+]
 
 
 def _check_same_structure(flats: Sequence[dict[str, Any]]) -> None:
@@ -171,3 +178,112 @@ class Ensemble(Layer):
     def member_params(self) -> list[Params]:
         """Each member's tree, as views into :attr:`params` (see :func:`unstack_params`)."""
         return unstack_params(self.params)
+
+
+# ---------------------------------------------------------------------------------------
+# Ensembles of a dict-level module (a loss's Q networks)
+# ---------------------------------------------------------------------------------------
+def expand_params(
+    tree: Mapping[str, Any], num: int, *, rng: Any, shared: Iterable[Any] = ()
+) -> Params:
+    """``num`` members made from one network's tree, by TorchRL 0.14.1's rule.
+
+    Each leaf becomes a ``(num, *leaf.shape)`` leaf drawn uniformly on
+    ``[min(leaf), max(leaf)]`` (every element of every member drawn independently, leaves
+    in flattening order): TorchRL's ``convert_to_functional(expand_dim=num)`` without
+    ``compare_against``. A leaf that is one of ``shared`` (a parameter the loss also
+    trains elsewhere, e.g. a trunk shared with the actor) is broadcast instead, without
+    gradient (TorchRL's ``compare_against``). On torch the drawn leaves are fresh
+    trainable leaves.
+
+    Parameters
+    ----------
+    tree : parameter tree
+        The network's own parameters (one member).
+    num : int
+        The number of members.
+    rng : arrayrl.random.Generator
+        Where the draws come from. With TorchRL modules and no seed, a loss passes
+        torch's default generator, which reproduces TorchRL's members after the same
+        ``torch.manual_seed``.
+    shared : iterable of arrays
+        Leaves to broadcast rather than draw.
+    """
+    shared_ids = {id(leaf) for leaf in shared}
+
+    def member_leaf(leaf: Any) -> Any:
+        backend = backend_of(leaf)
+        shape = (num, *tuple(leaf.shape))
+        if id(leaf) in shared_ids:
+            return backend.xp.broadcast_to(backend.stop_gradient(leaf), shape)
+        host = backend.to_numpy(leaf)
+        low, high = float(host.min()), float(host.max())
+        drawn = rng.uniform(shape, leaf.dtype, low=low, high=high)
+        return drawn.requires_grad_(True) if backend.differentiable else drawn
+
+    return map_params(member_leaf, tree)
+
+
+def _runs_stacked(module: Any) -> bool:
+    """Whether ``module`` computes every member at once from stacked parameters: a
+    :class:`~arrayrl.modules.dict_module.DictModule` over an arrayrl layer."""
+    from .dict_module import DictModule
+
+    adapter = sys.modules.get("arrayrl.modules.torch_adapter")
+    wraps_torch = adapter is not None and isinstance(module.module, adapter.TorchLayer)
+    return isinstance(module, DictModule) and isinstance(module.module, Layer) and not wraps_torch
+
+
+def apply_ensemble(
+    module: Any,
+    params: Mapping[str, Any],
+    batch: Any,
+    *,
+    member_inputs: bool = False,
+) -> dict[Any, Any]:
+    """The outputs of every member of an ensemble, member axis first.
+
+    Parameters
+    ----------
+    module : Module
+        The network (``in_keys``, ``out_keys``).
+    params : parameter tree
+        Stacked parameters, leaves ``(E, ...)``.
+    batch : ArrayDict or TensorDict
+        Holds the ``in_keys`` entries, batch size ``B``.
+    member_inputs : bool, default False
+        ``False``: every member reads the same inputs ``(*B, ...)``. ``True``: the inputs
+        carry the member axis first, ``(E, *B, ...)``, member ``e`` reading ``x[e]``.
+
+    Returns
+    -------
+    dict
+        ``{out_key: array (E, *B, ...)}``.
+
+    Notes
+    -----
+    A :class:`~arrayrl.modules.DictModule` over arrayrl layers runs as one batched
+    computation (stacked matmuls). Any other module (a TorchRL module, an LSTM or a
+    dropout critic, a ``torch.nn.Module``) runs once per member with that member's
+    parameters, so no ``vmap`` is needed and anything that runs once runs as an ensemble.
+    """
+    from arrayrl.data import ArrayDict
+
+    from .dict_module import read_key
+
+    owner = type(module).__name__
+    inputs = {key: read_key(batch, key, owner) for key in module.in_keys}
+    batch_size = tuple(batch.batch_size)
+    if _runs_stacked(module):
+        xs = [x if member_inputs else backend_of(x).xp.expand_dims(x, axis=0)
+              for x in inputs.values()]
+        out = module.module.apply(params.get("module", {}), *xs)
+        outputs = out if isinstance(out, tuple) else (out,)
+        return dict(zip(module.out_keys, outputs))
+    results = []
+    for e, member in enumerate(unstack_params(params)):
+        entries = {k: (x[e] if member_inputs else x) for k, x in inputs.items()}
+        results.append(module(ArrayDict(entries, batch_size), params=member))
+    first = results[0].get(module.out_keys[0])
+    xp = backend_of(first).xp
+    return {key: xp.stack([r.get(key) for r in results], axis=0) for key in module.out_keys}

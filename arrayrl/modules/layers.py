@@ -224,7 +224,9 @@ class MLP(Sequential):
         Where the parameters live (float32 NumPy by default).
 
     The parameter names follow ``torch.nn.Sequential`` (``"0.weight"``, ``"2.weight"``,
-    ...), so a TorchRL MLP's ``state_dict`` maps onto this one name for name.
+    ...), so a TorchRL MLP's ``state_dict`` maps onto this one name for name. Several
+    inputs are concatenated along the last axis first, as TorchRL's MLP does, so
+    ``ValueOperator(MLP(obs + act, 1), in_keys=["observation", "action"])`` is a Q critic.
     """
 
     def __init__(
@@ -263,6 +265,16 @@ class MLP(Sequential):
                 layers.append(activation())
         super().__init__(*layers)
         self.in_features, self.out_features, self.num_cells = in_features, out_features, widths
+
+    def apply(self, params: Params, *inputs: Any) -> Any:
+        """The network on ``inputs``, concatenated along the last axis when there are
+        several (their leading axes broadcast, e.g. an ensemble's member axis)."""
+        if len(inputs) > 1:
+            xp = backend_of(*inputs).xp
+            lead = xp.broadcast_shapes(*(tuple(x.shape[:-1]) for x in inputs))
+            full = [xp.broadcast_to(x, (*lead, x.shape[-1])) for x in inputs]
+            inputs = (xp.concat(full, axis=-1),)
+        return super().apply(params, *inputs)
 
 
 def _hidden_widths(num_cells: int | Sequence[int] | None, depth: int | None) -> list[int]:

@@ -10,7 +10,7 @@ estimator, and the reduction. ``forward(batch, params=None)`` returns an ``Array
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from arrayrl.data import ArrayDict, as_arraydict, is_tensordict
 from arrayrl.modules import Module, Params, convert_params, flatten_params, map_params
 from arrayrl.modules._params import unflatten_params
 from arrayrl.modules.adapt import as_module, is_torch_object
+from arrayrl.modules.ensemble import apply_ensemble, expand_params, stack_params
 
 from .utils import ValueEstimators, default_value_kwargs
 
@@ -67,6 +68,7 @@ class LossModule:
         self._generators: dict[Any, Any] = {}
         self._seed: int | None = None
         self._has_torch_modules = False
+        self._ensemble_size: dict[str, int] = {}
 
     # -- keys -----------------------------------------------------------------------
     @property
@@ -210,29 +212,60 @@ class LossModule:
                 mask = found if mask is None else mask & found
         return mask
 
-    def reduce_loss(self, loss: Any, batch: Any = None) -> Any:
+    def reduce_loss(self, loss: Any, batch: Any = None, weights: Any = None) -> Any:
         """Reduce ``loss`` with :attr:`reduction`, dropping masked-out positions.
 
         ``mean`` averages over the valid positions (at least one); ``sum`` adds them;
         ``none`` keeps the shape with masked positions set to zero. Masked values are
         selected away (``where``), so a NaN there never reaches the result.
+
+        ``weights`` (importance weights of a prioritised replay buffer, the shape of
+        ``loss``) make ``mean`` the weighted mean ``Σ w·ℓ / Σ w`` and ``sum`` and
+        ``none`` weight each term, as TorchRL 0.14.1's ``_reduce``.
         """
         xp = backend_of(loss).xp
         mask = None if batch is None else self._batch_mask(batch, loss)
+        if weights is not None:
+            weights = _checked_weights(weights, loss)
         if mask is not None:
             loss = xp.where(mask, loss, xp.zeros_like(loss))
+            if weights is not None:
+                weights = xp.where(mask, weights, xp.zeros_like(weights))
+        if weights is not None:
+            loss = loss * weights
         if self._reduction == "none":
             return loss
         if self._reduction == "sum":
             return xp.sum(loss)
+        if weights is not None:
+            return xp.sum(loss) / xp.sum(weights)
         if mask is None:
             return xp.mean(loss)
         count = xp.sum(xp.astype(mask, loss.dtype))
         return xp.sum(loss) / xp.clip(count, min=1.0)
 
+    #: TorchRL's switch: ``"auto"`` or ``True`` weight the losses by the batch's
+    #: ``priority_weight`` entry when it is there; ``False`` ignores it.
+    use_prioritized_weights: str | bool = "auto"
+
+    def priority_weight(self, batch: Any) -> Any:
+        """The batch's importance weights (``tensor_keys.priority_weight``), or ``None``
+        when the loss has no such key, the batch has no entry, or
+        :attr:`use_prioritized_weights` is ``False``."""
+        key = getattr(self._tensor_keys, "priority_weight", None)
+        if key is None or self.use_prioritized_weights not in (True, "auto"):
+            return None
+        return batch.get(key, None)
+
     # -- networks and parameters -----------------------------------------------------
     def convert_to_functional(
-        self, module: Any, name: str, *, create_target_params: bool = False
+        self,
+        module: Any,
+        name: str,
+        expand_dim: int | None = None,
+        *,
+        create_target_params: bool = False,
+        compare_against: Iterable[Any] | None = None,
     ) -> Module:
         """Register ``module`` as network ``name``: its parameter tree becomes
         ``<name>_params`` (trainable, shared with the module) and ``target_<name>_params``
@@ -241,7 +274,18 @@ class LossModule:
         A TorchRL / tensordict module is adapted first (:func:`arrayrl.modules.as_module`);
         its parameters stay its own ``nn.Parameter`` objects. Returns the registered
         (possibly adapted) module, also reachable as ``self.<name>``.
+
+        ``expand_dim=N`` makes an ensemble of ``N`` members: ``<name>_params`` becomes a
+        stacked tree of the loss's own (leaves ``(N, ...)``), drawn from the module's by
+        TorchRL's rule (:func:`arrayrl.modules.ensemble.expand_params`: uniform between
+        each leaf's min and max, from :meth:`generator`, so a loss built from TorchRL
+        modules without ``seed=`` draws TorchRL's members after the same
+        ``torch.manual_seed``); leaves in ``compare_against`` are broadcast without
+        gradient instead. A list of ``N`` modules of one structure stacks their trees;
+        the first computes. Call members with :meth:`ensemble_outputs`.
         """
+        if isinstance(module, (list, tuple)):
+            return self._convert_ensemble_list(module, name, expand_dim, create_target_params)
         adapted = as_module(module, name, owner=type(self).__name__)
         if not hasattr(adapted, "params"):
             raise TypeError(
@@ -250,12 +294,48 @@ class LossModule:
             )
         self._has_torch_modules |= adapted is not module
         module = adapted
+        tree = module.params
+        if expand_dim is not None:
+            num = count("expand_dim", expand_dim)
+            rng = self.generator(_tree_backend(tree) or get_backend("numpy"))
+            tree = expand_params(tree, num, rng=rng, shared=compare_against or ())
+            self._ensemble_size[name] = num
+        return self._register(module, name, tree, create_target_params)
+
+    def _convert_ensemble_list(
+        self, modules: Sequence[Any], name: str, expand_dim: int | None, create_target: bool
+    ) -> Module:
+        """:meth:`convert_to_functional` for a list of members (TorchRL's list form)."""
+        if expand_dim is not None and len(modules) != expand_dim:
+            raise ValueError(
+                f"expand_dim={expand_dim} does not match the {len(modules)} modules given "
+                f"for {name}"
+            )
+        owner = type(self).__name__
+        members = [as_module(m, f"{name}[{k}]", owner=owner) for k, m in enumerate(modules)]
+        self._has_torch_modules |= any(a is not m for a, m in zip(members, modules))
+        tree = _fresh_leaves(stack_params([m.params for m in members]))
+        self._ensemble_size[name] = len(members)
+        return self._register(members[0], name, tree, create_target)
+
+    def _register(self, module: Module, name: str, tree: Params, create_target: bool) -> Module:
         self._networks[name] = module
         object.__setattr__(self, name, module)
-        self._params[name] = module.params
-        self._owns_target[name] = create_target_params
+        self._params[name] = tree
+        self._owns_target[name] = create_target
         self._refresh_target(name)
         return module
+
+    def ensemble_size(self, name: str) -> int | None:
+        """The number of members of network ``name`` (``None``: not an ensemble)."""
+        return self._ensemble_size.get(name)
+
+    def ensemble_outputs(
+        self, name: str, batch: Any, params: Params, *, member_inputs: bool = False
+    ) -> dict[Any, Any]:
+        """Every member's outputs (member axis first) of ensemble ``name`` with the
+        stacked ``params``; see :func:`arrayrl.modules.ensemble.apply_ensemble`."""
+        return apply_ensemble(self._networks[name], params, batch, member_inputs=member_inputs)
 
     def _refresh_target(self, name: str) -> None:
         tree = self._params[name]
@@ -365,7 +445,8 @@ class LossModule:
 
     def _load_tree(self, name: str, state: Mapping[str, Any]) -> None:
         self._params[name] = _loaded(self._params[name], f"{name}_params", state)
-        self._networks[name].params = self._params[name]
+        if name not in self._ensemble_size:  # an ensemble's tree is the loss's own
+            self._networks[name].params = self._params[name]
         if self._owns_target[name]:
             target = self._target_params[name]
             self._target_params[name] = _loaded(target, f"target_{name}_params", state)
@@ -384,7 +465,10 @@ class LossModule:
         backend, device = resolve_destination(self.backend, backend, device)
         for name, module in self._networks.items():
             module.to(backend, device)
-            self._params[name] = module.params
+            if name in self._ensemble_size:
+                self._params[name] = convert_params(self._params[name], backend, device)
+            else:
+                self._params[name] = module.params
             if self._owns_target[name]:
                 self._target_params[name] = convert_params(
                     self._target_params[name], backend, device, requires_grad=False
@@ -397,6 +481,8 @@ class LossModule:
     def _relink_shared(self) -> None:
         """Re-read trees from modules that share sub-modules after a move."""
         for name, module in self._networks.items():
+            if name in self._ensemble_size:
+                continue
             self._params[name] = module.params
             if not self._owns_target[name]:
                 self._refresh_target(name)
@@ -497,6 +583,28 @@ class LossModule:
 
     def reset(self) -> None:
         """Reset adaptive state (KL-PEN's β); nothing by default."""
+
+
+def _checked_weights(weights: Any, loss: Any) -> Any:
+    """``weights`` in ``loss``'s dtype; ``ValueError`` unless their shapes are equal
+    (after dropping a trailing unit dim of ``weights``, as a buffer stores ``[B, 1]``)."""
+    xp = backend_of(weights).xp
+    if weights.ndim == loss.ndim + 1 and weights.shape[-1] == 1:
+        weights = weights[..., 0]
+    if tuple(weights.shape) != tuple(loss.shape):
+        raise ValueError(
+            f"priority_weight has shape {tuple(weights.shape)}, the loss it weights has "
+            f"shape {tuple(loss.shape)}; they must match"
+        )
+    return xp.astype(weights, loss.dtype)
+
+
+def _fresh_leaves(tree: Params) -> Params:
+    """``tree``'s values as new trainable leaves on torch (a stack is not a leaf)."""
+    backend = _tree_backend(tree)
+    if backend is None or not backend.differentiable:
+        return tree
+    return map_params(lambda leaf: backend.stop_gradient(leaf).requires_grad_(True), tree)
 
 
 def _check_tree_paths(name: str, tree: Any, own: Params) -> None:
