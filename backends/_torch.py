@@ -153,7 +153,7 @@ class TorchBackend(Backend):
         if tuple(dst.shape) != src.shape:
             raise ValueError(f"shape mismatch: {src.shape} into {tuple(dst.shape)}")
         if not isinstance(src, torch.Tensor):
-            src = torch.from_numpy(np.ascontiguousarray(src))
+            src = torch.from_numpy(np.asarray(src, order="C"))  # keeps 0-d arrays 0-d
         with torch.no_grad():
             dst.copy_(src)
         return dst

@@ -220,3 +220,19 @@ def test_priority_weights_in_the_reduction(reduction):
     assert loss.priority_weight(batch) is None
     with pytest.raises(ValueError, match="priority_weight has shape"):
         loss.reduce_loss(values, batch, weights=np.ones(4))
+
+
+def test_registered_parameters_train_save_and_move():
+    torch = pytest.importorskip("torch")
+    loss = _Loss()
+    loss.convert_to_functional(ValueOperator(MLP(3, 1, [4])), "critic_network")
+    loss.register_parameter("log_alpha", np.zeros((), np.float32))
+    assert "log_alpha" in dict(loss.named_parameters())
+    loss.to("torch")
+    assert isinstance(loss.log_alpha, torch.Tensor) and loss.log_alpha.requires_grad
+    assert any(p is loss.log_alpha for p in loss.parameters())
+    state = {k: (v.detach().clone() if torch.is_tensor(v) else v)
+             for k, v in loss.state_dict().items()}
+    state["log_alpha"] = torch.tensor(0.5)
+    loss.load_state_dict(state)
+    assert loss.log_alpha.item() == 0.5 and loss.log_alpha.requires_grad

@@ -69,6 +69,7 @@ class LossModule:
         self._seed: int | None = None
         self._has_torch_modules = False
         self._ensemble_size: dict[str, int] = {}
+        self._own_params: dict[str, Any] = {}
 
     # -- keys -----------------------------------------------------------------------
     @property
@@ -161,6 +162,9 @@ class LossModule:
         coeffs = self.__dict__.get("_coeffs", {})
         if name in coeffs:
             return coeffs[name][0]
+        own = self.__dict__.get("_own_params", {})
+        if name in own:
+            return own[name]
         if name.startswith("target_") and name.endswith("_params"):
             network = name[len("target_") : -len("_params")]
             if network in self.__dict__.get("_networks", {}):
@@ -379,6 +383,18 @@ class LossModule:
                 if id(leaf) not in seen:
                     seen.add(id(leaf))
                     yield path, leaf
+        yield from self._own_params.items()
+
+    def register_parameter(self, name: str, value: Any) -> Any:
+        """Register a trainable array of the loss's own, outside any network (SAC's
+        ``log_alpha``): readable as ``self.<name>``, listed by :meth:`parameters` under
+        ``name``, saved by :meth:`state_dict`, moved by :meth:`to`. On torch it becomes a
+        leaf that requires gradients. Returns the registered array."""
+        backend = backend_of(value)
+        if backend.differentiable:
+            value = backend.stop_gradient(value).clone().requires_grad_(True)
+        self._own_params[name] = value
+        return value
 
     def parameters(self) -> Iterator[Any]:
         """The trainable arrays (what ``torch.optim`` takes on torch)."""
@@ -410,6 +426,7 @@ class LossModule:
             state.update(flatten_params(tree, f"{name}_params"))
             if self._owns_target[name]:
                 state.update(flatten_params(self._target_params[name], f"target_{name}_params"))
+        state.update(self._own_params)
         backend = self.backend
         for coeff, (value, _) in self._coeffs.items():
             if value is not None:
@@ -441,6 +458,8 @@ class LossModule:
             setattr(self, coeff, value)
         for name in self._params:
             self._load_tree(name, arrays)
+        for name, leaf in self._own_params.items():
+            self._own_params[name] = backend_of(leaf).write_into(leaf, arrays[name])
         return self
 
     def _load_tree(self, name: str, state: Mapping[str, Any]) -> None:
@@ -476,6 +495,8 @@ class LossModule:
             else:
                 self._refresh_target(name)
         self._relink_shared()
+        for name, leaf in self._own_params.items():
+            self._own_params[name] = convert_params({name: leaf}, backend, device)[name]
         return self
 
     def _relink_shared(self) -> None:
