@@ -236,3 +236,26 @@ def test_registered_parameters_train_save_and_move():
     state["log_alpha"] = torch.tensor(0.5)
     loss.load_state_dict(state)
     assert loss.log_alpha.item() == 0.5 and loss.log_alpha.requires_grad
+
+
+def test_members_with_their_own_inputs_run_once_per_member():
+    """The looped path (a TorchRL critic) with member inputs ``(E, B, ...)``."""
+    torch = pytest.importorskip("torch")
+    from torch.func import functional_call
+
+    critic = _looped_critic("dropout")
+    critic.eval()
+    loss = _Loss()
+    loss.convert_to_functional(critic, "qvalue_network", 2)
+    batch = _q_batch(torch.from_numpy)
+    actions = torch.stack([batch["action"], -batch["action"]])
+    stacked = ArrayDict({"observation": torch.stack([batch["observation"]] * 2),
+                         "action": actions}, [2, 5])
+    params = loss.qvalue_network_params
+    out = loss.ensemble_outputs("qvalue_network", stacked, params, member_inputs=True)
+    assert out["state_action_value"].shape == (2, 5, 1)
+    for e, member in enumerate(unstack_params(params)):
+        sub = ArrayDict({"observation": batch["observation"], "action": actions[e]}, [5])
+        expected = functional_call(critic, flatten_params(member), (sub.to_tensordict(),))
+        torch.testing.assert_close(out["state_action_value"][e],
+                                   expected["state_action_value"])

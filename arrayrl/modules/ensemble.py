@@ -280,10 +280,11 @@ def apply_ensemble(
         out = module.module.apply(params.get("module", {}), *xs)
         outputs = out if isinstance(out, tuple) else (out,)
         return dict(zip(module.out_keys, outputs))
+    member_size = batch_size[1:] if member_inputs else batch_size
     results = []
     for e, member in enumerate(unstack_params(params)):
         entries = {k: (x[e] if member_inputs else x) for k, x in inputs.items()}
-        results.append(module(ArrayDict(entries, batch_size), params=member))
+        results.append(module(ArrayDict(entries, member_size), params=member))
     first = results[0].get(module.out_keys[0])
     xp = backend_of(first).xp
     return {key: xp.stack([r.get(key) for r in results], axis=0) for key in module.out_keys}
