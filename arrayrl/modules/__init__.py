@@ -20,6 +20,7 @@ from .actors import (
     as_layer,
 )
 from .adapt import as_module
+from .batchrenorm import BatchRenorm1d
 from .dict_module import DictModule, Module
 from .ensemble import Ensemble, ensemble_params, stack_params, unstack_params
 from .layers import ELU, MLP, Identity, Layer, Linear, NormalParamExtractor, ReLU, Sequential, Tanh
@@ -30,6 +31,7 @@ __all__ = [
     "ELU",
     "MLP",
     "Actor",
+    "BatchRenorm1d",
     "DictModule",
     "Ensemble",
     "Identity",

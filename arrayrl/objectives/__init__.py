@@ -7,20 +7,33 @@ when an array of its own first reaches a loss.
 
 from .a2c import A2CLoss
 from .common import AUTO_LOSS_MASK_KEYS, LossModule
+from .crossq import CrossQLoss
+from .ddpg import DDPGLoss
 from .ppo import ClipPPOLoss, KLPENPPOLoss, PPOLoss
+from .redq import REDQLoss
 from .reinforce import ReinforceLoss
+from .sac import DiscreteSACLoss, SACLoss
+from .td3 import TD3Loss
+from .tqc import TQCLoss
 from .utils import HardUpdate, SoftUpdate, TargetNetUpdater, ValueEstimators, distance_loss
 
 __all__ = [
     "AUTO_LOSS_MASK_KEYS",
     "A2CLoss",
     "ClipPPOLoss",
+    "CrossQLoss",
+    "DDPGLoss",
+    "DiscreteSACLoss",
     "HardUpdate",
     "KLPENPPOLoss",
     "LossModule",
     "PPOLoss",
+    "REDQLoss",
     "ReinforceLoss",
+    "SACLoss",
     "SoftUpdate",
+    "TD3Loss",
+    "TQCLoss",
     "TargetNetUpdater",
     "ValueEstimators",
     "distance_loss",
