@@ -151,16 +151,16 @@ def _close(name, got, expected, dtype):
 
 
 def _compare(theirs, mine, batch, dtype, *, grads=True, seed=11):
-    """Every TorchRL output key (and ``td_error``, which TorchRL writes into the batch)
-    and every ``loss_*`` gradient."""
-    their_batch = batch.clone()
+    """Every TorchRL output key, the ``td_error`` both set in their batch, and every
+    ``loss_*`` gradient."""
+    their_batch, my_batch = batch.clone(), batch.clone()
     expected = _run(theirs, their_batch, seed)
-    got = _run(mine, batch.clone(), seed)
-    assert set(got.keys()) == set(expected.keys()) | {"td_error"}
+    got = _run(mine, my_batch, seed)
+    assert set(got.keys()) == set(expected.keys())
     for key in expected.keys():
         assert got[key].shape == expected[key].shape, key
         _close(key, got[key], expected[key], dtype)
-    _close("td_error", got["td_error"], their_batch["td_error"], dtype)
+    _close("td_error", my_batch["td_error"], their_batch["td_error"], dtype)
     if grads:
         loss_keys = [k for k in expected.keys() if k.startswith("loss_")]
         their_params, my_params = _params(theirs), _params(mine)
@@ -269,13 +269,16 @@ def test_redq_priority_weights_are_honoured():
     _close("loss_qvalue", plain["loss_qvalue"], _run(theirs, batch)["loss_qvalue"], dtype)
 
 
-def test_redq_leaves_the_callers_batch_and_actor_alone():
+def test_redq_leaves_the_callers_arrays_and_actor_alone():
+    """The caller's arrays are never written; the priority is a new entry, as TorchRL's."""
     theirs, mine = _pair(trl.REDQLoss, REDQLoss, torch.float32, num_qvalue_nets=3)
     actor = mine.actor_network
     batch = _batch(torch.float32)
-    keys = set(batch.keys(True, True))
+    before = {k: v.clone() for k, v in batch.items(True, True)}
     _run(mine, batch)
-    assert set(batch.keys(True, True)) == keys
+    assert set(batch.keys(True, True)) == set(before) | {"td_error"}
+    for key, value in before.items():
+        assert torch.equal(batch.get(key), value), key
     assert theirs.actor_network.return_log_prob  # TorchRL sets it on the actor it holds
     assert actor.return_log_prob is False
 
@@ -378,8 +381,7 @@ def test_tqc_arguments():
     with pytest.raises(ValueError, match="smaller than the critic's number of quantiles"):
         loss(_batch(torch.float32))
     loss = TQCLoss(actor, critic, num_qvalue_nets=2)
-    assert loss.out_keys == ["loss_actor", "loss_qvalue", "loss_alpha", "alpha", "entropy",
-                             "td_error"]
+    assert loss.out_keys == ["loss_actor", "loss_qvalue", "loss_alpha", "alpha", "entropy"]
 
 
 # -- NumPy equals torch --------------------------------------------------------------------

@@ -121,31 +121,33 @@ def _grads(loss_module, out):
 
 
 def _run_both(ref, mine, td, seed=7):
-    """Both losses on copies of ``td`` after the same ``torch.manual_seed``."""
+    """Both losses on copies of ``td`` after the same ``torch.manual_seed``; the
+    priorities each set in its batch (a new entry, as TorchRL's)."""
     ref_td = td.clone()
     torch.manual_seed(seed)
     expected = ref(ref_td)
     torch.manual_seed(seed)
     mine_td = td.clone()
+    arrays_before = {k: v.clone() for k, v in mine_td.items(True, True)}
     got = mine(mine_td)
     assert type(got).__name__ == "TensorDict"
-    # arrayrl never writes into the caller's batch; it returns TorchRL's priority instead
-    assert "td_error" not in mine_td.keys()
-    expected_priority = ref_td.get(ref.tensor_keys.priority)
-    return expected, got, expected_priority
+    for key, value in arrays_before.items():  # the caller's arrays are never written
+        assert torch.equal(mine_td.get(key), value), key
+    priority_key = ref.tensor_keys.priority
+    return expected, got, (mine_td.get(mine.tensor_keys.priority), ref_td.get(priority_key))
 
 
 def _compare(ref, mine, td, seed=7, grads=True):
-    expected, got, priority = _run_both(ref, mine, td, seed)
+    expected, got, (priority, expected_priority) = _run_both(ref, mine, td, seed)
     tol = TOL[td["observation"].dtype]
-    assert set(got.keys()) == set(expected.keys()) | {"td_error"}
+    assert set(got.keys()) == set(expected.keys())
     for key in expected.keys():
         assert got[key].shape == expected[key].shape, key
         assert got[key].dtype == expected[key].dtype, key
         torch.testing.assert_close(got[key], expected[key], **tol, msg=key)
         if not key.startswith("loss_"):
             assert not got[key].requires_grad, key
-    torch.testing.assert_close(got["td_error"], priority, **tol)
+    torch.testing.assert_close(priority, expected_priority, **tol)
     if grads:
         expected_grads, got_grads = _grads(ref, expected), _grads(mine, got)
         assert set(got_grads) == set(expected_grads)
@@ -416,9 +418,9 @@ def test_set_keys_renames_inputs_and_the_priority_output():
     td.rename_key_(("next", "reward"), ("next", "r"))
     for loss_module in (ref, mine):
         loss_module.set_keys(reward="r", priority="prio")
-    expected, got, priority = _run_both(ref, mine, td)
+    expected, got, (priority, expected_priority) = _run_both(ref, mine, td)
     torch.testing.assert_close(got["target_value"], expected["target_value"])
-    torch.testing.assert_close(got["prio"], priority)
+    torch.testing.assert_close(priority, expected_priority)
     with pytest.raises(KeyError, match="set_keys"):
         mine(td.exclude(("next", "r")))
 

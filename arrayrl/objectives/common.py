@@ -559,11 +559,33 @@ class LossModule:
         """The ``loss_*`` terms and diagnostics for ``batch``."""
         raise NotImplementedError
 
+    #: Whether TorchRL's ``forward`` also returns the priority (DDPG and CrossQ do; the
+    #: other off-policy losses only write it into the batch).
+    priority_in_output: bool = False
+
     def __call__(self, batch: Any, params: Mapping[str, Params] | None = None) -> Any:
-        """:meth:`forward`; the result is a ``tensordict.TensorDict`` when ``batch`` is
-        one (as TorchRL's losses return), else an ``ArrayDict``."""
-        out = self.forward(batch, params)
+        """:meth:`forward`, then TorchRL's hand-over of the priority; the result is a
+        ``tensordict.TensorDict`` when ``batch`` is one (as TorchRL's losses return), else
+        an ``ArrayDict``."""
+        out = self._hand_over_priority(batch, self.forward(batch, params))
         return out.to_tensordict() if is_tensordict(batch) else out
+
+    def _hand_over_priority(self, batch: Any, out: ArrayDict) -> ArrayDict:
+        """Set the priority :meth:`forward` returned (``tensor_keys.priority``, e.g.
+        ``td_error``) in the caller's ``batch``, as TorchRL does, so that a prioritised
+        replay buffer's ``update_tensordict_priority(batch)`` reads it. It is a new entry:
+        no array the caller passed is written. It stays in the output only where TorchRL
+        returns it too (:attr:`priority_in_output`)."""
+        key = getattr(self._tensor_keys, "priority", None)
+        value = None if key is None else out.get(key, None)
+        if value is None:
+            return out
+        value = backend_of(value).stop_gradient(value)
+        if hasattr(batch, "set"):
+            batch.set(key, value)
+        elif isinstance(batch, dict):
+            batch[key] = value
+        return out if self.priority_in_output else out.exclude(key)
 
     # -- randomness -------------------------------------------------------------------
     @property

@@ -103,8 +103,8 @@ class CrossQLoss(_SoftActorCriticBase):
     ``log_prob`` (per sample, no gradient), ``td_error`` (per sample: the largest
     ``|Q_i(s, a) − y|``), ``alpha``, ``entropy``. The two per-sample entries sit among
     the scalars as in TorchRL (its metadata dictionaries leak into the output; kept so
-    that the keys and shapes match). TorchRL also writes ``td_error`` into the caller's
-    batch; arrayrl returns it only in the output.
+    that the keys and shapes match). ``td_error`` is also set in the caller's batch under
+    ``tensor_keys.priority``, as TorchRL does (a new entry; no array is written).
 
     Running statistics: each critic member keeps its own (``(N, C)``), made at
     construction from the module's, updated by the critic loss only (the actor loss
@@ -117,6 +117,8 @@ class CrossQLoss(_SoftActorCriticBase):
     ``priority_weight`` entry when present (as SAC does); ``use_prioritized_weights =
     False`` restores TorchRL's behaviour.
     """
+
+    priority_in_output = True  # TorchRL returns td_error and sets it in the batch
 
     @dataclasses.dataclass
     class _AcceptedKeys:

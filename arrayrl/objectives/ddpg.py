@@ -67,14 +67,16 @@ class DDPGLoss(LossModule):
     ``{"module": {"0": φ̄, "1": θ̄}}``; ``loss.value_estimator`` can be used on its own
     that way. The inputs of both losses are cut from the graph (TorchRL's ``detach()``).
 
-    **Priorities.** TorchRL writes ``(Q_θ(s, a) − y)²`` into the caller's batch under
-    ``tensor_keys.priority`` and also returns it as ``td_error``; arrayrl never writes into
-    the batch and returns it under ``tensor_keys.priority`` (``"td_error"`` by default).
+    **Priorities.** ``(Q_θ(s, a) − y)²`` is set in the caller's batch under
+    ``tensor_keys.priority`` (a new entry, no array of the caller is written) and also
+    returned, as TorchRL does.
 
     Outputs: ``loss_actor``, ``loss_value``, the priority, ``pred_value`` and
     ``target_value`` (``[*B]``), ``pred_value_max`` and ``target_value_max`` (scalars), the
     diagnostics without gradient.
     """
+
+    priority_in_output = True  # TorchRL returns td_error and sets it in the batch
 
     @dataclasses.dataclass
     class _AcceptedKeys:

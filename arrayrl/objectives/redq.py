@@ -106,8 +106,6 @@ class REDQLoss(FixedAlphaMixin, LossModule):
 
     - TorchRL sets ``return_log_prob=True`` on the caller's actor; arrayrl leaves the
       caller's module untouched (it computes the log-probabilities itself).
-    - TorchRL writes ``td_error`` (``max_i (Q_i(s, a) − y)²``, shape ``[*B]``) into the
-      caller's batch; arrayrl returns it in the output instead.
     - TorchRL's REDQ ignores a prioritised buffer's ``priority_weight``; arrayrl weights
       every ``loss_*`` term with it (broadcast over the critic axis), as SAC does.
     - The actor's distribution parameters for ``[s, s']`` come from two calls (online
@@ -229,11 +227,11 @@ class REDQLoss(FixedAlphaMixin, LossModule):
 
     @property
     def out_keys(self) -> list[str]:
-        """TorchRL's output keys, then ``td_error``."""
+        """TorchRL's output keys (the priority goes into the caller's batch)."""
         scalars = ["alpha", "entropy"] if self._keeps_scalars() else []
         return ["loss_actor", "loss_qvalue", "loss_alpha", *scalars,
                 "state_action_value_actor", "action_log_prob_actor", "next.state_value",
-                "target_value", "td_error"]
+                "target_value"]
 
     def _keeps_scalars(self) -> bool:
         return self.reduction != "none" or self.scalar_output_mode == "non_tensor"

@@ -224,27 +224,22 @@ class _SoftActorCriticBase(LossModule):
         return self.value_estimator.value_estimate(batch, next_value=next_value)[..., 0]
 
     def _finish(
-        self, caller_batch: Any, batch: ArrayDict, losses: dict[str, Any], log_prob: Any,
-        td_error: Any,
+        self, batch: ArrayDict, losses: dict[str, Any], log_prob: Any, td_error: Any
     ) -> ArrayDict:
-        """Reduce the alpha loss, check the shapes, write the priority into the caller's
-        batch (a new entry, as TorchRL; no array of the caller is written) and pack the
-        output with ``alpha`` and ``entropy`` (TorchRL's ``scalar_output_mode``)."""
+        """Reduce the alpha loss, check the shapes and pack the output with ``alpha`` and
+        ``entropy`` (TorchRL's ``scalar_output_mode``) and the priority, which
+        ``LossModule.__call__`` sets in the caller's batch as TorchRL does."""
         backend = backend_of(log_prob)
         losses["loss_alpha"] = self._reduce(self.alpha_loss(log_prob), batch)
         shapes = {name: tuple(value.shape) for name, value in losses.items()}
         if len(set(shapes.values())) != 1:
             raise RuntimeError(f"Losses shape mismatch: {shapes}")
-        if hasattr(caller_batch, "set"):
-            caller_batch.set(self.tensor_keys.priority, td_error)
-        else:  # a plain mapping
-            caller_batch[self.tensor_keys.priority] = td_error
         entropy = backend.stop_gradient(backend.xp.mean(-log_prob))
-        if self.reduction != "none":
-            return ArrayDict({**losses, "alpha": self.alpha, "entropy": entropy})
-        if self.scalar_output_mode == "non_tensor":
-            return ArrayDict({**losses, "alpha": self.alpha, "entropy": entropy})
-        return ArrayDict(losses, tuple(batch.batch_size))
+        if self.reduction != "none" or self.scalar_output_mode == "non_tensor":
+            out = ArrayDict({**losses, "alpha": self.alpha, "entropy": entropy})
+        else:
+            out = ArrayDict(losses, tuple(batch.batch_size))
+        return out.set(self.tensor_keys.priority, td_error)
 
     def _target_next_batch(self, batch: ArrayDict) -> tuple[ArrayDict, Any]:
         """``batch["next"]`` (a shallow copy) and, with ``skip_done_states``, the mask of
@@ -579,12 +574,11 @@ class SACLoss(_SoftActorCriticBase):
     # -- the loss -------------------------------------------------------------------------
     def forward(self, batch: Any, params: Mapping[str, Params] | None = None) -> ArrayDict:
         """``loss_actor``, ``loss_qvalue``, ``loss_alpha`` (and v1's ``loss_value``),
-        ``alpha`` and ``entropy``; writes ``td_error`` into ``batch``.
+        ``alpha`` and ``entropy``; ``td_error`` is set in the caller's batch.
 
         Draws, in TorchRL's order: v2 the next actions then the actions; v1 the value
         loss's actions then the actor loss's.
         """
-        caller = batch
         batch = self.working_copy(batch)
         self.check_batch_backend(batch, self.tensor_keys.action)
         self._clamp_log_alpha()
@@ -596,7 +590,7 @@ class SACLoss(_SoftActorCriticBase):
             losses["loss_qvalue"], td_error = self._qvalue_v2_loss(batch, params)
         losses["loss_actor"], meta = self.actor_loss(batch, params)
         ordered = {k: losses[k] for k in ("loss_actor", "loss_qvalue", "loss_value") if k in losses}
-        return self._finish(caller, batch, ordered, meta["log_prob"], td_error)
+        return self._finish(batch, ordered, meta["log_prob"], td_error)
 
 
 # =========================================================================================
@@ -795,14 +789,13 @@ class DiscreteSACLoss(_SoftActorCriticBase):
     def forward(self, batch: Any, params: Mapping[str, Params] | None = None) -> ArrayDict:
         """``loss_actor``, ``loss_qvalue``, ``loss_alpha``, ``alpha``, ``entropy``;
         writes ``td_error`` into ``batch``."""
-        caller = batch
         batch = self.working_copy(batch)
         self.check_batch_backend(batch, self.tensor_keys.action)
         self._clamp_log_alpha()
         loss_qvalue, meta_q = self.qvalue_loss(batch, params)
         loss_actor, meta = self.actor_loss(batch, params)
         losses = {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue}
-        return self._finish(caller, batch, losses, meta["log_prob"], meta_q["td_error"])
+        return self._finish(batch, losses, meta["log_prob"], meta_q["td_error"])
 
 
 # =========================================================================================

@@ -103,9 +103,9 @@ class TD3Loss(LossModule):
     (``loss_actor`` does not reach the critics' parameters, and ``loss_qvalue`` does not
     reach the actor's, so the two backward passes are independent.)
 
-    **Priorities.** TorchRL writes ``max_i (Q_θᵢ(s, a) − y)²`` into the caller's batch
-    under ``tensor_keys.priority``; arrayrl never writes into the batch and returns it in
-    the output under that key instead (shape: the batch's).
+    **Priorities.** ``max_i (Q_θᵢ(s, a) − y)²`` is set in the caller's batch under
+    ``tensor_keys.priority`` (shape: the batch's), as TorchRL does: a new entry, no array
+    of the caller is written.
 
     Outputs: ``loss_actor``, ``loss_qvalue``, ``state_action_value_actor`` (``[N, *B]``,
     all members' Q(s, π(s))), ``next_state_value`` (``[*B]``, minᵢ Q_θ̄ᵢ(s′, a′)),

@@ -91,8 +91,9 @@ class TQCLoss(FixedAlphaMixin, LossModule):
 
     Notes
     -----
-    TorchRL writes ``td_error`` (the mean absolute pairwise error of the critic with the
-    largest one, ``[*B]``) into the caller's batch; arrayrl returns it in the output.
+    ``td_error`` (the mean absolute pairwise error of the critic with the largest one,
+    ``[*B]``) is set in the caller's batch under ``tensor_keys.priority``, as TorchRL
+    does (a new entry; no array of the caller is written).
     """
 
     @dataclasses.dataclass
@@ -211,9 +212,9 @@ class TQCLoss(FixedAlphaMixin, LossModule):
 
     @property
     def out_keys(self) -> list[str]:
-        """TorchRL's output keys, then ``td_error``."""
+        """TorchRL's output keys (the priority goes into the caller's batch)."""
         scalars = ["alpha", "entropy"] if self._keeps_scalars() else []
-        return ["loss_actor", "loss_qvalue", "loss_alpha", *scalars, "td_error"]
+        return ["loss_actor", "loss_qvalue", "loss_alpha", *scalars]
 
     def _keeps_scalars(self) -> bool:
         return self.reduction != "none" or self.scalar_output_mode == "non_tensor"
