@@ -259,3 +259,26 @@ def test_members_with_their_own_inputs_run_once_per_member():
         expected = functional_call(critic, flatten_params(member), (sub.to_tensordict(),))
         torch.testing.assert_close(out["state_action_value"][e],
                                    expected["state_action_value"])
+
+
+def test_leaves_shared_with_another_network_are_not_listed_and_load_back():
+    """``compare_against`` leaves (a trunk the actor trains) are broadcast views: not
+    among the ensemble's parameters, left alone by ``load_state_dict`` (they follow
+    the actor's leaves, which are loaded)."""
+    from arrayrl.modules import DictModule, Linear, Sequential
+
+    trunk = Linear(3, 4, seed=0)
+    actor = DictModule(Sequential(trunk, Linear(4, 1, seed=1)), ["observation"], ["action"])
+    critic = DictModule(Sequential(trunk, Linear(4, 1, seed=2)), ["observation"],
+                        ["state_action_value"])
+    loss = _Loss()
+    loss.convert_to_functional(actor, "actor_network")
+    loss.convert_to_functional(critic, "qvalue_network", 2,
+                               compare_against=list(actor.parameters()))
+    names = [name for name, _ in loss.named_parameters()]
+    assert "qvalue_network_params.module.0.weight" not in names
+    assert "qvalue_network_params.module.1.weight" in names
+    state = {k: np.array(v) + 1.0 for k, v in loss.state_dict().items()}
+    loss.load_state_dict(state)
+    np.testing.assert_array_equal(loss.actor_network_params["module"]["0"]["weight"],
+                                  state["actor_network_params.module.0.weight"])

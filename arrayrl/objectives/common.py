@@ -69,6 +69,9 @@ class LossModule:
         self._seed: int | None = None
         self._has_torch_modules = False
         self._ensemble_size: dict[str, int] = {}
+        #: Paths of an ensemble's leaves broadcast from another network's
+        #: (``compare_against``): not trained through this network, not listed.
+        self._shared_paths: dict[str, frozenset[str]] = {}
         self._own_params: dict[str, Any] = {}
 
     # -- keys -----------------------------------------------------------------------
@@ -302,6 +305,10 @@ class LossModule:
         if expand_dim is not None:
             num = count("expand_dim", expand_dim)
             rng = self.generator(_tree_backend(tree) or get_backend("numpy"))
+            shared = {id(leaf) for leaf in compare_against or ()}
+            self._shared_paths[name] = frozenset(
+                path for path, leaf in flatten_params(tree).items() if id(leaf) in shared
+            )
             tree = expand_params(tree, num, rng=rng, shared=compare_against or ())
             self._ensemble_size[name] = num
         return self._register(module, name, tree, create_target_params)
@@ -379,10 +386,11 @@ class LossModule:
         even when networks share it)."""
         seen: set[int] = set()
         for name, tree in self._params.items():
-            for path, leaf in flatten_params(tree, f"{name}_params").items():
-                if id(leaf) not in seen:
+            shared = self._shared_paths.get(name, frozenset())
+            for path, leaf in flatten_params(tree).items():
+                if id(leaf) not in seen and path not in shared:
                     seen.add(id(leaf))
-                    yield path, leaf
+                    yield f"{name}_params.{path}", leaf
         yield from self._own_params.items()
 
     def register_parameter(self, name: str, value: Any) -> Any:
@@ -463,12 +471,13 @@ class LossModule:
         return self
 
     def _load_tree(self, name: str, state: Mapping[str, Any]) -> None:
-        self._params[name] = _loaded(self._params[name], f"{name}_params", state)
+        keep = self._shared_paths.get(name, frozenset())
+        self._params[name] = _loaded(self._params[name], f"{name}_params", state, keep)
         if name not in self._ensemble_size:  # an ensemble's tree is the loss's own
             self._networks[name].params = self._params[name]
         if self._owns_target[name]:
             target = self._target_params[name]
-            self._target_params[name] = _loaded(target, f"target_{name}_params", state)
+            self._target_params[name] = _loaded(target, f"target_{name}_params", state, keep)
         else:
             self._refresh_target(name)
 
@@ -707,12 +716,18 @@ def _tree_backend(tree: Params) -> Backend | None:
     return backend_of(next(iter(leaves.values()))) if leaves else None
 
 
-def _loaded(tree: Params, prefix: str, state: Mapping[str, Any]) -> Params:
-    """``tree`` with every leaf overwritten by ``state[<prefix>.<path>]``."""
+def _loaded(
+    tree: Params, prefix: str, state: Mapping[str, Any], keep: frozenset[str] = frozenset()
+) -> Params:
+    """``tree`` with every leaf overwritten by ``state[<prefix>.<path>]``, except the
+    paths in ``keep`` (views of another network's leaves, which follow them)."""
     flat = flatten_params(tree)
     new = {}
     for path, leaf in flat.items():
-        new[path] = backend_of(leaf).write_into(leaf, _host(state[f"{prefix}.{path}"]))
+        if path in keep:
+            new[path] = leaf
+        else:
+            new[path] = backend_of(leaf).write_into(leaf, _host(state[f"{prefix}.{path}"]))
     return unflatten_params(new)
 
 
