@@ -101,6 +101,10 @@ class Backend:
         y = x @ self.xp.matrix_transpose(weight)
         return y if bias is None else y + bias
 
+    def relu(self, x: Any) -> Any:
+        """``max(x, 0)`` element-wise."""
+        return self.xp.clip(x, min=0.0)
+
     def softplus(self, x: Any) -> Any:
         """``log(1 + exp(x))`` element-wise."""
         return self.xp.logaddexp(x, self.xp.zeros_like(x))

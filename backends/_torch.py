@@ -134,6 +134,10 @@ class TorchBackend(Backend):
     def linear(self, x: Any, weight: Any, bias: Any = None) -> Any:
         return torch.nn.functional.linear(x, weight, bias)
 
+    def relu(self, x: Any) -> Any:
+        # torch's own kernel: clamp's backward (a where over x >= 0) is ~15x slower
+        return torch.relu(x)
+
     def softplus(self, x: Any) -> Any:
         return torch.nn.functional.softplus(x)
 

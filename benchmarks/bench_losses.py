@@ -1,14 +1,16 @@
-"""Benchmark arrayrl's ClipPPOLoss against TorchRL 0.14.1's on the CPU.
+"""Benchmark arrayrl's ClipPPOLoss, SACLoss and TD3Loss against TorchRL 0.14.1's on the CPU.
 
-Run ``python benchmarks/bench_losses.py`` (``--batches 64,256`` to choose the batch sizes,
-``--repeats N`` for the samples per measurement, ``--variants precomputed`` to skip the
-GAE variant, ``--json PATH`` to dump the raw numbers). On a machine shared with other
-work, pin the thread pools (``OMP_NUM_THREADS=1``, which torch and NumPy's OpenBLAS read):
-their spinning worker threads otherwise stall whenever another process holds a core, and
-the stall lands on whichever competitor runs next.
+Run ``python benchmarks/bench_losses.py`` (``--losses ppo,sac,td3`` to choose the losses,
+``--batches 64,256`` for ClipPPOLoss's batch sizes, ``--offpolicy-batches 256,4096`` and
+``--qnets 2,10`` for SACLoss's and TD3Loss's, ``--repeats N`` for the samples per
+measurement, ``--variants precomputed`` to skip the GAE variant, ``--phases`` to profile
+the off-policy steps at batch 256, ``--json PATH`` to dump the raw numbers). On a machine
+shared with other work, pin the thread pools (``OMP_NUM_THREADS=1``, which torch and
+NumPy's OpenBLAS read): their spinning worker threads otherwise stall whenever another
+process holds a core, and the stall lands on whichever competitor runs next.
 
-The networks
-------------
+The networks (ClipPPOLoss)
+--------------------------
 Both losses use the same networks with the same weights: a TanhNormal actor
 ``MLP(17, 2 × 6, [64, 64]) → NormalParamExtractor`` (tanh activations, actions in
 [-1, 1]) and a critic ``MLP(17, 1, [64, 64])``. The weights are drawn by arrayrl's layers
@@ -53,6 +55,35 @@ not depend on the entropy's Monte-Carlo draw (``loss_objective``, ``clip_fractio
 ``explained_variance``) must agree to float32 tolerance, and so must the gradients of
 ``loss_objective + loss_critic``; arrayrl on NumPy must agree with arrayrl on torch.
 The exit status is 1 if a check fails.
+
+SACLoss and TD3Loss
+-------------------
+Observation 17, action 6, every network an MLP with two 256-unit ReLU layers: SAC's actor
+``MLP(17, 12) → NormalParamExtractor`` with a TanhNormal on [-1, 1], TD3's a deterministic
+``Actor(MLP(17, 6) → tanh)``, the critic ``ValueOperator(MLP(23, 1), in_keys=
+["observation", "action"])`` expanded into ``--qnets`` members. arrayrl's networks draw the
+weights and its loss (``seed=0``) the Q members; TorchRL's modules load the weights, and
+the members (and target members) are copied into TorchRL's ``qvalue_network_params`` and
+``target_qvalue_network_params``, so every competitor computes the same members. Both
+losses get ``num_qvalue_nets`` and, for SAC, ``target_entropy=-6`` (what "auto" gives),
+for TD3 ``bounds=(-1, 1)``; everything else is the default (TD(0), γ = 0.99, smooth-L1,
+mean reduction; TD3: target actor, noise 0.2 clipped at 0.5). The batch is ``B``
+transitions: observations ~ N(0, 1), ``action`` ~ U(-0.95, 0.95), reward ~ N(0, 1),
+``done`` ~ Bernoulli(0.01), ``terminated`` = ``done``.
+
+Competitors: ``fwd+bwd`` is the loss, zeroing the gradients and the backward of the sum
+of the ``loss_*`` terms, for arrayrl with its own modules (the ensemble as stacked
+matmuls), TorchRL (``vmap`` over the members) and arrayrl with TorchRL's modules (the
+adapted path: the members run once each, no vmap, what a drop-in user gets); ``fwd`` is
+the forward under ``torch.no_grad()`` (arrayrl, TorchRL) and on NumPy arrays.
+
+The check draws alike: before one step of each, TorchRL and the adapted loss reseed
+torch's default generator and arrayrl reseeds its own (``loss.seed``) with the same seed,
+so all three draw the same SAC actions and TD3 smoothing noise (the draws are made in
+TorchRL's order). Every output key, the ``td_error`` priority and the gradient of every
+parameter (grouped as actor / Q members / log α, in order) must agree to float32
+tolerance; arrayrl on NumPy must agree with arrayrl on torch, both then drawing with
+NumPy's generator from one seed (``generator_mode = "numpy"``).
 """
 
 from __future__ import annotations
@@ -90,6 +121,7 @@ RTOL, ATOL = 1e-4, 1e-5
 #: Targets of arrayrl / TorchRL fwd+bwd time (issue part 10), by batch size.
 TARGETS = {256: 0.5, 65536: 1.0}
 VARIANTS = ("precomputed", "gae")
+LOSSES = ("ppo", "sac", "td3")
 
 
 ########################################################################
@@ -494,9 +526,437 @@ def header_text(info: dict[str, Any], args: argparse.Namespace) -> str:
         f"Command: {info['command']}",
         f"Times are medians of {args.repeats} interleaved samples (about {args.sample_s:g} s "
         "each) per call; ratio = arrayrl / TorchRL, median of the per-round ratios; check = "
-        "worst error as a multiple of the tolerance (values / gradients vs TorchRL / NumPy "
-        "vs torch).",
+        "worst error as a multiple of the tolerance (ClipPPOLoss: values / gradients vs "
+        "TorchRL / NumPy vs torch; SACLoss, TD3Loss: values / gradients vs TorchRL / "
+        "arrayrl with TorchRL's modules vs TorchRL / NumPy vs torch).",
     ])
+
+
+########################################################################
+# Off-policy losses: SACLoss and TD3Loss
+
+
+#: Hidden layers of every off-policy network (standard SAC / TD3: two 256-unit ReLU layers).
+OFF_CELLS = (256, 256)
+OFF_BATCHES = (256, 4096)
+QNETS = (2, 10)
+OFF_KINDS = ("sac", "td3")
+#: The loss's seed (its Q members, drawn once) and the seed of the checked draws.
+LOSS_SEED, DRAW_SEED = 0, 5
+#: Target of arrayrl / TorchRL fwd+bwd time for SACLoss and TD3Loss (issue 9), by batch size.
+OFF_TARGETS = {256: 0.5}
+OFF_TITLES = {"sac": "SACLoss", "td3": "TD3Loss"}
+#: The terms summed for the backward pass.
+OFF_TERMS = {"sac": ("loss_actor", "loss_qvalue", "loss_alpha"),
+             "td3": ("loss_actor", "loss_qvalue")}
+
+
+def offpolicy_networks(kind: str, backend: str) -> tuple[Any, Any]:
+    """arrayrl's actor and Q network for ``kind`` on ``backend``: a TanhNormal
+    ``ProbabilisticActor`` (SAC) or a deterministic ``Actor`` ending in tanh (TD3), and
+    ``ValueOperator(MLP(obs + act, 1), in_keys=["observation", "action"])``; ReLU MLPs."""
+    from arrayrl.modules import MLP, DictModule, NormalParamExtractor, Sequential, Tanh
+    from arrayrl.modules.actors import Actor, ProbabilisticActor, ValueOperator
+    from arrayrl.modules.distributions import TanhNormal
+
+    def mlp(n_in: int, n_out: int, seed: int) -> Any:
+        return MLP(n_in, n_out, list(OFF_CELLS), activation_class="relu", seed=seed,
+                   backend=backend)
+
+    qvalue = ValueOperator(mlp(OBS_DIM + ACT_DIM, 1, CRITIC_SEED),
+                           in_keys=["observation", "action"])
+    if kind == "td3":
+        return Actor(Sequential(mlp(OBS_DIM, ACT_DIM, ACTOR_SEED), Tanh()),
+                     in_keys=["observation"]), qvalue
+    body = Sequential(mlp(OBS_DIM, 2 * ACT_DIM, ACTOR_SEED), NormalParamExtractor())
+    actor = ProbabilisticActor(
+        DictModule(body, in_keys=["observation"], out_keys=["loc", "scale"]),
+        in_keys=["loc", "scale"],
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": -1.0, "high": 1.0},
+        return_log_prob=True,
+    )
+    return actor, qvalue
+
+
+def torchrl_offpolicy_networks(kind: str, actor: Any, qvalue: Any) -> tuple[Any, Any]:
+    """TorchRL's actor and Q network for ``kind`` holding the weights of arrayrl's."""
+    import torch
+    from tensordict.nn import NormalParamExtractor, TensorDictModule
+    from torchrl.modules import MLP, Actor, ProbabilisticActor, TanhNormal, ValueOperator
+
+    def mlp(n_in: int, n_out: int) -> Any:
+        return MLP(in_features=n_in, out_features=n_out, num_cells=list(OFF_CELLS),
+                   activation_class=torch.nn.ReLU)
+
+    q_mlp = mlp(OBS_DIM + ACT_DIM, 1)
+    q_mlp.load_state_dict(_state_dict(qvalue.module))
+    their_q = ValueOperator(q_mlp, in_keys=["observation", "action"])
+    if kind == "td3":
+        net = torch.nn.Sequential(mlp(OBS_DIM, ACT_DIM), torch.nn.Tanh())
+        net.load_state_dict(_state_dict(actor.module))
+        return Actor(net, in_keys=["observation"]), their_q
+    body = torch.nn.Sequential(mlp(OBS_DIM, 2 * ACT_DIM), NormalParamExtractor())
+    body.load_state_dict(_state_dict(actor.module.module))
+    their_actor = ProbabilisticActor(
+        TensorDictModule(body, in_keys=["observation"], out_keys=["loc", "scale"]),
+        in_keys=["loc", "scale"],
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": -1.0, "high": 1.0},
+        return_log_prob=True,
+    )
+    return their_actor, their_q
+
+
+def offpolicy_kwargs(kind: str, qnets: int) -> dict[str, Any]:
+    """The constructor arguments both libraries get (otherwise their defaults)."""
+    if kind == "sac":  # -|A|, what "auto" gives; explicit, the actors carry no spec
+        return {"num_qvalue_nets": qnets, "target_entropy": -float(ACT_DIM)}
+    return {"num_qvalue_nets": qnets, "bounds": (-1.0, 1.0)}
+
+
+@dataclass
+class OffLosses:
+    """The four losses of one (kind, Q nets) pair, all computing the same Q members."""
+
+    kind: str
+    qnets: int
+    ours: Any
+    ours_np: Any
+    theirs: Any
+    adapted: Any
+
+
+def _copy_members(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    """Copy the stacked Q members ``src`` (``{path: array}``) into the torch leaves ``dst``."""
+    import torch
+
+    with torch.no_grad():
+        for path, leaf in dst.items():
+            leaf.copy_(torch.as_tensor(np.asarray(host(src[path]))))
+
+
+def offpolicy_losses(kind: str, qnets: int) -> OffLosses:
+    """arrayrl's loss on NumPy and on torch (built alike on NumPy, so that the loss's
+    generator draws the same members, then one moved to torch), TorchRL's, and arrayrl's
+    with TorchRL's modules (the adapted path); TorchRL's and the adapted loss's members and
+    target members are overwritten with arrayrl's."""
+    import copy
+
+    import torchrl.objectives as trl
+
+    from arrayrl.modules import flatten_params
+    from arrayrl.objectives import SACLoss, TD3Loss
+
+    ours_cls, their_cls = (SACLoss, trl.SACLoss) if kind == "sac" else (TD3Loss, trl.TD3Loss)
+    kwargs = offpolicy_kwargs(kind, qnets)
+    ours_np = ours_cls(*offpolicy_networks(kind, "numpy"), seed=LOSS_SEED, **kwargs)
+    ours = ours_cls(*offpolicy_networks(kind, "numpy"), seed=LOSS_SEED, **kwargs).to("torch")
+    modules = torchrl_offpolicy_networks(kind, *offpolicy_networks(kind, "numpy"))
+    theirs = their_cls(*modules, **kwargs)
+    adapted = ours_cls(*copy.deepcopy(modules), **kwargs)
+    members = flatten_params(ours.qvalue_network_params)
+    targets = flatten_params(ours.target_qvalue_network_params)
+    for loss in (theirs, adapted):
+        if loss is theirs:
+            online = {".".join(k): v for k, v in theirs.qvalue_network_params.items(True, True)}
+            target = {".".join(k): v
+                      for k, v in theirs.target_qvalue_network_params.items(True, True)}
+        else:
+            online = flatten_params(adapted.qvalue_network_params)
+            target = flatten_params(adapted.target_qvalue_network_params)
+        _copy_members(online, members)
+        _copy_members(target, targets)
+    return OffLosses(kind, qnets, ours, ours_np, theirs, adapted)
+
+
+def offpolicy_arrays(size: int) -> dict[str, Any]:
+    """One batch of ``size`` transitions: ``observation`` and next ``observation`` ~
+    N(0, 1), ``action`` ~ U(-0.95, 0.95), ``reward`` ~ N(0, 1), ``done`` ~ Bernoulli(0.01),
+    ``terminated`` = ``done``."""
+    rng = np.random.default_rng(BATCH_SEED)
+
+    def normal(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    done = rng.random((size, 1)) < 0.01
+    return {
+        "observation": normal(size, OBS_DIM),
+        "action": rng.uniform(-0.95, 0.95, (size, ACT_DIM)).astype(np.float32),
+        "next": {"observation": normal(size, OBS_DIM), "reward": normal(size, 1),
+                 "done": done, "terminated": done.copy()},
+    }
+
+
+@dataclass
+class OffCase:
+    """One (kind, Q nets, batch size) cell: the losses and their own views of one batch
+    (each loss writes its ``td_error`` into its own)."""
+
+    losses: OffLosses
+    size: int
+    batch: Any
+    batch_adapted: Any
+    batch_np: Any
+    td: Any
+
+
+def make_offpolicy_case(losses: OffLosses, size: int) -> OffCase:
+    """The batch of ``size`` transitions, as ArrayDicts and a TensorDict sharing memory."""
+    from tensordict import TensorDict
+
+    from arrayrl.data import ArrayDict
+
+    arrays = offpolicy_arrays(size)
+    tensors = to_torch(arrays)
+    return OffCase(losses, size, batch=ArrayDict(tensors, (size,)),
+                   batch_adapted=ArrayDict(tensors, (size,)),
+                   batch_np=ArrayDict(arrays, (size,)),
+                   td=TensorDict(tensors, batch_size=(size,)))
+
+
+def offpolicy_step(loss: Any, batch: Any, terms: tuple[str, ...]) -> Callable[[], Any]:
+    """Forward, zero the grads, backward of the sum of ``terms``."""
+    params = list(loss.parameters())
+
+    def step() -> Any:
+        out = loss(batch)
+        total = sum(out[t] for t in terms)
+        for p in params:
+            p.grad = None
+        total.backward()
+        return out
+
+    return step
+
+
+def offpolicy_competitors(case: OffCase) -> dict[str, Callable[[], Any]]:
+    """Name → callable: fwd+bwd for arrayrl (its modules / TorchRL's) and TorchRL, and the
+    forward alone (no gradients) for arrayrl on torch and NumPy and TorchRL."""
+    ls, terms = case.losses, OFF_TERMS[case.losses.kind]
+    return {
+        "arrayrl fwd+bwd": offpolicy_step(ls.ours, case.batch, terms),
+        "TorchRL fwd+bwd": offpolicy_step(ls.theirs, case.td, terms),
+        "arrayrl (TorchRL modules) fwd+bwd": offpolicy_step(ls.adapted, case.batch_adapted,
+                                                            terms),
+        "arrayrl fwd": fwd_no_grad(ls.ours, case.batch),
+        "TorchRL fwd": fwd_no_grad(ls.theirs, case.td),
+        "arrayrl NumPy fwd": lambda: ls.ours_np(case.batch_np),
+    }
+
+
+def _seeded_step(loss: Any, batch: Any, terms: tuple[str, ...], own_seed: bool) -> tuple:
+    """Outputs, ``td_error`` and gradients (``{group: [grad, ...]}`` by parameter-name
+    prefix, in parameter order) of one step whose draws start from :data:`DRAW_SEED`:
+    ``own_seed`` reseeds the loss's own generator, else torch's default one is reseeded
+    (TorchRL, and arrayrl with TorchRL's modules, draw from it in the same order)."""
+    import torch
+
+    named = list(loss.named_parameters())
+    for _, p in named:
+        p.grad = None
+    if own_seed:
+        loss.seed = DRAW_SEED
+    torch.manual_seed(DRAW_SEED)
+    out = loss(batch)
+    sum(out[t] for t in terms).backward()
+    grads: dict[str, list[np.ndarray]] = {}
+    for name, p in named:
+        g = np.zeros(tuple(p.shape), np.float32) if p.grad is None else p.grad.numpy().copy()
+        grads.setdefault(name.split(".")[0], []).append(g)
+        p.grad = None
+    return out, host(batch["td_error"]), grads
+
+
+def compare_all(a: Any, b: Any, keys: Any) -> float:
+    """Worst error of ``a`` against ``b`` over ``keys``, as a multiple of
+    ``ATOL + RTOL·max|b|`` per key (≤ 1 passes)."""
+    worst = 0.0
+    for key in keys:
+        x, y = np.asarray(host(a[key]), np.float64), np.asarray(host(b[key]), np.float64)
+        if x.shape != y.shape:
+            raise AssertionError(f"{key}: shape {x.shape} against {y.shape}")
+        allowed = ATOL + RTOL * float(np.max(np.abs(y), initial=0.0))
+        worst = max(worst, float(np.max(np.abs(x - y), initial=0.0)) / allowed)
+    return worst
+
+
+def grouped_grad_error(ours: dict[str, list], theirs: dict[str, list]) -> float:
+    """:func:`grad_error` over every parameter group (actor, Q members, log α)."""
+    if sorted(ours) != sorted(theirs):
+        raise AssertionError(f"parameter groups {sorted(ours)} against {sorted(theirs)}")
+    return max(grad_error(ours[g], theirs[g]) for g in theirs)
+
+
+def check_offpolicy(case: OffCase) -> dict[str, Any]:
+    """Every output and ``td_error`` and every gradient, draws matched (see the module
+    docstring): arrayrl against TorchRL, arrayrl with TorchRL's modules against TorchRL,
+    and arrayrl on NumPy against arrayrl on torch (both drawing with NumPy)."""
+    import torch
+
+    ls, terms = case.losses, OFF_TERMS[case.losses.kind]
+    out_t, prio_t, grads_t = _seeded_step(ls.theirs, case.td, terms, own_seed=False)
+    keys = list(out_t.keys())
+    out, prio, grads = _seeded_step(ls.ours, case.batch, terms, own_seed=True)
+    out_a, prio_a, grads_a = _seeded_step(ls.adapted, case.batch_adapted, terms, own_seed=False)
+    check = {
+        "values": max(compare_all(out, out_t, keys), compare_all([prio], [prio_t], [0])),
+        "grads": grouped_grad_error(grads, grads_t),
+        "adapted": max(compare_all(out_a, out_t, keys), compare_all([prio_a], [prio_t], [0]),
+                       grouped_grad_error(grads_a, grads_t)),
+    }
+    for loss in (ls.ours, ls.ours_np):  # NumPy-drawn noise on both, then back
+        loss.generator_mode = "numpy"
+        loss.seed = DRAW_SEED
+    with torch.no_grad():
+        out_torch = ls.ours(case.batch)
+    out_np = ls.ours_np(case.batch_np)
+    check["numpy"] = max(compare_all(out_np, out_torch, keys),
+                         compare_all([case.batch_np["td_error"]], [case.batch["td_error"]], [0]))
+    for loss in (ls.ours, ls.ours_np):
+        del loss.generator_mode  # the class default ("native") again
+        loss.seed = LOSS_SEED
+    check["ok"] = all(check[k] <= 1 for k in ("values", "grads", "adapted", "numpy"))
+    return check
+
+
+@dataclass
+class OffRow:
+    """Results of one off-policy cell."""
+
+    kind: str
+    qnets: int
+    size: int
+    times: dict[str, dict[str, Any]] = field(default_factory=dict)
+    check: dict[str, Any] = field(default_factory=dict)
+
+
+def bench_offpolicy(case: OffCase, args: argparse.Namespace) -> OffRow:
+    """Check, then time every competitor of ``case`` in interleaved rounds."""
+    row = OffRow(case.losses.kind, case.losses.qnets, case.size)
+    row.check = check_offpolicy(case)
+    row.times = interleaved(offpolicy_competitors(case), args.repeats, args.sample_s)
+    return row
+
+
+def fmt_off_check(check: dict[str, Any]) -> str:
+    """``OK (0.00 / 0.01 / 0.02 / 0.00)``: values and gradients vs TorchRL / the adapted
+    path vs TorchRL / NumPy vs torch, as multiples of the tolerance."""
+    parts = (check["values"], check["grads"], check["adapted"], check["numpy"])
+    status = "OK" if check["ok"] else "FAIL"
+    return f"{status} ({' / '.join(f'{p:.2f}' for p in parts)})"
+
+
+#: (column, arrayrl competitor, TorchRL competitor) of the ratio columns.
+OFF_RATIOS = (
+    ("ratio fwd+bwd", "arrayrl fwd+bwd", "TorchRL fwd+bwd"),
+    ("ratio fwd+bwd, TorchRL modules", "arrayrl (TorchRL modules) fwd+bwd", "TorchRL fwd+bwd"),
+    ("ratio fwd", "arrayrl fwd", "TorchRL fwd"),
+    ("ratio NumPy fwd / TorchRL fwd", "arrayrl NumPy fwd", "TorchRL fwd"),
+)
+
+
+def offpolicy_table(kind: str, rows: list[OffRow]) -> str:
+    """The Markdown table of one loss: times, ratios, check."""
+    names = list(rows[0].times)
+    header = ["batch", "Q nets", *names, *(r[0] for r in OFF_RATIOS), "check"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in rows:
+        cells = [str(row.size), str(row.qnets), *(fmt_time(row.times[n]) for n in names)]
+        cells += [f"{ratio(row, ours, theirs):.2f}x" for _, ours, theirs in OFF_RATIOS]
+        cells.append(fmt_off_check(row.check))
+        lines.append("| " + " | ".join(cells) + " |")
+    return f"### {OFF_TITLES[kind]}, hidden {list(OFF_CELLS)} ReLU\n\n" + "\n".join(lines)
+
+
+def offpolicy_target_lines(rows: list[OffRow]) -> list[str]:
+    """One line per cell with a target in :data:`OFF_TARGETS`."""
+    lines = []
+    for row in rows:
+        goal = OFF_TARGETS.get(row.size)
+        if goal is None:
+            continue
+        got = ratio(row, "arrayrl fwd+bwd", "TorchRL fwd+bwd")
+        verdict = "met" if got <= goal else "MISSED"
+        lines.append(f"target {OFF_TITLES[row.kind]} batch {row.size}, {row.qnets} Q nets: "
+                     f"arrayrl/TorchRL fwd+bwd = {got:.2f}x (<= {goal:g}x): {verdict}")
+    return lines
+
+
+def run_offpolicy(kind: str, args: argparse.Namespace) -> list[OffRow]:
+    """Every (Q nets, batch) cell of ``kind``, printing the table at the end."""
+    rows = []
+    for qnets in args.qnets:
+        losses = offpolicy_losses(kind, qnets)
+        rows += [bench_offpolicy(make_offpolicy_case(losses, size), args)
+                 for size in args.offpolicy_batches]
+    rows.sort(key=lambda r: (r.size, r.qnets))
+    print("\n" + offpolicy_table(kind, rows), flush=True)
+    return rows
+
+
+def _phase_times(loss: Any, batch: Any, terms: tuple[str, ...], runs: int) -> dict:
+    """Median ``time.thread_time`` of the forward and of the backward of one step."""
+    params = list(loss.parameters())
+    fwd, bwd = [], []
+    for _ in range(runs + 2):
+        for p in params:
+            p.grad = None
+        start = time.thread_time()
+        out = loss(batch)
+        total = sum(out[t] for t in terms)
+        mid = time.thread_time()
+        total.backward()
+        fwd.append(mid - start)
+        bwd.append(time.thread_time() - mid)
+    return {"fwd_s": statistics.median(fwd[2:]), "bwd_s": statistics.median(bwd[2:])}
+
+
+#: aten ops counted as the networks' matrix products.
+MATMUL_OPS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")
+
+
+def _op_profile(loss: Any, batch: Any, terms: tuple[str, ...], runs: int) -> dict:
+    """Torch-profiler totals of ``runs`` steps: matmul and element-wise self time, and
+    the five most expensive other ops (self CPU time per step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step = offpolicy_step(loss, batch, terms)
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(runs):
+            step()
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    total = sum(e.self_cpu_time_total for e in prof.key_averages()) / runs / 1e6
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / runs / 1e6
+    others = sorted((e for e in events if e.key not in MATMUL_OPS),
+                    key=lambda e: -e.self_cpu_time_total)[:5]
+    return {"total_s": total, "matmul_s": matmul,
+            "top": [(e.key, e.self_cpu_time_total / runs / 1e6) for e in others]}
+
+
+def offpolicy_phases(kind: str, args: argparse.Namespace) -> list[str]:
+    """Where a step's time goes at the target batch sizes: forward / backward thread time
+    and the profiler's matmul share, for arrayrl, TorchRL and the adapted path."""
+    lines = [f"\n### {OFF_TITLES[kind]}: phases (thread time per step, median of "
+             f"{args.phase_runs}) and torch-profiler self time\n",
+             "| batch | Q nets | competitor | forward | backward | profiled step | matmuls "
+             "| largest other ops (per step) |", "|---|---|---|---|---|---|---|---|"]
+    for qnets in args.qnets:
+        losses = offpolicy_losses(kind, qnets)
+        for size in [b for b in args.offpolicy_batches if b in OFF_TARGETS]:
+            case = make_offpolicy_case(losses, size)
+            pairs = (("arrayrl", losses.ours, case.batch), ("TorchRL", losses.theirs, case.td),
+                     ("arrayrl (TorchRL modules)", losses.adapted, case.batch_adapted))
+            for name, loss, batch in pairs:
+                ph = _phase_times(loss, batch, OFF_TERMS[kind], args.phase_runs)
+                prof = _op_profile(loss, batch, OFF_TERMS[kind], args.phase_runs)
+                top = ", ".join(f"{k[6:]} {v * 1e3:.2f}" for k, v in prof["top"])
+                lines.append(
+                    f"| {size} | {qnets} | {name} | {ph['fwd_s'] * 1e3:.2f} ms | "
+                    f"{ph['bwd_s'] * 1e3:.2f} ms | {prof['total_s'] * 1e3:.2f} ms | "
+                    f"{prof['matmul_s'] * 1e3:.2f} ms | {top} ms |")
+    return lines
 
 
 ########################################################################
@@ -519,12 +979,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds per sample, sets the calls per sample (default 0.05)")
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help="comma-separated subset of precomputed,gae (default both)")
+    p.add_argument("--losses", default=",".join(LOSSES),
+                   help="comma-separated subset of ppo,sac,td3 (default all)")
+    p.add_argument("--offpolicy-batches", type=parse_batches, default=OFF_BATCHES,
+                   help="batch sizes of SACLoss and TD3Loss (default 256,4096)")
+    p.add_argument("--qnets", type=parse_batches, default=QNETS,
+                   help="Q ensemble sizes of SACLoss and TD3Loss (default 2,10)")
+    p.add_argument("--phases", action="store_true",
+                   help="also profile SACLoss / TD3Loss steps at batch 256 (fwd / bwd / ops)")
+    p.add_argument("--phase-runs", type=int, default=7,
+                   help="steps per phase measurement (default 7)")
     p.add_argument("--json", metavar="PATH", default=None, help="dump the raw numbers")
     args = p.parse_args(argv)
     args.variants = tuple(v for v in args.variants.split(",") if v)
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         p.error(f"unknown variants {sorted(unknown)}; expected {VARIANTS}")
+    args.losses = tuple(v for v in args.losses.split(",") if v)
+    unknown = set(args.losses) - set(LOSSES)
+    if unknown:
+        p.error(f"unknown losses {sorted(unknown)}; expected {LOSSES}")
     return args
 
 
@@ -533,23 +1007,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     info = machine_info()
     print(header_text(info, args), flush=True)
-    ours = arrayrl_loss("torch")
-    losses = (ours, arrayrl_loss("numpy"), torchrl_loss(ours))
     results: dict[str, list[Row]] = {}
-    for variant in args.variants:
-        results[variant] = [bench_case(make_case(size, variant, losses), args)
-                            for size in args.batches]
-        print("\n" + table(variant, results[variant]), flush=True)
+    if "ppo" in args.losses:
+        ours = arrayrl_loss("torch")
+        losses = (ours, arrayrl_loss("numpy"), torchrl_loss(ours))
+        for variant in args.variants:
+            results[variant] = [bench_case(make_case(size, variant, losses), args)
+                                for size in args.batches]
+            print("\n" + table(variant, results[variant]), flush=True)
     lines = target_lines(results.get("precomputed", []))
+    off_results = {kind: run_offpolicy(kind, args) for kind in OFF_KINDS if kind in args.losses}
+    for rows in off_results.values():
+        lines += offpolicy_target_lines(rows)
+    if args.phases:
+        for kind in off_results:
+            print("\n".join(offpolicy_phases(kind, args)), flush=True)
     info["load_avg_end"] = os.getloadavg()
     print("\n" + "\n".join([*lines, "load average at end: "
                             + ", ".join(f"{x:.2f}" for x in info["load_avg_end"])]))
     if args.json:
         dump = {"machine": info, "args": {k: v for k, v in vars(args).items() if k != "json"},
-                "results": {k: [vars(r) for r in v] for k, v in results.items()}}
+                "results": {k: [vars(r) for r in v] for k, v in results.items()},
+                "offpolicy": {k: [vars(r) for r in v] for k, v in off_results.items()}}
         with open(args.json, "w") as f:
             json.dump(dump, f, indent=1)
-    return 0 if all(r.check["ok"] for rows in results.values() for r in rows) else 1
+    checks = [r.check["ok"] for rows in (*results.values(), *off_results.values()) for r in rows]
+    return 0 if all(checks) else 1
 
 
 if __name__ == "__main__":

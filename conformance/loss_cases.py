@@ -369,6 +369,10 @@ def evaluate(
     gradients of every ``loss_*`` term."""
     from arrayrl.backends import backend_of
 
+    if getattr(case, "off_policy", False):  # SAC, TD3, ...: their own networks and batch
+        from .offpolicy_cases import evaluate_offpolicy
+
+        return evaluate_offpolicy(case, inputs, backend, device, generator_mode=generator_mode)
     loss, params = arrayrl_loss(case, inputs, backend, device, generator_mode=generator_mode)
     out = loss(arrayrl_batch(case, inputs, backend, device))
     terms = {key: out.get(key) for key in out.keys(include_nested=True, leaves_only=True)}
@@ -536,6 +540,9 @@ def all_loss_cases() -> list[LossCase]:
         if loss in PPO_FAMILY:
             cases += _ppo_variants(loss)
     cases += _loss_specific()
+    from .offpolicy_cases import offpolicy_cases  # imports this module
+
+    cases += offpolicy_cases()
     names = [c.name for c in cases]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:

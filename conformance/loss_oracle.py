@@ -60,6 +60,18 @@ def _beta_adapts(case: LossCase) -> bool:
     return config.get("increment", 2.0) != 1.0 or config.get("decrement", 0.5) != 1.0
 
 
+def _weighted(loss: str) -> Any:
+    """Whether a case is ``loss`` with a batch ``priority_weight``."""
+    return lambda case, dtype: case.loss == loss and getattr(case, "priority_weights", False)
+
+
+def _inexact_td3_bounds(case: LossCase, dtype: str) -> bool:
+    """TD3 on float64 with bounds that float32 does not hold exactly."""
+    bounds = case.config.get("bounds", ())
+    return (case.loss == "TD3Loss" and dtype == "float64"
+            and any(float(np.float32(b)) != b for b in bounds))
+
+
 LOSS_DEVIATIONS: tuple[LossDeviation, ...] = (
     LossDeviation(
         key="torchrl-float32-constants",
@@ -88,6 +100,41 @@ LOSS_DEVIATIONS: tuple[LossDeviation, ...] = (
         ),
         tolerance=None,
         covers=("loss_objective/",),
+    ),
+    LossDeviation(
+        key="torchrl-redq-ignores-priority-weight",
+        applies=_weighted("REDQLoss"),
+        reason=(
+            "TorchRL 0.14.1's REDQLoss has no priority_weight key and reduces its losses "
+            "unweighted; arrayrl weights them by the batch's priority_weight, broadcast "
+            "over the critic axis (use_prioritized_weights=False restores TorchRL's). The "
+            "loss_* terms and their gradients are not compared on weighted batches; every "
+            "other output (td_error, targets, alpha, entropy) is."
+        ),
+        tolerance=None,
+        covers=("loss_",),
+    ),
+    LossDeviation(
+        key="torchrl-crossq-ignores-priority-weight",
+        applies=_weighted("CrossQLoss"),
+        reason=(
+            "TorchRL 0.14.1's CrossQLoss has no priority_weight key and reduces its losses "
+            "unweighted; arrayrl weights them by the batch's priority_weight "
+            "(use_prioritized_weights=False restores TorchRL's). The loss_* terms and their "
+            "gradients are not compared on weighted batches; every other output is."
+        ),
+        tolerance=None,
+        covers=("loss_",),
+    ),
+    LossDeviation(
+        key="torchrl-td3-float32-bounds",
+        applies=_inexact_td3_bounds,
+        reason=(
+            "TorchRL's TD3Loss stores Python-float bounds as float32 buffers, so on float64 "
+            "actions it clamps the smoothed target action at 0.30000001192... for 0.3; "
+            "arrayrl clamps at the bound given. Targets and losses move by ~1e-8."
+        ),
+        tolerance=1e-5,
     ),
     LossDeviation(
         key="torchrl-analytic-entropy-finiteness-fallback",
@@ -221,6 +268,10 @@ def torchrl_loss_evaluation(case: LossCase, inputs: LossInputs, dtype: str) -> E
     import torch
     from tensordict import TensorDict
 
+    if getattr(case, "off_policy", False):  # SAC, TD3, ...: their own networks and batch
+        from .offpolicy_oracle import torchrl_offpolicy_evaluation
+
+        return torchrl_offpolicy_evaluation(case, inputs, dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loss, params = torchrl_loss(case, inputs, dtype)

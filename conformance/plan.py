@@ -36,7 +36,16 @@ _ESTIMATORS = (
     "vtrace_advantage_estimate",
     "reward2go",
 )
-_LOSSES = ("PPOLoss", "ClipPPOLoss", "KLPENPPOLoss", "A2CLoss", "ReinforceLoss")
+_OFF_POLICY = (
+    "SACLoss",
+    "DiscreteSACLoss",
+    "TD3Loss",
+    "DDPGLoss",
+    "REDQLoss",
+    "TQCLoss",
+    "CrossQLoss",
+)
+_LOSSES = ("PPOLoss", "ClipPPOLoss", "KLPENPPOLoss", "A2CLoss", "ReinforceLoss", *_OFF_POLICY)
 
 #: family -> (the functions or loss classes it selects, other names it is known by).
 #: Names are compared after :func:`normalize` (case, ``-``, ``_``, spaces, brackets).
@@ -55,6 +64,14 @@ FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "klpen": (("KLPENPPOLoss",), ("klpenppo", "kl-pen", "kl-ppo")),
     "a2c": (("A2CLoss",), ()),
     "reinforce": (("ReinforceLoss",), ()),
+    "sac": (("SACLoss",), ("soft-actor-critic",)),
+    "discretesac": (("DiscreteSACLoss",), ("discrete-sac",)),
+    "td3": (("TD3Loss",), ()),
+    "ddpg": (("DDPGLoss",), ()),
+    "redq": (("REDQLoss",), ()),
+    "tqc": (("TQCLoss",), ()),
+    "crossq": (("CrossQLoss",), ("cross-q",)),
+    "offpolicy": (_OFF_POLICY, ("off-policy",)),
     "estimators": (_ESTIMATORS, ("values", "value-estimators")),
     "losses": (_LOSSES, ("objectives",)),
 }

@@ -199,10 +199,28 @@ def run_loss_target(
         note = f"{type(err).__name__}: {err}"
         return Cell(case.name, dtype, target.name, float("inf"), False, note)
     error, passed, note = compare(value, reference, LOSS_TOLERANCE[dtype])
-    wrong = [k for k, v in value.outputs.items() if k != "beta" and v.dtype != np.dtype(dtype)]
+    wrong = [k for k, v in value.outputs.items()
+             if _output_dtype(k, dtype) not in (None, v.dtype)]
     if wrong:
         passed, note = False, f"wrong output dtype: {wrong}"
     return Cell(case.name, dtype, target.name, error, passed, note)
+
+
+#: outputs whose dtype is not the inputs' by design (``None``: not checked): KL-PEN's β;
+#: the SAC family's temperature α, float32 as TorchRL's ``log_alpha`` parameter; CrossQ's
+#: BatchRenorm1d step counters
+FIXED_DTYPE_OUTPUTS: dict[str, str | None] = {
+    "beta": None,
+    "alpha": "float32",
+    "num_batches_tracked": "int64",
+}
+
+
+def _output_dtype(key: str, dtype: str) -> np.dtype | None:
+    """The dtype loss output ``key`` must have for ``dtype`` inputs (``None``: any)."""
+    name = key.rsplit(".", 1)[-1]
+    fixed = FIXED_DTYPE_OUTPUTS.get(name, dtype)
+    return None if fixed is None else np.dtype(fixed)
 
 
 def run_loss_torchrl(case: LossCase, dtype: str, reference: Evaluation) -> Cell:

@@ -352,22 +352,22 @@ class REDQLoss(FixedAlphaMixin, LossModule):
         members = self._target_members(backend)
         actions, log_probs = self._policy_draws(batch, params, backend)
         alpha = self.alpha
-        q_policy = self._q_values(self._q_inputs(batch, actions[0]),
+        q_policy = self._q_values(self._q_inputs(batch, actions[0, ...]),
                                   self.detached_params("qvalue_network", params))
-        q_next = self._q_values(self._q_inputs(batch, actions[1], nested=True),
+        q_next = self._q_values(self._q_inputs(batch, actions[1, ...], nested=True),
                                 self._target_members_params(members))
         q_data = self._q_values(batch, self.network_params("qvalue_network", params))
-        next_value = xp.min(q_next - alpha * log_probs[1], axis=0)
+        next_value = xp.min(q_next - alpha * log_probs[1, ...], axis=0)
         target = self._target_value(batch, next_value)
         out = {
-            "loss_actor": -(q_policy - alpha * log_probs[0]),
+            "loss_actor": -(q_policy - alpha * log_probs[0, ...]),
             "loss_qvalue": distance_loss(q_data, xp.broadcast_to(target, q_data.shape),
                                          self.loss_function),
             "loss_alpha": self._loss_alpha(log_probs),
             "alpha": alpha,
             "entropy": -xp.mean(stop(log_probs)),
             "state_action_value_actor": stop(q_policy),
-            "action_log_prob_actor": stop(log_probs[0]),
+            "action_log_prob_actor": stop(log_probs[0, ...]),
             "next.state_value": stop(next_value),
             "target_value": stop(target),
             tk.priority: xp.max(stop(q_data - target) ** 2, axis=0),

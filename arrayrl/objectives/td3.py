@@ -260,7 +260,7 @@ class TD3Loss(LossModule):
         state = batch.select(*keys, strict=False)
         act(self.actor_network, state, self.network_params("actor_network", params))
         q = self._q_values(state, self.detached_params("qvalue_network", params))
-        loss = self.reduce_loss(-q[0], batch, weights=self.priority_weight(batch))
+        loss = self.reduce_loss(-q[0, ...], batch, weights=self.priority_weight(batch))
         return loss, {"state_action_value_actor": backend_of(q).stop_gradient(q)}
 
     def value_loss(
