@@ -20,14 +20,8 @@ from arrayrl.modules import Params, convert_params, unstack_params
 from arrayrl.modules.batchrenorm import load_buffers, module_buffers, training_mode
 from arrayrl.modules.ensemble import _runs_stacked
 
-from .sac import (
-    _as_tuple,
-    _float32,
-    _leaves,
-    _select,
-    _SoftActorCriticBase,
-    _target_entropy_arg,
-)
+from ._soft import as_tuple, leaves, select, target_entropy_arg
+from .sac import _SoftActorCriticBase
 from .utils import ValueEstimators, distance_loss
 
 __all__ = ["CrossQLoss"]
@@ -157,48 +151,24 @@ class CrossQLoss(_SoftActorCriticBase):
         if gamma is not None:
             raise TypeError(_GAMMA_ERROR)
         num_qvalue_nets = count("num_qvalue_nets", num_qvalue_nets)
-        target_entropy = _target_entropy_arg(target_entropy)
+        target_entropy = target_entropy_arg(target_entropy)
         super().__init__()
         self.seed = seed  # before the ensemble is drawn
-        actor_spec = getattr(actor_network, "spec", None)
+        user_actor = actor_network
         self.convert_to_functional(actor_network, "actor_network")
-        policy = _leaves(self.actor_network_params) if separate_losses else None
+        policy = leaves(self.actor_network_params) if separate_losses else None
         self.convert_to_functional(qvalue_network, "qvalue_network", num_qvalue_nets,
                                    compare_against=policy)
         self.num_qvalue_nets = num_qvalue_nets
         self.separate_losses = bool(separate_losses)
         self._qvalue_buffers = _member_buffers(qvalue_network, num_qvalue_nets)
-        self._target_entropy_arg, self._action_spec, self._actor_spec = (
-            target_entropy, action_spec, actor_spec,
-        )
-        self._target_entropy: float | None = None
         self._init_common(
             loss_function=loss_function, alpha_init=alpha_init, min_alpha=min_alpha,
-            max_alpha=max_alpha, fixed_alpha=fixed_alpha, priority_key=priority_key,
+            max_alpha=max_alpha, fixed_alpha=fixed_alpha, target_entropy=target_entropy,
+            action_spec=action_spec, actor=user_actor, priority_key=priority_key,
             reduction=reduction, skip_done_states=False, deactivate_vmap=deactivate_vmap,
             use_prioritized_weights="auto", scalar_output_mode=scalar_output_mode,
         )
-
-    # -- target entropy -------------------------------------------------------------------
-    @property
-    def target_entropy(self) -> float:
-        """``H̄`` (float32-rounded, as TorchRL's buffer); ``"auto"`` is resolved on first
-        use from ``action_spec`` or the actor's spec (TorchRL's rule)."""
-        if self._target_entropy is None:
-            value = self._target_entropy_arg
-            if value == "auto":
-                from arrayrl.specs import auto_target_entropy
-
-                spec = self._action_spec if self._action_spec is not None else self._actor_spec
-                if spec is None:
-                    raise RuntimeError(
-                        "Cannot infer the dimensionality of the action. Consider providing "
-                        "the target entropy explicitly or provide the spec of the action "
-                        "tensor in the actor network."
-                    )
-                value = auto_target_entropy(spec, self.tensor_keys.action, owner="CrossQLoss")
-            self._target_entropy = _float32(value)
-        return self._target_entropy
 
     # -- keys and estimator ---------------------------------------------------------------
     def _forward_value_estimator_keys(self) -> None:
@@ -216,7 +186,7 @@ class CrossQLoss(_SoftActorCriticBase):
     def in_keys(self) -> list[Any]:
         """The batch entries read (TorchRL's ``in_keys``, in a stable order)."""
         actor_keys = list(self.actor_network.in_keys)
-        keys = [*self._signal_keys(), *actor_keys, *(("next", *_as_tuple(k)) for k in actor_keys)]
+        keys = [*self._signal_keys(), *actor_keys, *(("next", *as_tuple(k)) for k in actor_keys)]
         return list(dict.fromkeys(keys + list(self.qvalue_network.in_keys)))
 
     @property
@@ -262,7 +232,7 @@ class CrossQLoss(_SoftActorCriticBase):
         batch = self.working_copy(batch)
         nxt, next_log_prob = self._next_actions(batch, params)
         keys = self.qvalue_network.in_keys
-        joint = ArrayDict.cat([_select(batch, keys), _select(nxt, keys)], 0)
+        joint = ArrayDict.cat([select(batch, keys), select(nxt, keys)], 0)
         values = self._q_values(joint, self.network_params("qvalue_network", params))
         size = batch.batch_size[0]
         pred, next_values = values[:, :size, ...], values[:, size:, ...]
@@ -307,7 +277,7 @@ class CrossQLoss(_SoftActorCriticBase):
         dist = self.actor_network.get_dist(batch.clone(recurse=False),
                                            self.network_params("actor_network", params))
         action, log_prob = dist.rsample_and_log_prob(rng=self.generator(dist.backend))
-        inputs = _select(batch, self.qvalue_network.in_keys)
+        inputs = select(batch, self.qvalue_network.in_keys)
         inputs.set(self.tensor_keys.action, action)
         with training_mode(self.qvalue_network, False):
             values = self._q_values(inputs, self.detached_params("qvalue_network", params))

@@ -22,17 +22,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
-
-import numpy as np
 
 from arrayrl._validation import count, flag, hyperparameter, reject_unknown_kwargs
 from arrayrl.backends import Backend, backend_of
 from arrayrl.data import ArrayDict
-from arrayrl.modules import Params, flatten_params, map_params
+from arrayrl.modules import Params, map_params
 
+from ._soft import (
+    TemperatureMixin,
+    leaves,
+    log32,
+    next_key,
+    output_mode,
+    reject_constructor_keys,
+)
 from .common import LossModule
 from .utils import ValueEstimators, distance_loss
 
@@ -42,20 +47,7 @@ _LOSS_FUNCTIONS = ("l1", "l2", "smooth_l1")
 _SCALAR_OUTPUT_MODES = (None, "exclude", "non_tensor")
 
 
-class FixedAlphaMixin:
-    """Leaves ``log_alpha`` out of the trainable arrays when ``fixed_alpha`` is set
-    (TorchRL's buffer); it stays in ``state_dict`` and moves with the loss."""
-
-    fixed_alpha: bool
-
-    def named_parameters(self) -> Iterator[tuple[str, Any]]:
-        """The trainable arrays; ``log_alpha`` is one unless ``fixed_alpha``."""
-        for name, leaf in super().named_parameters():  # type: ignore[misc]
-            if not (name == "log_alpha" and self.fixed_alpha):
-                yield name, leaf
-
-
-class REDQLoss(FixedAlphaMixin, LossModule):
+class REDQLoss(TemperatureMixin, LossModule):
     """The REDQ loss (see the module docstring).
 
     Parameters
@@ -173,7 +165,7 @@ class REDQLoss(FixedAlphaMixin, LossModule):
         self.scalar_output_mode = output_mode(scalar_output_mode, self.reduction, owner)
         self.convert_to_functional(actor_network, "actor_network")
         self.separate_losses = flag("separate_losses", separate_losses)
-        shared = actor_leaves(self) if self.separate_losses else None
+        shared = leaves(self.actor_network_params) if self.separate_losses else None
         self.delay_qvalue = flag("delay_qvalue", delay_qvalue)
         self.convert_to_functional(
             qvalue_network, "qvalue_network", num_qvalue_nets,
@@ -184,20 +176,13 @@ class REDQLoss(FixedAlphaMixin, LossModule):
         self.loss_function = loss_function
         self.gSDE = flag("gSDE", gSDE)
         self.deactivate_vmap = flag("deactivate_vmap", deactivate_vmap)
-        self.fixed_alpha = flag("fixed_alpha", fixed_alpha)
-        self.alpha_init = hyperparameter("alpha_init", alpha_init, low=0.0, high=math.inf,
-                                         low_open=True, high_open=True)
-        self.min_log_alpha, self.max_log_alpha = log_alpha_bounds(min_alpha, max_alpha)
-        register_log_alpha(self, self.alpha_init)
-        self._target_entropy = TargetEntropy(target_entropy, action_spec, actor_network, owner)
+        self._init_temperature(
+            alpha_init=alpha_init, bounds=_log_alpha_bounds(min_alpha, max_alpha),
+            fixed_alpha=fixed_alpha, target_entropy=target_entropy, action_spec=action_spec,
+            actor=actor_network,
+        )
 
     # -- configuration ------------------------------------------------------------------
-    @property
-    def target_entropy(self) -> float:
-        """``H̄``: the number given, or minus the action's element count for ``"auto"``
-        (computed on first use, as TorchRL; ``RuntimeError`` without a spec)."""
-        return self._target_entropy.value(self.tensor_keys.action)
-
     @property
     def alpha(self) -> Any:
         """``exp(clip(log α, log α_min, log α_max))``, without gradient."""
@@ -416,58 +401,7 @@ def _over_leading_axis(weights: Any, loss: Any) -> Any:
     return xp.broadcast_to(weights, tuple(loss.shape))
 
 
-# -- helpers shared with TQCLoss ---------------------------------------------------------
-
-
-def next_key(key: Any) -> tuple[str, ...]:
-    """``("next", *key)``."""
-    return ("next", *key) if isinstance(key, tuple) else ("next", key)
-
-
-def reject_constructor_keys(gamma: Any = None, **keys: Any) -> None:
-    """TorchRL's errors for ``gamma`` and the deprecated ``*_key`` arguments."""
-    if gamma is not None:
-        raise TypeError(
-            "Passing gamma / lambda parameters through the loss constructor is a deprecated "
-            "feature; use loss.make_value_estimator(value_type, gamma=...)"
-        )
-    for name, value in keys.items():
-        if value is not None:
-            raise RuntimeError(
-                f"Setting '{name}' via the constructor is deprecated, use "
-                f".set_keys({name}='some_key') instead."
-            )
-
-
-def output_mode(mode: Any, reduction: str, owner: str) -> str | None:
-    """``scalar_output_mode`` checked; with ``reduction="none"`` and no mode, TorchRL's
-    warning and ``"exclude"``."""
-    if mode not in _SCALAR_OUTPUT_MODES:
-        raise ValueError(f"scalar_output_mode must be one of {_SCALAR_OUTPUT_MODES}, got {mode!r}")
-    if reduction == "none" and mode is None:
-        warnings.warn(
-            f"{owner} with reduction='none' leaves the scalars alpha and entropy out of its "
-            "output; pass scalar_output_mode='exclude' to silence this warning, or "
-            "'non_tensor' to keep them",
-            UserWarning,
-            stacklevel=3,
-        )
-        return "exclude"
-    return mode
-
-
-def actor_leaves(loss: LossModule) -> list[Any]:
-    """The actor's parameter arrays (what critics sharing them must not train)."""
-    return list(flatten_params(loss.actor_network_params).values())
-
-
-def float32(x: float) -> float:
-    """``x`` rounded to float32: TorchRL keeps ``log α``, its bounds and the target
-    entropy in float32 tensors (``torch.tensor(x)``), whatever the networks' dtype."""
-    return float(np.float32(x))
-
-
-def log_alpha_bounds(min_alpha: Any, max_alpha: Any) -> tuple[float | None, float | None]:
+def _log_alpha_bounds(min_alpha: Any, max_alpha: Any) -> tuple[float | None, float | None]:
     """``(log min_alpha, log max_alpha)`` rounded to float32; ``None`` for a bound not
     given."""
     low = None if min_alpha is None else hyperparameter(
@@ -477,51 +411,3 @@ def log_alpha_bounds(min_alpha: Any, max_alpha: Any) -> tuple[float | None, floa
     if low is not None and high is not None and low > high:
         raise ValueError(f"min_alpha ({low}) must not exceed max_alpha ({high})")
     return log32(low), log32(high)
-
-
-def log32(x: float | None) -> float | None:
-    """``log x`` as TorchRL computes it (``torch.tensor(x).log()``: float32)."""
-    return None if x is None else float32(math.log(float32(x)))
-
-
-def register_log_alpha(loss: LossModule, alpha_init: float) -> None:
-    """Register ``log_alpha = log(alpha_init)``, a 0-d float32 array (as TorchRL's) on
-    the actor's backend and device, with :meth:`LossModule.register_parameter`.
-
-    TorchRL keeps a fixed temperature as a buffer; arrayrl registers it too (so that it
-    is saved and moved with the loss), leaves it out of ``parameters()`` and never gives
-    it a gradient (see :class:`FixedAlphaMixin`)."""
-    leaf = next(iter(flatten_params(loss.actor_network_params).values()), None)
-    if leaf is None:
-        raise ValueError(f"{type(loss).__name__}: the actor has no parameters")
-    value = np.asarray(math.log(alpha_init), dtype=np.float32)
-    loss.register_parameter("log_alpha", backend_of(leaf).from_numpy(value))
-
-
-class TargetEntropy:
-    """SAC's ``target_entropy``: a number, or ``"auto"`` (minus the action's element
-    count from ``action_spec`` or the actor's ``spec``), resolved on first use."""
-
-    def __init__(self, target: Any, action_spec: Any, actor: Any, owner: str) -> None:
-        if isinstance(target, str):
-            if target != "auto":
-                raise ValueError(f"target_entropy must be 'auto' or a number, got {target!r}")
-            self._value: float | None = None
-        else:
-            self._value = float32(
-                hyperparameter("target_entropy", target, low=-math.inf, high=math.inf))
-        self._spec = action_spec if action_spec is not None else getattr(actor, "spec", None)
-        self._owner = owner
-
-    def value(self, action_key: Any) -> float:
-        if self._value is None:
-            if self._spec is None:
-                raise RuntimeError(
-                    f"{self._owner}: cannot infer the dimensionality of the action. Consider "
-                    "providing the target entropy explicitly or provide the spec of the "
-                    "action tensor in the actor network."
-                )
-            from arrayrl.specs import auto_target_entropy
-
-            self._value = float32(auto_target_entropy(self._spec, action_key, owner=self._owner))
-        return self._value

@@ -29,23 +29,31 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from arrayrl._validation import count, flag, hyperparameter
-from arrayrl.backends import backend_of, get_backend
+from arrayrl.backends import backend_of
 from arrayrl.data import ArrayDict
-from arrayrl.modules import Params, flatten_params, map_params
+from arrayrl.modules import Params, map_params
 
+from ._soft import (
+    TemperatureMixin,
+    as_tuple,
+    leaves,
+    output_mode,
+    sac_log_alpha_bounds,
+    select,
+    target_entropy_arg,
+)
 from .common import LossModule
 from .utils import ValueEstimators, distance_loss
 
 __all__ = ["DiscreteSACLoss", "SACLoss"]
 
 _LOSS_FUNCTIONS = ("l1", "l2", "smooth_l1")
-_SCALAR_OUTPUT_MODES = (None, "exclude", "non_tensor")
 _GAMMA_ERROR = (
     "Passing gamma / lambda parameters through the loss constructor is a deprecated "
     "feature. To customize your value function, run "
@@ -53,31 +61,7 @@ _GAMMA_ERROR = (
 )
 
 
-def _float32(x: float) -> float:
-    """``x`` rounded to float32: TorchRL keeps ``log α``'s bounds and the target entropy
-    in float32 buffers (``torch.tensor(x)``), so comparisons and sums see these values."""
-    return float(np.float32(x))
-
-
-def _alpha_bounds(min_alpha: Any, max_alpha: Any) -> tuple[float | None, float | None]:
-    """``(log min_alpha, log max_alpha)`` in float32, or ``None`` for a missing bound,
-    by TorchRL 0.14.1's rule: given only one bound, the other becomes 0 (no bound) or
-    1e9; ``max_alpha=0`` raises ``ValueError``."""
-    low = None if min_alpha is None else hyperparameter("min_alpha", min_alpha, low=0.0,
-                                                        high=math.inf)
-    high = None if max_alpha is None else hyperparameter("max_alpha", max_alpha, low=0.0,
-                                                         high=math.inf)
-    if bool(low) ^ bool(high):
-        if high == 0:
-            raise ValueError("max_alpha must be either None or greater than 0.")
-        low, high = low or 0.0, high or 1e9
-    if low and high and low > high:
-        raise ValueError(f"min_alpha ({low}) must not exceed max_alpha ({high})")
-    log = lambda x: _float32(math.log(_float32(x))) if x else None  # noqa: E731
-    return log(low), log(high)
-
-
-class _SoftActorCriticBase(LossModule):
+class _SoftActorCriticBase(TemperatureMixin, LossModule):
     """The temperature of both SAC losses: ``log_alpha`` (a loss parameter, or a fixed
     array with ``fixed_alpha``), its optional bounds, ``alpha``, the alpha loss, the
     ``td_error`` priority and the output."""
@@ -97,6 +81,9 @@ class _SoftActorCriticBase(LossModule):
         min_alpha: Any,
         max_alpha: Any,
         fixed_alpha: bool,
+        target_entropy: Any,
+        action_spec: Any,
+        actor: Any,
         priority_key: Any,
         reduction: str | None,
         skip_done_states: bool,
@@ -118,81 +105,20 @@ class _SoftActorCriticBase(LossModule):
                 "use_prioritized_weights must be True, False or 'auto', got "
                 f"{use_prioritized_weights!r}"
             )
-        if scalar_output_mode not in _SCALAR_OUTPUT_MODES:
-            raise ValueError(
-                f"scalar_output_mode must be one of {_SCALAR_OUTPUT_MODES}, got "
-                f"{scalar_output_mode!r}"
-            )
         self.loss_function = loss_function
         self.use_prioritized_weights = use_prioritized_weights
         self.skip_done_states = flag("skip_done_states", skip_done_states)
         self.deactivate_vmap = bool(deactivate_vmap)  # accepted; arrayrl never vmaps
         self.reduction = reduction
-        self.alpha_init = hyperparameter("alpha_init", alpha_init, low=0.0, high=math.inf,
-                                         low_open=True)
-        self.min_log_alpha, self.max_log_alpha = _alpha_bounds(min_alpha, max_alpha)
-        self.fixed_alpha = flag("fixed_alpha", fixed_alpha)
-        leaf = next(self.parameters(), None)
-        backend = get_backend("numpy") if leaf is None else backend_of(leaf)
-        value = backend.from_numpy(np.asarray(math.log(self.alpha_init), dtype=np.float32))
-        self.register_parameter("log_alpha", value)
-        if self.reduction == "none" and scalar_output_mode is None:
-            warnings.warn(
-                f"{type(self).__name__} with reduction='none' cannot include scalar values "
-                "(alpha, entropy) in the output without changing their shape. These values "
-                "will be excluded from the output. You can access them via "
-                "`loss_module.alpha`. To suppress this warning, pass "
-                "`scalar_output_mode='exclude'` to the constructor, or "
-                "`scalar_output_mode='non_tensor'` to include them (arrayrl then returns "
-                "an output of batch size ()).",
-                UserWarning,
-                stacklevel=3,
-            )
-            scalar_output_mode = "exclude"
-        self.scalar_output_mode = scalar_output_mode
-
-    # -- the temperature ----------------------------------------------------------------
-    def named_parameters(self) -> Iterator[tuple[str, Any]]:
-        """The trainable arrays; ``log_alpha`` is one unless ``fixed_alpha``."""
-        for name, leaf in super().named_parameters():
-            if not (name == "log_alpha" and self.fixed_alpha):
-                yield name, leaf
-
-    def _clamp_log_alpha(self) -> None:
-        """Clamp the stored ``log_alpha`` to ``[log min_alpha, log max_alpha]``.
-
-        TorchRL clamps ``log_alpha.data`` in place each time it reads ``α``. Here the
-        clamped value is written into the stored array outside autograd (no gradient is
-        recorded; on torch the same ``nn.Parameter``-like leaf keeps its identity, so an
-        optimizer keeps tracking it). It runs when :attr:`alpha` is read and at the start
-        of :meth:`forward`, before ``log_alpha`` enters any graph, so the loss uses the
-        clamped value as TorchRL's does.
-        """
-        if self.min_log_alpha is None and self.max_log_alpha is None:
-            return
-        leaf = self.log_alpha
-        backend = backend_of(leaf)
-        clamped = backend.xp.clip(
-            backend.stop_gradient(leaf), min=self.min_log_alpha, max=self.max_log_alpha
+        self._init_temperature(
+            alpha_init=alpha_init, bounds=sac_log_alpha_bounds(min_alpha, max_alpha),
+            fixed_alpha=fixed_alpha, target_entropy=target_entropy, action_spec=action_spec,
+            actor=actor,
         )
-        self._own_params["log_alpha"] = backend.write_into(leaf, clamped)
+        self.scalar_output_mode = output_mode(scalar_output_mode, self.reduction,
+                                              type(self).__name__)
 
-    @property
-    def alpha(self) -> Any:
-        """``α = exp(log α)`` after the clamp (a 0-d float32 array, no gradient)."""
-        self._clamp_log_alpha()
-        backend = backend_of(self.log_alpha)
-        return backend.stop_gradient(backend.xp.exp(self.log_alpha))
-
-    @property
-    def _alpha(self) -> Any:
-        """TorchRL's name of :attr:`alpha`."""
-        return self.alpha
-
-    def _log_alpha(self) -> Any:
-        log_alpha = self.log_alpha
-        return backend_of(log_alpha).stop_gradient(log_alpha) if self.fixed_alpha else log_alpha
-
+    # -- the temperature ------------------------------------------------------------------
     def alpha_loss(self, log_prob: Any) -> Any:
         """``−log α·(log π + H̄)`` per sample (unreduced), ``log_prob`` without gradient."""
         return -self._log_alpha() * (log_prob + self.target_entropy)
@@ -209,7 +135,7 @@ class _SoftActorCriticBase(LossModule):
 
     def _signal_keys(self) -> list[Any]:
         tk = self.tensor_keys
-        return [tk.action, *(("next", *_as_tuple(k)) for k in (tk.reward, tk.done, tk.terminated))]
+        return [tk.action, *(("next", *as_tuple(k)) for k in (tk.reward, tk.done, tk.terminated))]
 
     # -- pieces ---------------------------------------------------------------------------
     def _qvalue_params(self, params: Mapping[str, Params] | None) -> Params:
@@ -366,22 +292,22 @@ class SACLoss(_SoftActorCriticBase):
         if gamma is not None:
             raise TypeError(_GAMMA_ERROR)
         num_qvalue_nets = count("num_qvalue_nets", num_qvalue_nets)
-        target_entropy = _target_entropy_arg(target_entropy)
+        target_entropy = target_entropy_arg(target_entropy)
         super().__init__()
         self.seed = seed  # before the ensemble is drawn
-        actor_spec = getattr(actor_network, "spec", None)
+        user_actor = actor_network
         if len(getattr(actor_network, "dist_sample_keys", ())) > 1:
             raise NotImplementedError("SACLoss does not support composite (multi-head) actors yet")
         self.convert_to_functional(actor_network, "actor_network",
                                    create_target_params=delay_actor)
-        policy = _leaves(self.actor_network_params) if separate_losses else None
+        policy = leaves(self.actor_network_params) if separate_losses else None
         self._version = 2 if value_network is None else 1
         shared = policy
         if value_network is not None:
             self.convert_to_functional(value_network, "value_network",
                                        create_target_params=delay_value)
             if separate_losses:
-                shared = policy + _leaves(self.value_network_params)
+                shared = policy + leaves(self.value_network_params)
         else:
             self.value_network = None
         self.convert_to_functional(qvalue_network, "qvalue_network", num_qvalue_nets,
@@ -391,13 +317,10 @@ class SACLoss(_SoftActorCriticBase):
         self.num_qvalue_nets = num_qvalue_nets
         self.separate_losses = separate_losses
         self._policy_leaves = policy or []
-        self._target_entropy_arg, self._action_spec, self._actor_spec = (
-            target_entropy, action_spec, actor_spec,
-        )
-        self._target_entropy: float | None = None
         self._init_common(
             loss_function=loss_function, alpha_init=alpha_init, min_alpha=min_alpha,
-            max_alpha=max_alpha, fixed_alpha=fixed_alpha, priority_key=priority_key,
+            max_alpha=max_alpha, fixed_alpha=fixed_alpha, target_entropy=target_entropy,
+            action_spec=action_spec, actor=user_actor, priority_key=priority_key,
             reduction=reduction, skip_done_states=skip_done_states,
             deactivate_vmap=deactivate_vmap, use_prioritized_weights=use_prioritized_weights,
             scalar_output_mode=scalar_output_mode,
@@ -408,36 +331,12 @@ class SACLoss(_SoftActorCriticBase):
         if log_prob_keys and sample_keys:
             self.set_keys(log_prob=log_prob_keys[0], action=sample_keys[0])
 
-    # -- target entropy -------------------------------------------------------------------
-    @property
-    def target_entropy(self) -> float:
-        """``H̄`` (float32-rounded, as TorchRL's buffer); ``"auto"`` is resolved on first
-        use from ``action_spec`` or the actor's spec (TorchRL's rule)."""
-        if self._target_entropy is None:
-            value = self._target_entropy_arg
-            if value == "auto":
-                from arrayrl.specs import auto_target_entropy
-
-                spec = self._action_spec if self._action_spec is not None else self._actor_spec
-                if spec is None:
-                    raise RuntimeError(
-                        "Cannot infer the dimensionality of the action. Consider providing "
-                        "the target entropy explicitly or provide the spec of the action "
-                        "tensor in the actor network."
-                    )
-                try:
-                    value = auto_target_entropy(spec, self.tensor_keys.action, owner="SACLoss")
-                except ValueError as err:  # an entry of None: TorchRL raises RuntimeError
-                    raise RuntimeError(str(err)) from None
-            self._target_entropy = _float32(value)
-        return self._target_entropy
-
     # -- keys -----------------------------------------------------------------------------
     @property
     def in_keys(self) -> list[Any]:
         """The batch entries read (TorchRL's ``in_keys``, in a stable order)."""
         actor_keys = list(self.actor_network.in_keys)
-        keys = [*self._signal_keys(), *actor_keys, *(("next", *_as_tuple(k)) for k in actor_keys)]
+        keys = [*self._signal_keys(), *actor_keys, *(("next", *as_tuple(k)) for k in actor_keys)]
         keys += self.qvalue_network.in_keys
         if self._version == 1:
             keys += self.value_network.in_keys
@@ -460,7 +359,7 @@ class SACLoss(_SoftActorCriticBase):
 
     def _q_values(self, batch: ArrayDict, action: Any, tree: Params) -> Any:
         """``Q_i(s, action)`` for every member, ``[N, *B, 1]``."""
-        inputs = _select(batch, self.qvalue_network.in_keys)
+        inputs = select(batch, self.qvalue_network.in_keys)
         inputs.set(self.tensor_keys.action, action)
         out = self.ensemble_outputs("qvalue_network", inputs, tree)
         return out[self.tensor_keys.state_action_value]
@@ -532,7 +431,7 @@ class SACLoss(_SoftActorCriticBase):
                 f"Batch size={shape} is incompatible with num_qvqlue_nets={n}."
             )
         xp = backend_of(target).xp
-        chunks = _select(batch, self.qvalue_network.in_keys).reshape(n, -1, *shape[1:])
+        chunks = select(batch, self.qvalue_network.in_keys).reshape(n, -1, *shape[1:])
         # batch size () around the member-first leaves: apply_ensemble's per-member loop
         # (modules that do not run stacked) builds each member's batch with this size
         chunks = ArrayDict(chunks.to_dict(), ())
@@ -674,7 +573,7 @@ class DiscreteSACLoss(_SoftActorCriticBase):
         seed: int | None = None,
     ) -> None:
         num_qvalue_nets = count("num_qvalue_nets", num_qvalue_nets)
-        target_entropy = _target_entropy_arg(target_entropy)
+        target_entropy = target_entropy_arg(target_entropy)
         if target_entropy == "auto":
             if num_actions is None:
                 raise ValueError("num_actions needs to be provided if target_entropy == 'auto'")
@@ -685,7 +584,7 @@ class DiscreteSACLoss(_SoftActorCriticBase):
         super().__init__()
         self.seed = seed
         self.convert_to_functional(actor_network, "actor_network")
-        policy = _leaves(self.actor_network_params) if separate_losses else None
+        policy = leaves(self.actor_network_params) if separate_losses else None
         self.convert_to_functional(qvalue_network, "qvalue_network", num_qvalue_nets,
                                    create_target_params=delay_qvalue, compare_against=policy)
         self.delay_qvalue = delay_qvalue
@@ -693,11 +592,11 @@ class DiscreteSACLoss(_SoftActorCriticBase):
         self.num_actions = num_actions
         self.separate_losses = separate_losses
         self.action_space = _discrete_action_space(action_space)
-        self.target_entropy = _float32(target_entropy)
         self._init_common(
             loss_function=loss_function, alpha_init=alpha_init, min_alpha=min_alpha,
-            max_alpha=max_alpha, fixed_alpha=fixed_alpha, priority_key=priority_key,
-            reduction=reduction, skip_done_states=skip_done_states,
+            max_alpha=max_alpha, fixed_alpha=fixed_alpha, target_entropy=target_entropy,
+            action_spec=None, actor=None, priority_key=priority_key, reduction=reduction,
+            skip_done_states=skip_done_states,
             deactivate_vmap=deactivate_vmap, use_prioritized_weights=use_prioritized_weights,
             scalar_output_mode=scalar_output_mode,
         )
@@ -705,7 +604,7 @@ class DiscreteSACLoss(_SoftActorCriticBase):
     @property
     def in_keys(self) -> list[Any]:
         actor_keys = list(self.actor_network.in_keys)
-        keys = [*self._signal_keys(), *actor_keys, *(("next", *_as_tuple(k)) for k in actor_keys)]
+        keys = [*self._signal_keys(), *actor_keys, *(("next", *as_tuple(k)) for k in actor_keys)]
         return list(dict.fromkeys(keys + list(self.qvalue_network.in_keys)))
 
     def _value_estimator_networks(self, value_type: ValueEstimators) -> dict[str, Any]:
@@ -719,7 +618,7 @@ class DiscreteSACLoss(_SoftActorCriticBase):
 
     def _action_values(self, batch: ArrayDict, tree: Params) -> Any:
         """``Q_i(s, ·)`` for every member, ``[N, *B, |A|]``."""
-        inputs = _select(batch, self.qvalue_network.in_keys)
+        inputs = select(batch, self.qvalue_network.in_keys)
         return self.ensemble_outputs("qvalue_network", inputs, tree)[self.tensor_keys.action_value]
 
     def _compute_target(self, batch: ArrayDict, params: Mapping[str, Params] | None) -> Any:
@@ -801,28 +700,6 @@ class DiscreteSACLoss(_SoftActorCriticBase):
 # =========================================================================================
 # helpers
 # =========================================================================================
-def _as_tuple(key: Any) -> tuple[str, ...]:
-    return key if isinstance(key, tuple) else (key,)
-
-
-def _leaves(tree: Params) -> list[Any]:
-    return list(flatten_params(tree).values())
-
-
-def _select(batch: ArrayDict, keys: Iterable[Any]) -> ArrayDict:
-    """The entries of ``batch`` at ``keys`` that it has (TorchRL's ``strict=False``)."""
-    return batch.select(*keys, strict=False)
-
-
-def _target_entropy_arg(value: Any) -> Any:
-    """``"auto"`` or a real number (``TypeError`` / ``ValueError`` otherwise)."""
-    if isinstance(value, str):
-        if value != "auto":
-            raise ValueError(f"target_entropy must be 'auto' or a number, got {value!r}")
-        return value
-    return hyperparameter("target_entropy", value, low=-math.inf, high=math.inf)
-
-
 def _discrete_action_space(action_space: Any) -> str:
     """``"one_hot"`` or ``"categorical"`` (or TorchRL's other names) from a name or a
     spec; ``None`` warns as TorchRL 0.14.1 and means one-hot."""

@@ -23,31 +23,22 @@ Arguments, defaults, keys and output keys follow TorchRL 0.14.1
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any
 
-from arrayrl._validation import count, flag, hyperparameter, reject_unknown_kwargs
+from arrayrl._validation import count, flag, reject_unknown_kwargs
 from arrayrl.backends import Backend, backend_of
 from arrayrl.data import ArrayDict
 from arrayrl.modules import Params
 
+from ._soft import TemperatureMixin, leaves, next_key, output_mode, sac_log_alpha_bounds
 from .common import LossModule
-from .redq import (
-    FixedAlphaMixin,
-    TargetEntropy,
-    actor_leaves,
-    log32,
-    next_key,
-    output_mode,
-    register_log_alpha,
-)
 from .utils import ValueEstimators
 
 __all__ = ["TQCLoss"]
 
 
-class TQCLoss(FixedAlphaMixin, LossModule):
+class TQCLoss(TemperatureMixin, LossModule):
     """The TQC loss (see the module docstring).
 
     Parameters
@@ -149,7 +140,7 @@ class TQCLoss(FixedAlphaMixin, LossModule):
         self.scalar_output_mode = output_mode(scalar_output_mode, self.reduction, owner)
         self.convert_to_functional(actor_network, "actor_network")
         self.separate_losses = flag("separate_losses", separate_losses)
-        shared = actor_leaves(self) if self.separate_losses else None
+        shared = leaves(self.actor_network_params) if self.separate_losses else None
         self.delay_qvalue = flag("delay_qvalue", delay_qvalue)
         self.convert_to_functional(
             qvalue_network, "qvalue_network", num_qvalue_nets,
@@ -159,39 +150,15 @@ class TQCLoss(FixedAlphaMixin, LossModule):
         self.loss_function = "smooth_l1"
         self.skip_done_states = flag("skip_done_states", skip_done_states)
         self.deactivate_vmap = flag("deactivate_vmap", deactivate_vmap)
-        self.fixed_alpha = flag("fixed_alpha", fixed_alpha)
-        self.alpha_init = hyperparameter("alpha_init", alpha_init, low=0.0, high=math.inf,
-                                         low_open=True, high_open=True)
-        self.min_log_alpha, self.max_log_alpha = _sac_log_alpha_bounds(min_alpha, max_alpha)
-        register_log_alpha(self, self.alpha_init)
-        self._target_entropy = TargetEntropy(target_entropy, action_spec, actor_network, owner)
+        self._init_temperature(
+            alpha_init=alpha_init, bounds=sac_log_alpha_bounds(min_alpha, max_alpha),
+            fixed_alpha=fixed_alpha, target_entropy=target_entropy, action_spec=action_spec,
+            actor=actor_network,
+        )
         actor = self.actor_network
         self.set_keys(log_prob=actor.log_prob_keys[0], action=actor.dist_sample_keys[0])
 
     # -- configuration ------------------------------------------------------------------
-    @property
-    def target_entropy(self) -> float:
-        """``H̄``: the number given, or minus the action's element count for ``"auto"``."""
-        return self._target_entropy.value(self.tensor_keys.action)
-
-    @property
-    def alpha(self) -> Any:
-        """``α = exp(log α)`` without gradient, after clamping ``log α`` into its bounds
-        in place (TorchRL's ``SACLoss._alpha``)."""
-        self._clamp_log_alpha()
-        backend = backend_of(self.log_alpha)
-        return backend.xp.exp(backend.stop_gradient(self.log_alpha))
-
-    def _clamp_log_alpha(self) -> None:
-        """Clamp the stored ``log α`` into ``[log α_min, log α_max]`` (a write outside
-        the graph, before any use in this call, as an optimizer step writes)."""
-        if self.min_log_alpha is None and self.max_log_alpha is None:
-            return
-        backend = backend_of(self.log_alpha)
-        held = backend.stop_gradient(self.log_alpha)
-        clipped = backend.xp.clip(held, min=self.min_log_alpha, max=self.max_log_alpha)
-        self._own_params["log_alpha"] = backend.write_into(self.log_alpha, clipped)
-
     def _value_estimator_networks(self, value_type: ValueEstimators) -> dict[str, Any]:
         """No value network: TD(0) is given the next value."""
         return {"value_network": None}
@@ -373,22 +340,6 @@ class TQCLoss(FixedAlphaMixin, LossModule):
         out[tk.priority] = td_error
         size = () if self.reduction != "none" or "alpha" in out else batch.batch_size
         return ArrayDict(out, size)
-
-
-def _sac_log_alpha_bounds(min_alpha: Any, max_alpha: Any) -> tuple[float | None, float | None]:
-    """SAC's bounds of ``log α``: one bound alone makes the other 0 (none) or 1e9; a
-    bound of 0 or ``None`` is no bound (``ValueError`` for ``max_alpha=0`` alone)."""
-    if bool(min_alpha) != bool(max_alpha):
-        if max_alpha == 0:
-            raise ValueError("max_alpha must be either None or greater than 0.")
-        min_alpha = min_alpha or 0.0
-        max_alpha = max_alpha or 1e9
-    low = hyperparameter("min_alpha", min_alpha, low=0.0, high=math.inf) if min_alpha else None
-    high = hyperparameter("max_alpha", max_alpha, low=0.0, high=math.inf) if max_alpha else None
-    if low is not None and high is not None and low > high:
-        raise ValueError(f"min_alpha ({low}) must not exceed max_alpha ({high})")
-    return log32(low), log32(high)
-
 
 
 def _broadcast_to_atoms(value: Any, atoms: Any, xp: Any) -> Any:
