@@ -157,11 +157,6 @@ class A2CLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
             action=actor_network.dist_sample_keys[0],
         )
 
-    @property
-    def functional(self) -> bool:
-        """Always ``True``: the networks compute with parameter trees."""
-        return True
-
     # -- keys ---------------------------------------------------------------------------
     @property
     def in_keys(self) -> list[Any]:

@@ -74,6 +74,12 @@ class LossModule:
         self._shared_paths: dict[str, frozenset[str]] = {}
         self._own_params: dict[str, Any] = {}
 
+    @property
+    def functional(self) -> bool:
+        """Always ``True`` (TorchRL's flag): every network computes with a parameter
+        tree, the loss's own or one passed to :meth:`forward`."""
+        return True
+
     # -- keys -----------------------------------------------------------------------
     @property
     def tensor_keys(self) -> Any:

@@ -196,11 +196,6 @@ class REDQLoss(TemperatureMixin, LossModule):
         return {"value_network": None}
 
     @property
-    def functional(self) -> bool:
-        """Always ``True``: the networks compute with parameter trees."""
-        return True
-
-    @property
     def in_keys(self) -> list[Any]:
         """The batch keys the loss reads (TorchRL's ``in_keys``, in a stable order)."""
         tk = self.tensor_keys

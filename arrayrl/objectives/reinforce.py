@@ -134,11 +134,6 @@ class ReinforceLoss(CriticLossMixin, LossModule):
         self.seed = seed
         self.register_coeff("clip_value", clip_value, _positive)
 
-    @property
-    def functional(self) -> bool:
-        """Always ``True``: the networks compute with parameter trees."""
-        return True
-
     # -- keys ---------------------------------------------------------------------------
     @property
     def in_keys(self) -> list[Any]:
