@@ -7,7 +7,9 @@ writes them as JSON.
 
 ``arrayrl train ppo`` trains a PPO agent on a Gymnasium environment with arrayrl's
 ``ClipPPOLoss`` and GAE (torch backend), shows a progress bar on stderr, writes the
-learning curve as CSV and PNG and prints a summary line.
+learning curve as CSV and PNG and prints a summary line. ``arrayrl train sac`` and
+``arrayrl train td3`` do the same off-policy, with ``SACLoss`` / ``TD3Loss`` and a
+replay buffer, on environments with continuous actions (Pendulum-v1 by default).
 
 The help texts are plain text (argparse prints them as they are): no reST markup there.
 """
@@ -37,6 +39,7 @@ examples:
   arrayrl conformance --help          # case families, JSON report, dtypes
   arrayrl train ppo                   # PPO on CartPole-v1: mean return 500 in 30-45 s
   arrayrl train ppo --help            # environments, frames, seeds, devices
+  arrayrl train sac                   # SAC on Pendulum-v1, 20k frames
 """
 
 _CONFORMANCE_EPILOG = """\
@@ -78,7 +81,40 @@ _TRAIN_GROUP_EPILOG = """\
 examples:
   arrayrl train ppo                   # PPO on CartPole-v1
   arrayrl train ppo --help            # its options
+  arrayrl train sac                   # SAC on Pendulum-v1
+  arrayrl train td3 --seed 1          # TD3 on Pendulum-v1
 """
+
+_OFFPOLICY_EPILOG = """\
+{settings}
+
+One env (--num-envs 1) by default; --frames counts environment frames. The first
+--learning-starts frames take uniform random actions and learn nothing; then every
+frame brings --utd-ratio gradient steps on minibatches drawn uniformly from the replay
+buffer. One row of the learning curve per --log-every frames. The curve is rewritten
+every --save-every seconds and at the end; Ctrl-C stops the run, writes the curve so
+far, says where, and exits with status 130.
+
+examples:
+  arrayrl train {name}                                  # Pendulum-v1, {frames} frames
+  arrayrl train {name} --seed 1 --out /tmp/{name}-1
+  arrayrl train {name} --env MountainCarContinuous-v0 --frames 50000
+  arrayrl train {name} --frames 3000 --learning-starts 1000 --no-progress
+  arrayrl train {name} --device cuda
+"""
+
+_SAC_SETTINGS = """\
+SAC v2 (SACLoss: TanhNormal actor, two Q networks with targets, learned temperature,
+target entropy -dim(A)) with CleanRL's settings: ReLU MLPs [256, 256], Adam 3e-4
+(actor), 1e-3 (critics), 1e-3 (alpha, from 1.0), batches of 256, gamma 0.99,
+tau 0.005, MSE critic loss, 1M replay, 5,000 warm-up frames."""
+
+_TD3_SETTINGS = """\
+TD3 (TD3Loss: deterministic TanhDelta actor, two critics with targets, target policy
+smoothing 0.2 clipped at 0.5, actor and target update every 2nd critic step) with
+CleanRL's settings: ReLU MLPs [256, 256], Adam 3e-4, batches of 256, gamma 0.99,
+tau 0.005, exploration noise 0.1 (times the action half-width), MSE critic loss,
+1M replay, 5,000 warm-up frames."""
 
 
 def package_version() -> str:
@@ -181,6 +217,58 @@ def _add_train_parser(commands: Any) -> None:
         help="rewrite the curve every SECONDS while training (default 30)",
     )
     ppo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_offpolicy_parser(
+        algorithms, "sac", "SAC (SACLoss, learned temperature)", "20,000", _SAC_SETTINGS
+    )
+    _add_offpolicy_parser(
+        algorithms, "td3", "TD3 (TD3Loss, delayed policy updates)", "30,000", _TD3_SETTINGS
+    )
+
+
+def _add_offpolicy_parser(
+    algorithms: Any, name: str, what: str, frames: str, settings: str
+) -> None:
+    """``arrayrl train sac|td3 [options]``."""
+    parser = algorithms.add_parser(
+        name,
+        help=f"{what} on Gymnasium envs with continuous actions",
+        description=f"Train {what} with a replay buffer on a Gymnasium env with\n"
+        "continuous actions; write <out>/learning_curve.csv and .png.",
+        epilog=_OFFPOLICY_EPILOG.format(settings=settings, name=name, frames=frames),
+        formatter_class=_FORMATTER,
+    )
+    parser.add_argument("--env", default="Pendulum-v1", help="Gymnasium id (default Pendulum-v1)")
+    parser.add_argument("--frames", type=int, help=f"total env frames (default {frames})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of everything (default 0)")
+    parser.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", "numpy"),
+        help="array backend; only torch trains (NumPy has no autograd)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
+    parser.add_argument(
+        "--out", metavar="DIR", help=f"output folder (default runs/{name}-<env>-<seed>)"
+    )
+    parser.add_argument("--num-envs", type=int, help="parallel environments (default 1)")
+    parser.add_argument(
+        "--learning-starts", type=int, metavar="FRAMES",
+        help="random-action frames before learning (default 5000)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--utd-ratio", type=float, metavar="R", help="gradient steps per frame (default 1)"
+    )
+    parser.add_argument("--batch-size", type=int, help="minibatch size (default 256)")
+    parser.add_argument(
+        "--log-every", type=int, metavar="FRAMES", help="frames per curve row (default 1000)"
+    )
+    parser.add_argument(
+        "--save-every",
+        type=float,
+        metavar="SECONDS",
+        help="rewrite the curve every SECONDS while training (default 30)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 # -- conformance -------------------------------------------------------------------------
@@ -350,13 +438,15 @@ def missing_train_modules() -> list[str]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Run ``arrayrl train ppo``: 2 on a setting that cannot train, 130 on Ctrl-C."""
+    """Run ``arrayrl train ppo|sac|td3``: 2 on a setting that cannot train, 130 on Ctrl-C."""
     missing = missing_train_modules()
     if missing:
         return _error(
             "train",
             f"missing {', '.join(missing)}: install the train extra (pip install 'arrayrl[train]')",
         )
+    if args.algorithm in ("sac", "td3"):
+        return _run_offpolicy(args)
     from arrayrl.train import TrainingInterrupted, check_setup, frames_note, make_config, train_ppo
 
     try:
@@ -385,6 +475,47 @@ def run_train(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("arrayrl train ppo: interrupted before training started", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(result.summary())
+    return 0
+
+
+def _run_offpolicy(args: argparse.Namespace) -> int:
+    """Run ``arrayrl train sac`` or ``arrayrl train td3``."""
+    import arrayrl.train as training
+
+    name = args.algorithm
+    command = f"train {name}"
+    make = getattr(training, f"make_{name}_config")
+    try:
+        config = make(
+            args.env,
+            frames=args.frames,
+            seed=args.seed,
+            backend=args.backend,
+            device=args.device,
+            out=args.out,
+            num_envs=args.num_envs,
+            learning_starts=args.learning_starts,
+            utd_ratio=args.utd_ratio,
+            batch_size=args.batch_size,
+            log_every=args.log_every,
+            save_every_s=args.save_every,
+            progress=not args.no_progress,
+        )
+        training.check_offpolicy_setup(config)
+    except ValueError as error:
+        return _error(command, str(error))
+    note = training.offpolicy_frames_note(config)
+    if note:
+        print(f"arrayrl {command}: {note}", file=sys.stderr)
+    try:
+        result = getattr(training, f"train_{name}")(config)
+    except training.TrainingInterrupted as stop:
+        print(stop.result.summary())
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"arrayrl {command}: interrupted before training started", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(result.summary())
     return 0

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PANELS", "LearningCurve", "Panel", "read_curve"]
+__all__ = ["PANELS", "SAC_PANELS", "TD3_PANELS", "LearningCurve", "Panel", "read_curve"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,28 @@ PANELS = (
     Panel("approximate KL (old || new)", ("kl_approx",)),
     Panel("clip fraction", ("clip_fraction",), low=0.0),
     Panel("policy entropy", ("entropy",)),
+    Panel("frames / s", ("fps",), low=0.0),
+)
+
+#: The panels of an off-policy run (``arrayrl train sac``).
+SAC_PANELS = (
+    Panel("mean episode return (recent episodes)", ("mean_return",)),
+    Panel("Q value (batch mean of min_i Q_i(s, a~))", ("q_value",)),
+    Panel("actor loss", ("loss_actor",)),
+    Panel("critic loss (sum over the Q ensemble)", ("loss_qvalue",), low=0.0),
+    Panel("temperature alpha", ("alpha",), low=0.0),
+    Panel("policy entropy (-log pi, batch mean)", ("entropy",)),
+    Panel("alpha loss", ("loss_alpha",)),
+    Panel("frames / s", ("fps",), low=0.0),
+)
+
+#: The panels of ``arrayrl train td3``.
+TD3_PANELS = (
+    Panel("mean episode return (recent episodes)", ("mean_return",)),
+    Panel("Q value (batch mean of Q_i(s, a), both critics)", ("q_value",)),
+    Panel("actor loss (-Q_1(s, pi(s)))", ("loss_actor",)),
+    Panel("critic loss (sum over the Q ensemble)", ("loss_qvalue",), low=0.0),
+    Panel("TD target (batch mean)", ("target_value",)),
     Panel("frames / s", ("fps",), low=0.0),
 )
 
@@ -85,15 +107,16 @@ class LearningCurve:
                 writer.writerow({k: f"{v:.6g}" for k, v in row.items()})
         return path
 
-    def plot_png(self, path: str | Path, title: str = "") -> Path:
-        """Plot the :data:`PANELS` the curve has columns for against frames into ``path``
-        (two panels per row, each with its own y axis; ``title`` above them all)."""
+    def plot_png(self, path: str | Path, title: str = "", panels: Sequence[Panel] = PANELS) -> Path:
+        """Plot the ``panels`` (default :data:`PANELS`, PPO's) the curve has columns for
+        against frames into ``path`` (two panels per row, each with its own y axis;
+        ``title`` above them all)."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        panels = [p for p in PANELS if all(c in self.columns for c in p.columns)]
+        panels = [p for p in panels if all(c in self.columns for c in p.columns)]
         rows = max(1, math.ceil(len(panels) / 2))
         figure = Figure(figsize=(11, 2.4 * rows + 0.6), layout="constrained")
         FigureCanvasAgg(figure)

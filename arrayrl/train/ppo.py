@@ -22,11 +22,9 @@ autograd. NumPy evaluates the same losses, but cannot train.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +35,15 @@ from arrayrl.data import ArrayDict
 from arrayrl.modules import MLP, DictModule, Linear, NormalParamExtractor, Sequential
 from arrayrl.random import make_generator
 
-from .curve import LearningCurve
-from .progress import ProgressBar
-from .rollout import RewardScaler, RolloutCollector, check_env, make_vector_env
+from .rollout import RewardScaler, RolloutCollector, check_env
+from .runner import (
+    CurveWriter,
+    TrainingInterrupted,
+    TrainResult,
+    check_device,
+    run_training,
+    torch_threads,
+)
 
 __all__ = [
     "PRESETS",
@@ -143,6 +147,9 @@ class PPOConfig:
     progress: bool = True
     save_every_s: float = 30.0
 
+    #: The algorithm's name in summaries, titles and the default output folder.
+    algorithm = "ppo"
+
     @property
     def frames_per_batch(self) -> int:
         """Frames collected per iteration."""
@@ -220,28 +227,6 @@ def frames_note(config: PPOConfig) -> str | None:
         f"({config.iterations} iteration{plural} of {config.num_envs} envs x "
         f"{config.rollout_steps} steps)"
     )
-
-
-def check_device(backend: str, device: str) -> None:
-    """Raise ``ValueError`` unless ``device`` exists here and can hold ``backend``'s
-    arrays (``"cuda"`` on a machine without CUDA, ``"foo"``, ``"meta"``)."""
-    import torch
-
-    try:
-        kind = torch.device(device).type
-    except (RuntimeError, TypeError):
-        raise ValueError(
-            f"unknown torch device {device!r}; expected cpu, cuda, cuda:<index>, mps, xpu, ..."
-        ) from None
-    if kind == "meta":
-        raise ValueError("device 'meta' holds no data and cannot train; use cpu or cuda")
-    if kind == "cuda" and not torch.cuda.is_available():
-        why = "torch is built without CUDA" if torch.version.cuda is None else "no GPU found"
-        raise ValueError(f"device {device!r} is not available here ({why}); use --device cpu")
-    try:
-        get_backend(backend, device)
-    except Exception as error:  # any refusal of the device is a bad setting
-        raise ValueError(f"device {device!r} is not available here: {error}") from None
 
 
 def check_setup(config: PPOConfig) -> None:
@@ -414,99 +399,6 @@ def _advantages(loss: Any, batch: ArrayDict, backend: Backend) -> ArrayDict:
     return batch if result is None else result
 
 
-# -- the run -----------------------------------------------------------------------------
-@dataclasses.dataclass
-class TrainResult:
-    """What a run produced (``interrupted``: stopped by Ctrl-C, the curve so far)."""
-
-    config: PPOConfig
-    final_mean_return: float
-    frames: int
-    seconds: float
-    episodes: int
-    curve: LearningCurve
-    csv_path: Path
-    png_path: Path
-    interrupted: bool = False
-
-    def summary(self) -> str:
-        """One line: final mean return, frames, seconds and the output paths."""
-        config = self.config
-        ret = f"{self.final_mean_return:.1f} (last {config.return_window} episodes)"
-        if self.interrupted:
-            written = (
-                f"curve so far: {self.csv_path} and {self.png_path}"
-                if self.curve.rows
-                else "no iteration finished, nothing written"
-            )
-            return (
-                f"ppo {config.env_id} seed {config.seed}: interrupted after "
-                f"{self.frames:,} of {config.total_frames:,} frames ({self.seconds:.1f} s), "
-                f"mean return {ret}; {written}"
-            )
-        return (
-            f"ppo {config.env_id} seed {config.seed}: final mean return {ret}, "
-            f"{self.frames:,} frames in {self.seconds:.1f} s "
-            f"({self.frames / max(self.seconds, 1e-9):,.0f} fps); "
-            f"curve: {self.csv_path} and {self.png_path}"
-        )
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped :func:`train_ppo`; ``result`` holds the run so far, whose curve has
-    been written. A ``KeyboardInterrupt``, so an interrupted script still stops."""
-
-    def __init__(self, result: TrainResult) -> None:
-        super().__init__(result.summary())
-        self.result = result
-
-
-class _CurveWriter:
-    """Writes a run's curve to ``<out>/learning_curve.csv`` and ``.png``: on demand, and
-    every ``save_every_s`` seconds while training."""
-
-    def __init__(self, config: PPOConfig) -> None:
-        self.config = config
-        self.csv_path = config.out_dir / "learning_curve.csv"
-        self.png_path = config.out_dir / "learning_curve.png"
-        self._last = time.perf_counter()
-
-    def title(self, frames: int, interrupted: bool = False) -> str:
-        """The figure's title: algorithm, env, seed and frames (of the total, if fewer)."""
-        config = self.config
-        done = f"{frames:,}"
-        if frames < config.total_frames:
-            done += f" of {config.total_frames:,}"
-        stopped = " (interrupted)" if interrupted else ""
-        return f"PPO on {config.env_id}, seed {config.seed}, {done} frames{stopped}"
-
-    def write(self, curve: LearningCurve, frames: int, interrupted: bool = False) -> None:
-        """Write the CSV and the PNG now (nothing before the first row)."""
-        if curve.rows:
-            curve.write_csv(self.csv_path)
-            curve.plot_png(self.png_path, self.title(frames, interrupted))
-        self._last = time.perf_counter()
-
-    def write_if_due(self, curve: LearningCurve, frames: int) -> None:
-        """Write if ``save_every_s`` seconds have passed since the last write."""
-        if time.perf_counter() - self._last >= self.config.save_every_s:
-            self.write(curve, frames)
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(threads)``; restore the setting after."""
-    import torch
-
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _setup(config: PPOConfig, env: Any) -> tuple[Any, Any, RolloutCollector, Any]:
     """The loss (with actor, critic and GAE), Adam, the collector and the shuffling RNG."""
     import torch
@@ -548,51 +440,22 @@ def train_ppo(config: PPOConfig | None = None) -> TrainResult:
     """
     config = make_config() if config is None else config
     config.validate()
-    env = make_vector_env(config.env_id, config.num_envs)
-    writer = _CurveWriter(config)
-    try:
-        with _torch_threads(config.torch_threads):
-            loss, optimizer, collector, shuffle_rng = _setup(config, env)
-            curve, seconds, interrupted = _loop(
-                config, loss, optimizer, collector, shuffle_rng, writer
-            )
-    finally:
-        env.close()
-    frames = int(curve.rows[-1]["frames"]) if curve.rows else 0  # of finished iterations
-    writer.write(curve, frames, interrupted)
-    result = TrainResult(
-        config, collector.mean_return, frames, seconds,
-        collector.episodes.episodes, curve, writer.csv_path, writer.png_path, interrupted,
-    )  # fmt: skip
-    if interrupted:
-        raise TrainingInterrupted(result)
-    return result
+    return run_training(config, config.iterations, lambda env: _PPOTrainer(config, env))
 
 
-def _loop(
-    config: PPOConfig,
-    loss: Any,
-    optimizer: Any,
-    collector: RolloutCollector,
-    shuffle_rng: Any,
-    writer: _CurveWriter,
-) -> tuple[LearningCurve, float, bool]:
-    """The iterations, each logged as a row of the curve; Ctrl-C ends them early.
+class _PPOTrainer:
+    """The state of a PPO run for :func:`~arrayrl.train.runner.run_training`."""
 
-    Returns the curve, the wall time and whether Ctrl-C stopped the run.
-    """
-    curve = LearningCurve()
-    start = time.perf_counter()
-    with ProgressBar(config.total_frames, enabled=config.progress) as bar:
-        try:
-            for iteration in range(config.iterations):
-                lr, terms = _iteration(iteration, config, loss, optimizer, collector, shuffle_rng)
-                curve.append(_row(collector, time.perf_counter() - start, terms, lr))
-                bar.update(collector.frames, collector.mean_return)
-                writer.write_if_due(curve, collector.frames)
-        except KeyboardInterrupt:
-            return curve, time.perf_counter() - start, True
-    return curve, time.perf_counter() - start, False
+    def __init__(self, config: PPOConfig, env: Any) -> None:
+        self.config = config
+        self.loss, self.optimizer, self.collector, self.shuffle_rng = _setup(config, env)
+
+    def iteration(self, index: int) -> dict[str, float]:
+        """One iteration; its mean diagnostics and learning rate."""
+        lr, terms = _iteration(
+            index, self.config, self.loss, self.optimizer, self.collector, self.shuffle_rng
+        )
+        return {**terms, "lr": lr}
 
 
 def _iteration(
@@ -612,16 +475,6 @@ def _iteration(
     return lr, _update(loss, optimizer, batch.reshape(-1), config, shuffle_rng)
 
 
-def _row(
-    collector: RolloutCollector, wall: float, terms: dict[str, float], lr: float
-) -> dict[str, float]:
-    """The learning curve's row after an iteration that ended ``wall`` s into the run."""
-    return {
-        "frames": collector.frames,
-        "wall_s": wall,
-        "mean_return": collector.mean_return,
-        "episodes": collector.episodes.episodes,
-        **terms,
-        "lr": lr,
-        "fps": collector.frames / wall,
-    }
+#: The names these helpers had when they lived here.
+_CurveWriter = CurveWriter
+_torch_threads = torch_threads

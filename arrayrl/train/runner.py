@@ -1,0 +1,253 @@
+"""What every training job shares: the run loop with its progress bar, the learning curve
+written periodically and at exit, Ctrl-C handling, the result, the device check and the
+torch thread setting.
+
+A trainer (``train_ppo``, ``train_sac``, ``train_td3``) supplies a config and a
+:class:`Trainer`: an object whose ``collector`` counts frames and finished episodes and
+whose ``iteration(i)`` runs one iteration (collect and learn) and returns the iteration's
+logged terms. :func:`run_training` does the rest, identically for every algorithm:
+
+1. make the vector environment (``config.env_id`` × ``config.num_envs``);
+2. build the trainer inside ``torch.set_num_threads(config.torch_threads)``;
+3. run ``iterations`` iterations, each one row of the learning curve
+   (``frames, wall_s, mean_return, episodes, <terms>, fps``), with the progress bar and
+   the curve rewritten every ``config.save_every_s`` seconds;
+4. on Ctrl-C stop, write the curve of the finished iterations and raise
+   :class:`TrainingInterrupted` holding the result so far; else write the curve and
+   return the :class:`TrainResult`.
+
+The config is any object with ``algorithm`` (``"ppo"``, ``"sac"``, ...), ``env_id``,
+``seed``, ``num_envs``, ``total_frames``, ``return_window``, ``out_dir``,
+``torch_threads``, ``progress`` and ``save_every_s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from arrayrl.backends import get_backend
+
+from .curve import PANELS, LearningCurve, Panel
+from .progress import ProgressBar
+from .rollout import make_vector_env
+
+__all__ = [
+    "CurveWriter",
+    "TrainResult",
+    "Trainer",
+    "TrainingInterrupted",
+    "check_device",
+    "run_loop",
+    "run_training",
+    "torch_threads",
+]
+
+
+class Trainer(Protocol):
+    """One algorithm's training state, driven by :func:`run_training`."""
+
+    #: Counts ``frames`` and finished episodes (``mean_return``, ``episodes.episodes``).
+    collector: Any
+
+    def iteration(self, index: int) -> Mapping[str, float]:
+        """Run iteration ``index`` (collect and learn); return its logged terms."""
+        ...
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a run produced (``interrupted``: stopped by Ctrl-C, the curve so far)."""
+
+    config: Any
+    final_mean_return: float
+    frames: int
+    seconds: float
+    episodes: int
+    curve: LearningCurve
+    csv_path: Path
+    png_path: Path
+    interrupted: bool = False
+
+    def summary(self) -> str:
+        """One line: final mean return, frames, seconds and the output paths."""
+        config = self.config
+        name = getattr(config, "algorithm", "ppo")
+        ret = f"{self.final_mean_return:.1f} (last {config.return_window} episodes)"
+        if self.interrupted:
+            written = (
+                f"curve so far: {self.csv_path} and {self.png_path}"
+                if self.curve.rows
+                else "no iteration finished, nothing written"
+            )
+            return (
+                f"{name} {config.env_id} seed {config.seed}: interrupted after "
+                f"{self.frames:,} of {config.total_frames:,} frames ({self.seconds:.1f} s), "
+                f"mean return {ret}; {written}"
+            )
+        return (
+            f"{name} {config.env_id} seed {config.seed}: final mean return {ret}, "
+            f"{self.frames:,} frames in {self.seconds:.1f} s "
+            f"({self.frames / max(self.seconds, 1e-9):,.0f} fps); "
+            f"curve: {self.csv_path} and {self.png_path}"
+        )
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a training run; ``result`` holds the run so far, whose curve has
+    been written. A ``KeyboardInterrupt``, so an interrupted script still stops."""
+
+    def __init__(self, result: TrainResult) -> None:
+        super().__init__(result.summary())
+        self.result = result
+
+
+class CurveWriter:
+    """Writes a run's curve to ``<out>/learning_curve.csv`` and ``.png``: on demand, and
+    every ``save_every_s`` seconds while training.
+
+    Parameters
+    ----------
+    config
+        The run's settings (``algorithm``, ``env_id``, ``seed``, ``total_frames``,
+        ``out_dir``, ``save_every_s``).
+    panels : sequence of Panel, default PANELS (PPO's)
+        The subplots of the figure.
+    """
+
+    def __init__(self, config: Any, panels: Sequence[Panel] = PANELS) -> None:
+        self.config = config
+        self.panels = tuple(panels)
+        self.csv_path = config.out_dir / "learning_curve.csv"
+        self.png_path = config.out_dir / "learning_curve.png"
+        self._last = time.perf_counter()
+
+    def title(self, frames: int, interrupted: bool = False) -> str:
+        """The figure's title: algorithm, env, seed and frames (of the total, if fewer)."""
+        config = self.config
+        done = f"{frames:,}"
+        if frames < config.total_frames:
+            done += f" of {config.total_frames:,}"
+        stopped = " (interrupted)" if interrupted else ""
+        name = getattr(config, "algorithm", "ppo").upper()
+        return f"{name} on {config.env_id}, seed {config.seed}, {done} frames{stopped}"
+
+    def write(self, curve: LearningCurve, frames: int, interrupted: bool = False) -> None:
+        """Write the CSV and the PNG now (nothing before the first row)."""
+        if curve.rows:
+            curve.write_csv(self.csv_path)
+            curve.plot_png(self.png_path, self.title(frames, interrupted), panels=self.panels)
+        self._last = time.perf_counter()
+
+    def write_if_due(self, curve: LearningCurve, frames: int) -> None:
+        """Write if ``save_every_s`` seconds have passed since the last write."""
+        if time.perf_counter() - self._last >= self.config.save_every_s:
+            self.write(curve, frames)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)``; restore the setting after."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def check_device(backend: str, device: str) -> None:
+    """Raise ``ValueError`` unless ``device`` exists here and can hold ``backend``'s
+    arrays (``"cuda"`` on a machine without CUDA, ``"foo"``, ``"meta"``)."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"unknown torch device {device!r}; expected cpu, cuda, cuda:<index>, mps, xpu, ..."
+        ) from None
+    if kind == "meta":
+        raise ValueError("device 'meta' holds no data and cannot train; use cpu or cuda")
+    if kind == "cuda" and not torch.cuda.is_available():
+        why = "torch is built without CUDA" if torch.version.cuda is None else "no GPU found"
+        raise ValueError(f"device {device!r} is not available here ({why}); use --device cpu")
+    try:
+        get_backend(backend, device)
+    except Exception as error:  # any refusal of the device is a bad setting
+        raise ValueError(f"device {device!r} is not available here: {error}") from None
+
+
+def run_loop(
+    config: Any, iterations: int, trainer: Trainer, writer: CurveWriter
+) -> tuple[LearningCurve, float, bool]:
+    """The iterations, each logged as a row of the curve; Ctrl-C ends them early.
+
+    Returns the curve, the wall time and whether Ctrl-C stopped the run.
+    """
+    curve = LearningCurve()
+    collector = trainer.collector
+    start = time.perf_counter()
+    with ProgressBar(config.total_frames, enabled=config.progress) as bar:
+        try:
+            for index in range(iterations):
+                terms = trainer.iteration(index)
+                curve.append(_row(collector, time.perf_counter() - start, terms))
+                bar.update(collector.frames, collector.mean_return)
+                writer.write_if_due(curve, collector.frames)
+        except KeyboardInterrupt:
+            return curve, time.perf_counter() - start, True
+    return curve, time.perf_counter() - start, False
+
+
+def _row(collector: Any, wall: float, terms: Mapping[str, float]) -> dict[str, float]:
+    """The learning curve's row after an iteration that ended ``wall`` s into the run."""
+    return {
+        "frames": collector.frames,
+        "wall_s": wall,
+        "mean_return": collector.mean_return,
+        "episodes": collector.episodes.episodes,
+        **terms,
+        "fps": collector.frames / wall,
+    }
+
+
+def run_training(
+    config: Any,
+    iterations: int,
+    build: Callable[[Any], Trainer],
+    panels: Sequence[Panel] = PANELS,
+) -> TrainResult:
+    """Make the env, ``build(env)`` the trainer, run it and write the curve (see the
+    module docstring).
+
+    Raises
+    ------
+    TrainingInterrupted
+        On Ctrl-C during the iterations, after writing the curve so far.
+    """
+    env = make_vector_env(config.env_id, config.num_envs)
+    writer = CurveWriter(config, panels)
+    try:
+        with torch_threads(config.torch_threads):
+            trainer = build(env)
+            curve, seconds, interrupted = run_loop(config, iterations, trainer, writer)
+    finally:
+        env.close()
+    frames = int(curve.rows[-1]["frames"]) if curve.rows else 0  # of finished iterations
+    writer.write(curve, frames, interrupted)
+    collector = trainer.collector
+    result = TrainResult(
+        config, collector.mean_return, frames, seconds,
+        collector.episodes.episodes, curve, writer.csv_path, writer.png_path, interrupted,
+    )  # fmt: skip
+    if interrupted:
+        raise TrainingInterrupted(result)
+    return result
