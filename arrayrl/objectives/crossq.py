@@ -20,17 +20,12 @@ from arrayrl.modules import Params, convert_params, unstack_params
 from arrayrl.modules.batchrenorm import load_buffers, module_buffers, training_mode
 from arrayrl.modules.ensemble import _runs_stacked
 
-from ._soft import as_tuple, leaves, select, target_entropy_arg
+from ._soft import as_tuple, leaves, reject_constructor_keys, select, target_entropy_arg
 from .sac import _SoftActorCriticBase
 from .utils import ValueEstimators, distance_loss
 
 __all__ = ["CrossQLoss"]
 
-_GAMMA_ERROR = (
-    "Passing gamma / lambda parameters through the loss constructor is a deprecated "
-    "feature. To customize your value function, run "
-    "`loss_module.make_value_estimator(ValueEstimators.<value_fun>, gamma=val)`."
-)
 
 
 class CrossQLoss(_SoftActorCriticBase):
@@ -148,8 +143,7 @@ class CrossQLoss(_SoftActorCriticBase):
         seed: int | None = None,
         gamma: float | None = None,
     ) -> None:
-        if gamma is not None:
-            raise TypeError(_GAMMA_ERROR)
+        reject_constructor_keys(gamma)
         num_qvalue_nets = count("num_qvalue_nets", num_qvalue_nets)
         target_entropy = target_entropy_arg(target_entropy)
         super().__init__()

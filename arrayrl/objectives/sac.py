@@ -44,6 +44,7 @@ from ._soft import (
     as_tuple,
     leaves,
     output_mode,
+    reject_constructor_keys,
     sac_log_alpha_bounds,
     select,
     target_entropy_arg,
@@ -54,11 +55,6 @@ from .utils import ValueEstimators, distance_loss
 __all__ = ["DiscreteSACLoss", "SACLoss"]
 
 _LOSS_FUNCTIONS = ("l1", "l2", "smooth_l1")
-_GAMMA_ERROR = (
-    "Passing gamma / lambda parameters through the loss constructor is a deprecated "
-    "feature. To customize your value function, run "
-    "`loss_module.make_value_estimator(ValueEstimators.<value_fun>, gamma=val)`."
-)
 
 
 class _SoftActorCriticBase(TemperatureMixin, LossModule):
@@ -289,8 +285,7 @@ class SACLoss(_SoftActorCriticBase):
         scalar_output_mode: str | None = None,
         seed: int | None = None,
     ) -> None:
-        if gamma is not None:
-            raise TypeError(_GAMMA_ERROR)
+        reject_constructor_keys(gamma)
         num_qvalue_nets = count("num_qvalue_nets", num_qvalue_nets)
         target_entropy = target_entropy_arg(target_entropy)
         super().__init__()
