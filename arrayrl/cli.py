@@ -37,7 +37,7 @@ _MAIN_EPILOG = """\
 examples:
   arrayrl conformance -k gae          # GAE on every backend here, and against TorchRL
   arrayrl conformance --help          # case families, JSON report, dtypes
-  arrayrl train ppo                   # PPO on CartPole-v1: mean return 500 in 30-45 s
+  arrayrl train ppo                   # PPO on CartPole-v1: mean return 500 in 30-55 s
   arrayrl train ppo --help            # environments, frames, seeds, devices
   arrayrl train sac                   # SAC on Pendulum-v1, 20k frames
 """
