@@ -31,6 +31,7 @@ __all__ = [
     "log32",
     "next_key",
     "output_mode",
+    "register_actor_and_critics",
     "reject_constructor_keys",
     "sac_log_alpha_bounds",
     "select",
@@ -135,6 +136,26 @@ def leaves(tree: Params) -> list[Any]:
 def select(batch: ArrayDict, keys: Iterable[Any]) -> ArrayDict:
     """The entries of ``batch`` at ``keys`` that it has (TorchRL's ``strict=False``)."""
     return batch.select(*keys, strict=False)
+
+
+# -- networks -------------------------------------------------------------------------------
+def register_actor_and_critics(
+    loss: Any, actor: Any, qvalue: Any, num_qvalue_nets: int, *, delay_qvalue: Any,
+    separate_losses: Any,
+) -> None:
+    """Register the actor and a Q ensemble of ``num_qvalue_nets`` members on ``loss``
+    (with a target copy if ``delay_qvalue``); with ``separate_losses`` the critic's leaves
+    shared with the actor are broadcast, not trained through the critic (TorchRL's
+    ``compare_against``). Sets ``separate_losses``, ``delay_qvalue``, ``num_qvalue_nets``."""
+    loss.convert_to_functional(actor, "actor_network")
+    loss.separate_losses = flag("separate_losses", separate_losses)
+    shared = leaves(loss.actor_network_params) if loss.separate_losses else None
+    loss.delay_qvalue = flag("delay_qvalue", delay_qvalue)
+    loss.convert_to_functional(
+        qvalue, "qvalue_network", num_qvalue_nets,
+        create_target_params=loss.delay_qvalue, compare_against=shared,
+    )
+    loss.num_qvalue_nets = num_qvalue_nets
 
 
 # -- the temperature -----------------------------------------------------------------------

@@ -32,10 +32,10 @@ from arrayrl.modules import Params, map_params
 
 from ._soft import (
     TemperatureMixin,
-    leaves,
     log32,
     next_key,
     output_mode,
+    register_actor_and_critics,
     reject_constructor_keys,
 )
 from .common import LossModule
@@ -163,15 +163,10 @@ class REDQLoss(TemperatureMixin, LossModule):
         self.seed = seed  # before the ensemble is drawn
         self.reduction = reduction
         self.scalar_output_mode = output_mode(scalar_output_mode, self.reduction, owner)
-        self.convert_to_functional(actor_network, "actor_network")
-        self.separate_losses = flag("separate_losses", separate_losses)
-        shared = leaves(self.actor_network_params) if self.separate_losses else None
-        self.delay_qvalue = flag("delay_qvalue", delay_qvalue)
-        self.convert_to_functional(
-            qvalue_network, "qvalue_network", num_qvalue_nets,
-            create_target_params=self.delay_qvalue, compare_against=shared,
+        register_actor_and_critics(
+            self, actor_network, qvalue_network, num_qvalue_nets,
+            delay_qvalue=delay_qvalue, separate_losses=separate_losses,
         )
-        self.num_qvalue_nets = num_qvalue_nets
         self.sub_sample_len = max(1, min(sub_sample_len, num_qvalue_nets - 1))
         self.loss_function = loss_function
         self.gSDE = flag("gSDE", gSDE)

@@ -31,7 +31,13 @@ from arrayrl.backends import Backend, backend_of
 from arrayrl.data import ArrayDict
 from arrayrl.modules import Params
 
-from ._soft import TemperatureMixin, leaves, next_key, output_mode, sac_log_alpha_bounds
+from ._soft import (
+    TemperatureMixin,
+    next_key,
+    output_mode,
+    register_actor_and_critics,
+    sac_log_alpha_bounds,
+)
 from .common import LossModule
 from .utils import ValueEstimators
 
@@ -138,15 +144,10 @@ class TQCLoss(TemperatureMixin, LossModule):
         self.use_prioritized_weights = use_prioritized_weights
         self.reduction = reduction
         self.scalar_output_mode = output_mode(scalar_output_mode, self.reduction, owner)
-        self.convert_to_functional(actor_network, "actor_network")
-        self.separate_losses = flag("separate_losses", separate_losses)
-        shared = leaves(self.actor_network_params) if self.separate_losses else None
-        self.delay_qvalue = flag("delay_qvalue", delay_qvalue)
-        self.convert_to_functional(
-            qvalue_network, "qvalue_network", num_qvalue_nets,
-            create_target_params=self.delay_qvalue, compare_against=shared,
+        register_actor_and_critics(
+            self, actor_network, qvalue_network, num_qvalue_nets,
+            delay_qvalue=delay_qvalue, separate_losses=separate_losses,
         )
-        self.num_qvalue_nets = num_qvalue_nets
         self.loss_function = "smooth_l1"
         self.skip_done_states = flag("skip_done_states", skip_done_states)
         self.deactivate_vmap = flag("deactivate_vmap", deactivate_vmap)
