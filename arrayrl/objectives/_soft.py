@@ -196,6 +196,11 @@ class TemperatureMixin:
             actor, "spec", None)
         self._target_entropy: float | None = None
 
+    def _value_estimator_networks(self, value_type: Any) -> dict[str, Any]:
+        """No value network: these losses compute the next-state soft value themselves
+        and give it to the estimator (SAC v1 overrides this with its value network)."""
+        return {"value_network": None}
+
     def named_parameters(self) -> Iterator[tuple[str, Any]]:
         """The trainable arrays; ``log_alpha`` is one unless ``fixed_alpha`` (then it is
         saved and moved with the loss, as TorchRL's buffer, but never trained)."""

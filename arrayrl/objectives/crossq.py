@@ -173,9 +173,6 @@ class CrossQLoss(_SoftActorCriticBase):
                 reward=tk.reward, done=tk.done, terminated=tk.terminated
             )
 
-    def _value_estimator_networks(self, value_type: ValueEstimators) -> dict[str, Any]:
-        return {"value_network": None}
-
     @property
     def in_keys(self) -> list[Any]:
         """The batch entries read (TorchRL's ``in_keys``, in a stable order)."""

@@ -186,10 +186,6 @@ class REDQLoss(TemperatureMixin, LossModule):
                                   min=self.min_log_alpha, max=self.max_log_alpha)
         return backend.xp.exp(clipped)
 
-    def _value_estimator_networks(self, value_type: ValueEstimators) -> dict[str, Any]:
-        """No value network: the estimators read ``("next", value)`` from the batch."""
-        return {"value_network": None}
-
     @property
     def in_keys(self) -> list[Any]:
         """The batch keys the loss reads (TorchRL's ``in_keys``, in a stable order)."""

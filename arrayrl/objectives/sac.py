@@ -602,9 +602,6 @@ class DiscreteSACLoss(_SoftActorCriticBase):
         keys = [*self._signal_keys(), *actor_keys, *(("next", *as_tuple(k)) for k in actor_keys)]
         return list(dict.fromkeys(keys + list(self.qvalue_network.in_keys)))
 
-    def _value_estimator_networks(self, value_type: ValueEstimators) -> dict[str, Any]:
-        return {"value_network": None}
-
     # -- pieces ---------------------------------------------------------------------------
     def _probs(self, batch: ArrayDict, tree: Params) -> tuple[Any, Any]:
         """``(π(·|s), log π(·|s))``, ``[*B, |A|]`` each."""

@@ -22,7 +22,6 @@ Arguments, defaults, keys and output keys follow TorchRL 0.14.1
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +38,7 @@ from ._soft import (
     sac_log_alpha_bounds,
 )
 from .common import LossModule
+from .sac import SACLoss
 from .utils import ValueEstimators
 
 __all__ = ["TQCLoss"]
@@ -93,17 +93,8 @@ class TQCLoss(TemperatureMixin, LossModule):
     does (a new entry; no array of the caller is written).
     """
 
-    @dataclasses.dataclass
-    class _AcceptedKeys:
-        action: Any = "action"
-        value: Any = "state_value"
-        state_action_value: Any = "state_action_value"
-        log_prob: Any = "action_log_prob"
-        priority: Any = "td_error"
-        reward: Any = "reward"
-        done: Any = "done"
-        terminated: Any = "terminated"
-        priority_weight: Any = "priority_weight"
+    #: SACLoss's keys (TorchRL's TQCLoss is a SACLoss subclass).
+    _AcceptedKeys = SACLoss._AcceptedKeys
 
     default_value_estimator = ValueEstimators.TD0
     SUPPORTED_VALUE_ESTIMATORS = (ValueEstimators.TD0,)
@@ -160,10 +151,6 @@ class TQCLoss(TemperatureMixin, LossModule):
         self.set_keys(log_prob=actor.log_prob_keys[0], action=actor.dist_sample_keys[0])
 
     # -- configuration ------------------------------------------------------------------
-    def _value_estimator_networks(self, value_type: ValueEstimators) -> dict[str, Any]:
-        """No value network: TD(0) is given the next value."""
-        return {"value_network": None}
-
     @property
     def in_keys(self) -> list[Any]:
         """The batch keys the loss reads (TorchRL's ``in_keys``, in a stable order)."""
