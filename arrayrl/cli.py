@@ -447,7 +447,7 @@ def run_train(args: argparse.Namespace) -> int:
         )
     if args.algorithm in ("sac", "td3"):
         return _run_offpolicy(args)
-    from arrayrl.train import TrainingInterrupted, check_setup, frames_note, make_config, train_ppo
+    from arrayrl.train import check_setup, frames_note, make_config, train_ppo
 
     try:
         config = make_config(
@@ -465,19 +465,7 @@ def run_train(args: argparse.Namespace) -> int:
         check_setup(config)
     except ValueError as error:
         return _error("train ppo", str(error))
-    note = frames_note(config)
-    if note:
-        print(f"arrayrl train ppo: {note}", file=sys.stderr)
-    try:
-        result = train_ppo(config)
-    except TrainingInterrupted as stop:
-        print(stop.result.summary())
-        return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        print("arrayrl train ppo: interrupted before training started", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    print(result.summary())
-    return 0
+    return _train_and_report("train ppo", train_ppo, config, frames_note(config))
 
 
 def _run_offpolicy(args: argparse.Namespace) -> int:
@@ -506,12 +494,20 @@ def _run_offpolicy(args: argparse.Namespace) -> int:
         training.check_offpolicy_setup(config)
     except ValueError as error:
         return _error(command, str(error))
-    note = training.offpolicy_frames_note(config)
+    train = getattr(training, f"train_{name}")
+    return _train_and_report(command, train, config, training.offpolicy_frames_note(config))
+
+
+def _train_and_report(command: str, train: Any, config: Any, note: str | None) -> int:
+    """Say how ``--frames`` was rounded, train, print the summary; 130 on Ctrl-C (the
+    curve so far is written by the runner)."""
+    from arrayrl.train import TrainingInterrupted
+
     if note:
         print(f"arrayrl {command}: {note}", file=sys.stderr)
     try:
-        result = getattr(training, f"train_{name}")(config)
-    except training.TrainingInterrupted as stop:
+        result = train(config)
+    except TrainingInterrupted as stop:
         print(stop.result.summary())
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
