@@ -369,6 +369,8 @@ def evaluate(
     gradients of every ``loss_*`` term."""
     from arrayrl.backends import backend_of
 
+    if hasattr(case, "evaluate_arrayrl"):  # a family with its own networks and batch
+        return case.evaluate_arrayrl(inputs, backend, device, generator_mode=generator_mode)
     if getattr(case, "off_policy", False):  # SAC, TD3, ...: their own networks and batch
         from .offpolicy_cases import evaluate_offpolicy
 
@@ -543,6 +545,10 @@ def all_loss_cases() -> list[LossCase]:
     from .offpolicy_cases import offpolicy_cases  # imports this module
 
     cases += offpolicy_cases()
+    from .families import family_modules
+
+    for module in family_modules():
+        cases += module.cases()
     names = [c.name for c in cases]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:

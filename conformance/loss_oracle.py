@@ -154,7 +154,14 @@ LOSS_DEVIATIONS: tuple[LossDeviation, ...] = (
 
 def loss_deviations_for(case: LossCase, dtype: str) -> list[LossDeviation]:
     """The recorded deviations that apply to loss ``case`` at ``dtype``."""
-    return [d for d in LOSS_DEVIATIONS if d.applies(case, dtype)]
+    return [d for d in all_loss_deviations() if d.applies(case, dtype)]
+
+
+def all_loss_deviations() -> tuple[LossDeviation, ...]:
+    """:data:`LOSS_DEVIATIONS` and those of the family modules (:mod:`.families`)."""
+    from .families import family_modules
+
+    return (*LOSS_DEVIATIONS, *(d for m in family_modules() for d in m.DEVIATIONS))
 
 
 def _torch_dtype(dtype: str) -> Any:
@@ -268,6 +275,8 @@ def torchrl_loss_evaluation(case: LossCase, inputs: LossInputs, dtype: str) -> E
     import torch
     from tensordict import TensorDict
 
+    if hasattr(case, "evaluate_torchrl"):  # a family with its own networks and batch
+        return case.evaluate_torchrl(inputs, dtype)
     if getattr(case, "off_policy", False):  # SAC, TD3, ...: their own networks and batch
         from .offpolicy_oracle import torchrl_offpolicy_evaluation
 

@@ -45,7 +45,10 @@ _OFF_POLICY = (
     "TQCLoss",
     "CrossQLoss",
 )
-_LOSSES = ("PPOLoss", "ClipPPOLoss", "KLPENPPOLoss", "A2CLoss", "ReinforceLoss", *_OFF_POLICY)
+_Q_LEARNING = ("DQNLoss", "DistributionalDQNLoss")
+_OFFLINE = ("CQLLoss", "DiscreteCQLLoss", "IQLLoss", "DiscreteIQLLoss", "TD3BCLoss", "BCLoss")
+_LOSSES = ("PPOLoss", "ClipPPOLoss", "KLPENPPOLoss", "A2CLoss", "ReinforceLoss", *_OFF_POLICY,
+           *_Q_LEARNING, *_OFFLINE)  # fmt: skip
 
 #: family -> (the functions or loss classes it selects, other names it is known by).
 #: Names are compared after :func:`normalize` (case, ``-``, ``_``, spaces, brackets).
@@ -72,6 +75,16 @@ FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "tqc": (("TQCLoss",), ()),
     "crossq": (("CrossQLoss",), ("cross-q",)),
     "offpolicy": (_OFF_POLICY, ("off-policy",)),
+    "dqn": (("DQNLoss",), ("deep-q",)),
+    "c51": (("DistributionalDQNLoss",), ("distributional-dqn",)),
+    "qlearning": (_Q_LEARNING, ("q-learning",)),
+    "cql": (("CQLLoss",), ()),
+    "discretecql": (("DiscreteCQLLoss",), ("discrete-cql",)),
+    "iql": (("IQLLoss",), ()),
+    "discreteiql": (("DiscreteIQLLoss",), ("discrete-iql",)),
+    "td3bc": (("TD3BCLoss",), ("td3+bc",)),
+    "bc": (("BCLoss",), ("behavior-cloning", "behaviour-cloning")),
+    "offline": (_OFFLINE, ("offline-rl",)),
     "estimators": (_ESTIMATORS, ("values", "value-estimators")),
     "losses": (_LOSSES, ("objectives",)),
 }

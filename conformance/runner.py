@@ -271,14 +271,14 @@ def run_losses(
 def deviations_used(cells: Iterable[Cell]) -> list[dict[str, Any]]:
     """The recorded deviations that the ``cells`` used (in the order they are recorded),
     as JSON-ready dicts; those of cases or dtypes not run are left out."""
-    from .loss_oracle import LOSS_DEVIATIONS
+    from .loss_oracle import all_loss_deviations
     from .oracle import DEVIATIONS
 
     used = {key for cell in cells for key in cell.deviations}
     return [
         {"key": d.key, "reason": d.reason, "tolerance": d.tolerance,
          "torchrl_issue": d.torchrl_issue, "covers": list(getattr(d, "covers", ()))}
-        for d in (*DEVIATIONS, *LOSS_DEVIATIONS)
+        for d in (*DEVIATIONS, *all_loss_deviations())
         if d.key in used
     ]
 
