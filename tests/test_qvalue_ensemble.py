@@ -149,8 +149,8 @@ def test_qvalue_actor_custom_keys_and_tensordict_module() -> None:
 def test_qvalue_actor_refusals() -> None:
     with pytest.raises(ValueError, match="Neither action_space nor spec"):
         QValueActor(MLP(4, 3))
-    with pytest.raises(NotImplementedError, match="binary"):
-        QValueActor(MLP(4, 3), action_space="binary")
+    with pytest.raises(NotImplementedError, match="multi_categorical"):
+        QValueActor(MLP(4, 3), action_space="multi-categorical")
     with pytest.raises(ValueError, match="unknown action_space"):
         QValueActor(MLP(4, 3), action_space="discrete")
     critic = DictModule(MLP(4, 3), in_keys=["observation"], out_keys=["values"])

@@ -13,6 +13,8 @@ from typing import Any
 from ._params import Params, convert_params, flatten_params, map_params, unflatten_params
 from .actors import (
     Actor,
+    DistributionalQValueActor,
+    DistributionalQValueModule,
     ProbabilisticActor,
     QValueActor,
     QValueModule,
@@ -33,6 +35,8 @@ __all__ = [
     "Actor",
     "BatchRenorm1d",
     "DictModule",
+    "DistributionalQValueActor",
+    "DistributionalQValueModule",
     "Ensemble",
     "Identity",
     "Layer",

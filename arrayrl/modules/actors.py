@@ -1,4 +1,6 @@
-"""Actors and critics: ``ProbabilisticActor``, ``Actor``, ``ValueOperator``.
+"""Actors and critics: ``ProbabilisticActor``, ``Actor``, ``ValueOperator``, and the
+Q-value policies ``QValueActor`` / ``QValueModule`` and their distributional (C51)
+counterparts ``DistributionalQValueActor`` / ``DistributionalQValueModule``.
 
 They follow TorchRL 0.14.1's classes of the same names: the same constructor arguments,
 default keys, and the same log-prob key (``"<action>_log_prob"``, TorchRL's default since
@@ -10,20 +12,26 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from arrayrl._validation import flag
 from arrayrl.backends import backend_of
 
-from ._params import Params
+from ._params import Params, convert_params, params_backend
 from .adapt import as_module
 from .dict_module import DictModule, Module, ModuleWrapper, NestedKey, as_key_list, read_key
 from .layers import Layer
 
 __all__ = [
     "Actor",
+    "DistributionalQValueActor",
+    "DistributionalQValueModule",
     "ProbabilisticActor",
     "QValueActor",
     "QValueModule",
     "ValueOperator",
     "as_layer",
+    "expected_action_values",
+    "greedy_action",
+    "log_softmax_atoms",
 ]
 
 _INTERACTION_TYPES = ("random", "deterministic", "mode", "mean")
@@ -283,13 +291,28 @@ _SPEC_CLASSES = {
     "Binary": "binary",
     "MultiCategorical": "multi_categorical",
 }
-_SUPPORTED_SPACES = ("one_hot", "mult_one_hot", "categorical")
+#: The action spaces with a greedy rule (TorchRL 0.14.1's minus binary, which it lacks).
+_SUPPORTED_SPACES = ("one_hot", "mult_one_hot", "categorical", "binary")
+
+
+def _action_leaf(spec: Any) -> Any:
+    """The action's spec: ``spec`` itself, or a composite's ``"action"`` entry (as
+    TorchRL's ``_find_action_space``)."""
+    if type(spec).__name__ != "Composite":
+        return spec
+    if "action" not in spec.keys():
+        raise ValueError(
+            f"the composite spec has no 'action' entry (its keys are {list(spec.keys())}); "
+            "pass the action's own spec, or action_space="
+        )
+    return spec["action"]
 
 
 def _action_space(action_space: str | None, spec: Any) -> str:
     """The canonical action space from ``action_space`` or a TorchRL ``spec``."""
     from_spec = None
     if spec is not None:
+        spec = _action_leaf(spec)
         from_spec = _SPEC_CLASSES.get(type(spec).__name__)
         if from_spec is None:
             raise ValueError(
@@ -313,6 +336,14 @@ def _action_space(action_space: str | None, spec: Any) -> str:
     return space
 
 
+def _spec_var_nums(spec: Any) -> list[int] | None:
+    """The group sizes (``nvec``) of a multi one-hot spec, ``None`` for any other."""
+    if spec is None:
+        return None
+    nvec = getattr(_action_leaf(spec), "nvec", None)
+    return None if nvec is None else [int(n) for n in nvec]
+
+
 def _masked(values: Any, mask: Any, xp: Any) -> Any:
     """``values`` with masked-out actions set to the dtype's lowest finite value."""
     lowest = xp.full_like(values, xp.finfo(values.dtype).min)
@@ -333,6 +364,44 @@ def _split_last(values: Any, sizes: Sequence[int], xp: Any) -> list[Any]:
     return [values[..., s : s + n] for s, n in zip(starts, sizes)]
 
 
+def _group_sizes(var_nums: int | Sequence[int], n_actions: int) -> list[int]:
+    """The multi one-hot groups: ``var_nums`` itself, or (an int) ``torch.split``'s rule
+    of equal groups of ``var_nums`` and a smaller last one."""
+    if isinstance(var_nums, int):
+        full, rest = divmod(n_actions, var_nums)
+        return [var_nums] * full + ([rest] if rest else [])
+    return list(var_nums)
+
+
+def greedy_action(
+    values: Any, action_space: str, *, var_nums: int | Sequence[int] | None = None, xp: Any
+) -> tuple[Any, Any]:
+    r"""The greedy action for ``values`` (``[..., n]``) and its value (``[..., 1]``).
+
+    With :math:`v` the action values and :math:`Q(s, a) = \sum_i a_i v_i` for every
+    encoding but ``"categorical"`` (the value ``DQNLoss`` regresses):
+
+    - ``"categorical"``: the int64 index :math:`\arg\max_i v_i` (first maximum);
+    - ``"one_hot"``: the int64 one-hot of that index;
+    - ``"mult_one_hot"``: one one-hot per group of ``var_nums`` actions, concatenated;
+    - ``"binary"``: :math:`a_i = 1` iff :math:`v_i > 0` (each bit is an independent
+      0/1 choice, so this maximises :math:`\sum_i a_i v_i`; a tie at 0 gives 0).
+
+    The value is :math:`\sum_i a_i v_i` (``v`` at the index for ``"categorical"``).
+    """
+    if action_space == "binary":
+        hot = values > 0
+    elif action_space == "mult_one_hot":
+        groups = _split_last(values, _group_sizes(var_nums, values.shape[-1]), xp)
+        hot = xp.concat([_greedy_hot(g, xp) for g in groups], axis=-1)
+    else:
+        hot = _greedy_hot(values, xp)
+    chosen = xp.sum(xp.where(hot, values, xp.zeros_like(values)), axis=-1, keepdims=True)
+    if action_space == "categorical":
+        return xp.astype(xp.argmax(values, axis=-1), xp.int64), chosen
+    return xp.astype(hot, xp.int64), chosen
+
+
 class QValueModule(Module):
     """Greedy actions from action values (TorchRL's ``QValueModule``); no parameters.
 
@@ -340,16 +409,20 @@ class QValueModule(Module):
     ``action_mask_key``; writes ``out_keys`` = ``[action, action_value,
     chosen_action_value]``:
 
-    - the action: ``"one-hot"`` an int64 one-hot of the argmax, ``"categorical"`` its
-      int64 index, ``"mult-one-hot"`` one one-hot per group of ``var_nums`` actions;
+    - the action (:func:`greedy_action`): ``"one-hot"`` an int64 one-hot of the argmax,
+      ``"categorical"`` its int64 index, ``"mult-one-hot"`` one one-hot per group of
+      ``var_nums`` actions (read from a ``MultiOneHot`` spec's ``nvec`` when not given),
+      ``"binary"`` the int64 bits ``a_i = 1`` iff ``v_i > 0``;
     - the action values, with masked-out actions (mask ``False``) replaced by the
       dtype's lowest finite value;
-    - the chosen action's value, shape ``(..., 1)`` (for ``"mult-one-hot"`` the sum of
-      the groups' chosen values).
+    - the chosen action's value ``Σ_i a_i v_i``, shape ``(..., 1)`` (for
+      ``"mult-one-hot"`` the sum of the groups' chosen values, for ``"binary"``
+      ``Σ_i max(v_i, 0)`` over the allowed bits).
 
     Ties go to the first maximum: TorchRL's one-hot marks every tied maximum instead
     (``value == value.max(-1)``), which is not a one-hot and doubles the chosen value.
-    ``"binary"`` and ``"multi-categorical"`` raise, as in TorchRL.
+    ``"binary"`` is arrayrl's: TorchRL 0.14.1's ``QValueModule`` has no rule for it (its
+    ``_binary`` raises). ``"multi-categorical"`` raises, as in TorchRL.
     """
 
     def __init__(
@@ -368,7 +441,9 @@ class QValueModule(Module):
                 f"no greedy rule for it either); use one of {_SUPPORTED_SPACES}"
             )
         if self.action_space == "mult_one_hot" and var_nums is None:
-            raise ValueError("var_nums must be given for a multi one-hot action space")
+            var_nums = _spec_var_nums(spec)
+            if var_nums is None:
+                raise ValueError("var_nums must be given for a multi one-hot action space")
         self.var_nums = var_nums
         self.action_value_key = "action_value" if action_value_key is None else action_value_key
         self.action_mask_key = action_mask_key
@@ -405,22 +480,9 @@ class QValueModule(Module):
         return batch
 
     def greedy(self, values: Any, *, xp: Any) -> tuple[Any, Any]:
-        """The greedy action and its value (shape ``(..., 1)``) for ``values``."""
-        if self.action_space == "mult_one_hot":
-            groups = _split_last(values, self._group_sizes(values), xp)
-            hot = xp.concat([_greedy_hot(g, xp) for g in groups], axis=-1)
-        else:
-            hot = _greedy_hot(values, xp)
-        chosen = xp.sum(xp.where(hot, values, xp.zeros_like(values)), axis=-1, keepdims=True)
-        if self.action_space == "categorical":
-            return xp.astype(xp.argmax(values, axis=-1), xp.int64), chosen
-        return xp.astype(hot, xp.int64), chosen
-
-    def _group_sizes(self, values: Any) -> list[int]:
-        if isinstance(self.var_nums, int):  # torch.split's rule: equal groups of var_nums
-            full, rest = divmod(values.shape[-1], self.var_nums)
-            return [self.var_nums] * full + ([rest] if rest else [])
-        return list(self.var_nums)
+        """The greedy action and its value (shape ``(..., 1)``) for ``values``
+        (:func:`greedy_action` in this module's action space)."""
+        return greedy_action(values, self.action_space, var_nums=self.var_nums, xp=xp)
 
 
 class QValueActor(ModuleWrapper):
@@ -437,15 +499,17 @@ class QValueActor(ModuleWrapper):
         The layer's inputs (ignored for a dict-level module, which has its own).
     spec : TorchRL TensorSpec, optional
         Only used to infer ``action_space`` (``OneHot``, ``Categorical``,
-        ``MultiOneHot``); shapes are not checked against it.
-    action_space : {"one-hot", "categorical", "mult-one-hot"}, optional
-        One of ``action_space`` and ``spec`` is required, as in TorchRL.
+        ``MultiOneHot``, ``Binary``, or a composite with an ``"action"`` entry) and a
+        ``MultiOneHot``'s group sizes; shapes are not checked against it.
+    action_space : {"one-hot", "categorical", "mult-one-hot", "binary"}, optional
+        One of ``action_space`` and ``spec`` is required, as in TorchRL. ``"binary"``
+        (``a_i = 1`` iff ``v_i > 0``, see :func:`greedy_action`) is arrayrl's.
     action_value_key, action_key, chosen_action_value_key : key, optional
         Defaults ``"action_value"``, ``"action"``, ``"chosen_action_value"``.
     action_mask_key : key, optional
         A boolean mask of allowed actions (``True`` = allowed), read from the batch.
     var_nums : int or sequence of int, optional
-        Group sizes for ``"mult-one-hot"``.
+        Group sizes for ``"mult-one-hot"`` (TorchRL's ``QValueActor`` does not take it).
 
     Examples
     --------
@@ -483,6 +547,7 @@ class QValueActor(ModuleWrapper):
             spec=spec,
         )
         self.action_space = self.qvalue.action_space
+        self.var_nums = self.qvalue.var_nums
         self.action_value_key = action_value_key
         self.action_key, _, self.chosen_action_value_key = self.qvalue.out_keys
         self.action_mask_key = action_mask_key
@@ -495,6 +560,249 @@ class QValueActor(ModuleWrapper):
     def forward(self, batch: Any, params: Params) -> Any:
         self.module(batch, params["module"])
         return self.qvalue(batch)
+
+
+# ---------------------------------------------------------------------------------------
+# Distributional (C51) Q-value policies
+# ---------------------------------------------------------------------------------------
+def _checked_support(support: Any, owner: str) -> Any:
+    """``support`` when it is a 1-D array of at least two real numbers; ``TypeError``
+    or ``ValueError`` naming it otherwise (no host read: shapes and dtypes only)."""
+    if not (hasattr(support, "shape") and hasattr(support, "dtype")):
+        raise TypeError(f"{owner}: support must be an array of atoms, got {type(support).__name__}")
+    xp = backend_of(support).xp
+    if support.ndim != 1 or support.shape[0] < 2:
+        raise ValueError(
+            f"{owner}: support must be a 1-D array of at least 2 atoms, got shape "
+            f"{tuple(support.shape)}"
+        )
+    if not xp.isdtype(support.dtype, ("real floating", "integral")):
+        raise TypeError(f"{owner}: support must hold real numbers, got dtype {support.dtype}")
+    return support
+
+
+def _frozen_support(support: Any, backend: Any, device: Any = None) -> Any:
+    """``support`` on ``backend`` as an array that never requires gradients."""
+    return convert_params({"s": support}, backend, device, requires_grad=False)["s"]
+
+
+def expected_action_values(log_probs: Any, support: Any) -> Any:
+    r"""The expected return of every action, :math:`Q(s, a) = \sum_i z_i\, p_i(s, a)`.
+
+    ``log_probs`` are log-probabilities over the atoms, laid out as TorchRL's
+    ``[..., atoms, actions]``; ``support`` holds the atoms :math:`z_i` (``[atoms]``, cut
+    from the graph and cast to ``log_probs``' dtype). Returns ``[..., actions]``.
+    """
+    backend = backend_of(log_probs)
+    xp = backend.xp
+    atoms = support.shape[0]
+    if log_probs.ndim < 2 or log_probs.shape[-2] != atoms:
+        raise ValueError(
+            f"the action values must be [..., atoms={atoms}, actions] log-probabilities, "
+            f"got shape {tuple(log_probs.shape)}"
+        )
+    z = xp.astype(backend.stop_gradient(support), log_probs.dtype)
+    return xp.sum(xp.exp(log_probs) * z[:, None], axis=-2)
+
+
+def log_softmax_atoms(logits: Any) -> Any:
+    r"""``log softmax`` over the atoms axis (``-2`` of ``[..., atoms, actions]``), as
+    TorchRL's ``DistributionalDQNnet``: :math:`l - \log \sum_{\text{atoms}} e^{l}`."""
+    backend = backend_of(logits)
+    if logits.ndim < 2:
+        raise ValueError(
+            "a distributional Q network must output [..., atoms, actions], got shape "
+            f"{tuple(logits.shape)}"
+        )
+    return logits - backend.xp.expand_dims(backend.logsumexp(logits, axis=-2), axis=-2)
+
+
+class DistributionalQValueModule(Module):
+    r"""Greedy actions from return distributions (TorchRL's
+    ``DistributionalQValueModule``; Bellemare, Dabney & Munos 2017, "A Distributional
+    Perspective on Reinforcement Learning", https://arxiv.org/abs/1707.06887).
+
+    Reads ``action_value_key`` (default ``"action_value"``): log-probabilities over the
+    atoms of ``support``, ``[..., atoms, actions]`` (TorchRL's layout); writes
+    ``out_keys`` = ``[action, action_value]``. The action is greedy on the expected
+    returns :math:`Q(s, a) = \sum_i z_i p_i(s, a)` (:func:`expected_action_values`) by
+    :func:`greedy_action`'s rule for ``action_space``: ``"binary"`` included, which
+    TorchRL refuses, and ``"mult-one-hot"`` with every group on the same support (TorchRL
+    pairs the i-th group with the i-th atom of a 1-D support instead).
+
+    ``support`` (the atoms :math:`z`, ``[atoms]``) is the module's parameter tree
+    ``{"support": z}``: it never requires gradients (moved with ``requires_grad=False``,
+    and cut from the graph where it is read), as TorchRL's buffer.
+
+    ``action_mask_key``: masked-out actions (mask ``False``, ``[..., actions]``) get the
+    lowest expected value before the argmax; the log-probabilities are written back
+    unchanged. TorchRL's module instead overwrites the masked log-probabilities with the
+    lowest float before taking expectations (so a masked action's expected return is 0,
+    and a ``[B, actions]`` mask must broadcast against ``[B, atoms, actions]``), and its
+    ``DistributionalQValueActor`` with a mask fails (its log-softmax step also reads the
+    boolean mask).
+    """
+
+    def __init__(
+        self,
+        action_space: str | None,
+        support: Any,
+        action_value_key: NestedKey | None = None,
+        action_mask_key: NestedKey | None = None,
+        out_keys: Sequence[NestedKey] | None = None,
+        var_nums: int | Sequence[int] | None = None,
+        spec: Any = None,
+    ) -> None:
+        owner = type(self).__name__
+        self.support = _checked_support(support, owner)
+        value_key = "action_value" if action_value_key is None else action_value_key
+        out_keys = ["action", value_key] if out_keys is None else as_key_list(out_keys, "out_keys")
+        if len(out_keys) != 2 or out_keys[1] != value_key:
+            raise ValueError(
+                f"out_keys must be [action, action_value] with the action-value key "
+                f"{value_key!r} second, got {out_keys}"
+            )
+        self._greedy = QValueModule(
+            action_space,
+            action_value_key=value_key,
+            action_mask_key=action_mask_key,
+            out_keys=[out_keys[0], value_key, "chosen_action_value"],
+            var_nums=var_nums,
+            spec=spec,
+        )
+        self.action_space, self.var_nums = self._greedy.action_space, self._greedy.var_nums
+        self.action_value_key, self.action_mask_key = value_key, action_mask_key
+        self.in_keys = list(self._greedy.in_keys)
+        self.out_keys = list(out_keys)
+
+    @property
+    def params(self) -> Params:
+        return {"support": self.support}
+
+    @params.setter
+    def params(self, tree: Params) -> None:
+        self.support = _checked_support(tree["support"], type(self).__name__)
+
+    def to(self, backend: Any, device: Any = None) -> DistributionalQValueModule:
+        self.support = _frozen_support(self.support, backend, device)
+        return self
+
+    def forward(self, batch: Any, params: Params) -> Any:
+        owner = type(self).__name__
+        log_probs = read_key(batch, self.action_value_key, owner)
+        values = expected_action_values(log_probs, params["support"])
+        xp = backend_of(values).xp
+        if self.action_mask_key is not None:
+            values = _masked(values, read_key(batch, self.action_mask_key, owner), xp)
+        action, _ = self._greedy.greedy(values, xp=xp)
+        batch.set(self.out_keys[0], action)
+        return batch
+
+
+class DistributionalQValueActor(ModuleWrapper):
+    """A distributional (C51) Q-value policy (TorchRL 0.14.1's
+    ``DistributionalQValueActor``): ``module`` writes per-action logits over the atoms,
+    ``[..., atoms, actions]``; they become log-probabilities (log-softmax over the atoms,
+    ``make_log_softmax``) and :class:`DistributionalQValueModule` picks the action with
+    the largest expected return.
+
+    Parameters
+    ----------
+    module : Layer, torch.nn.Module or Module
+        As :class:`QValueActor`'s ``module``; its output must be ``[..., atoms,
+        actions]`` (reshape a flat output, e.g. a TorchRL ``MLP(out_features=(atoms,
+        actions))``).
+    support : array
+        The atoms ``z`` (``[atoms]``, at least two). Together with the network's
+        parameters it forms the parameter tree ``{"module": ..., "support": z}``
+        (``value_network_params["support"]`` in a loss, as TorchRL's buffer); it never
+        receives gradients (moved with ``requires_grad=False`` and cut from the graph
+        where it is read) and moves with the actor.
+    in_keys : list of keys, default ["observation"]
+    spec : TorchRL TensorSpec, optional
+        Only used to infer ``action_space`` (and a ``MultiOneHot``'s group sizes).
+    safe : bool, default False
+        TorchRL's projection onto the spec; ``True`` raises ``NotImplementedError``.
+    var_nums : int or sequence of int, optional
+        Group sizes for ``"mult-one-hot"``.
+    action_space : {"one-hot", "categorical", "mult-one-hot", "binary"}, optional
+    action_value_key : key, default "action_value"
+    action_mask_key : key, optional
+    make_log_softmax : bool, default True
+        Apply the log-softmax over the atoms to ``module``'s output (``False`` when the
+        module already writes log-probabilities).
+
+    The greedy action is written under ``"action"``, the log-probabilities under
+    ``action_value_key`` (out_keys ``["action", action_value_key]``, as TorchRL).
+    """
+
+    def __init__(
+        self,
+        module: Any,
+        support: Any,
+        in_keys: Sequence[NestedKey] | None = None,
+        spec: Any = None,
+        safe: bool = False,
+        var_nums: int | Sequence[int] | None = None,
+        action_space: str | None = None,
+        action_value_key: NestedKey = "action_value",
+        action_mask_key: NestedKey | None = None,
+        make_log_softmax: bool = True,
+    ) -> None:
+        if flag("safe", safe):
+            raise NotImplementedError(
+                "DistributionalQValueActor(safe=True): arrayrl does not project actions onto "
+                "a spec; pass safe=False"
+            )
+        self.module = _action_value_module(module, in_keys, action_value_key)
+        self.make_log_softmax = flag("make_log_softmax", make_log_softmax)
+        owner = type(self).__name__
+        support = _checked_support(support, owner)
+        backend = params_backend(self.module.params)
+        if backend is not None and backend_of(support) != backend:
+            support = _frozen_support(support, backend)
+        self.qvalue = DistributionalQValueModule(
+            action_space,
+            support,
+            action_value_key=action_value_key,
+            action_mask_key=action_mask_key,
+            var_nums=var_nums,
+            spec=spec,
+        )
+        self.action_space, self.var_nums = self.qvalue.action_space, self.qvalue.var_nums
+        self.action_value_key, self.action_mask_key = action_value_key, action_mask_key
+        self.action_key = self.qvalue.out_keys[0]
+        self.in_keys = list(self.module.in_keys)
+        if action_mask_key is not None and action_mask_key not in self.in_keys:
+            self.in_keys.append(action_mask_key)
+        extra = [k for k in self.module.out_keys if k not in self.qvalue.out_keys]
+        self.out_keys = [*self.qvalue.out_keys, *extra]
+
+    @property
+    def support(self) -> Any:
+        """The atoms ``z`` (the ``"support"`` entry of :attr:`params`)."""
+        return self.qvalue.support
+
+    @property
+    def params(self) -> Params:
+        return {"module": self.module.params, "support": self.qvalue.support}
+
+    @params.setter
+    def params(self, tree: Params) -> None:
+        self.module.params = tree["module"]
+        self.qvalue.params = {"support": tree["support"]}
+
+    def to(self, backend: Any, device: Any = None) -> DistributionalQValueActor:
+        self.module.to(backend, device)
+        self.qvalue.to(backend, device)
+        return self
+
+    def forward(self, batch: Any, params: Params) -> Any:
+        self.module(batch, params["module"])
+        if self.make_log_softmax:
+            logits = read_key(batch, self.action_value_key, type(self).__name__)
+            batch.set(self.action_value_key, log_softmax_atoms(logits))
+        return self.qvalue(batch, {"support": params["support"]})
 
 
 def _action_value_module(

@@ -234,15 +234,17 @@ def from_torch(obj: Any) -> Layer | Module:
     Parameters
     ----------
     obj : tensordict.nn.TensorDictModuleBase or torch.nn.Module
-        A TorchRL ``ProbabilisticActor`` or ``QValueActor`` becomes arrayrl's class of
-        that name (:func:`from_torchrl`); any other dict-level tensordict module a
+        A TorchRL ``ProbabilisticActor``, ``QValueActor`` or
+        ``DistributionalQValueActor`` becomes arrayrl's class of that name
+        (:func:`from_torchrl`); any other dict-level tensordict module a
         :class:`TorchDictModule` (keeps its keys); any other ``torch.nn.Module`` a
         :class:`TorchLayer` (array in, array out; give it keys with ``ValueOperator``,
         ``Actor`` or ``DictModule``).
 
     Returns
     -------
-    TorchLayer, TorchDictModule, ProbabilisticActor or QValueActor
+    TorchLayer, TorchDictModule, ProbabilisticActor, QValueActor or
+    DistributionalQValueActor
     """
     if _is_tensordict_module(obj):
         return from_torchrl(obj, name="module", owner="from_torch")
@@ -348,8 +350,22 @@ def _probabilistic_actor(actor: Any, owner: str) -> Module:
     )
 
 
+def _greedy_var_nums(greedy: Any) -> Any:
+    """A TorchRL greedy module's multi one-hot group sizes: its ``var_nums``, else the
+    ``nvec`` of its action spec (TorchRL's ``QValueActor`` does not pass ``var_nums`` on,
+    pytorch/rl#1440)."""
+    if greedy.var_nums is not None or greedy.action_space != "mult_one_hot":
+        return greedy.var_nums
+    try:
+        nvec = greedy.spec[greedy.out_keys[0]].nvec
+    except (KeyError, AttributeError, TypeError):
+        return None
+    return [int(n) for n in nvec]
+
+
 def _qvalue_actor(actor: Any) -> Module:
-    """TorchRL's ``QValueActor`` (value module, then ``QValueModule``) as arrayrl's."""
+    """TorchRL's ``QValueActor`` (value module, then ``QValueModule``) as arrayrl's, for
+    every action space (``"binary"`` included, which TorchRL's module cannot run)."""
     from tensordict.nn import TensorDictSequential
 
     from .actors import QValueActor
@@ -363,7 +379,29 @@ def _qvalue_actor(actor: Any) -> Module:
         action_key=action_key,
         chosen_action_value_key=chosen_key,
         action_mask_key=greedy.action_mask_key,
-        var_nums=greedy.var_nums,
+        var_nums=_greedy_var_nums(greedy),
+    )
+
+
+def _distributional_qvalue_actor(actor: Any) -> Module:
+    """TorchRL's ``DistributionalQValueActor`` (value module, its ``DistributionalDQNnet``
+    log-softmax, then ``DistributionalQValueModule``) as arrayrl's: the modules before the
+    greedy one run through torch (so the log-softmax is theirs), the support is the
+    actor's ``support`` buffer."""
+    from tensordict.nn import TensorDictSequential
+
+    from .actors import DistributionalQValueActor
+
+    greedy = actor.module[-1]
+    _, value_key = greedy.out_keys
+    return DistributionalQValueActor(
+        TorchDictModule(TensorDictSequential(*actor.module[:-1])),
+        support=actor.support,
+        var_nums=_greedy_var_nums(greedy),
+        action_space=greedy.action_space,
+        action_value_key=value_key,
+        action_mask_key=greedy.action_mask_key,
+        make_log_softmax=False,
     )
 
 
@@ -376,7 +414,9 @@ def from_torchrl(obj: Any, *, name: str, owner: str) -> Module:
 
     ``ProbabilisticActor`` (and any ``ProbabilisticTensorDictSequential``) becomes an
     arrayrl :class:`~arrayrl.modules.ProbabilisticActor` with the mapped distribution
-    class; ``QValueActor`` an arrayrl :class:`~arrayrl.modules.QValueActor`; any other
+    class; ``QValueActor`` an arrayrl :class:`~arrayrl.modules.QValueActor`;
+    ``DistributionalQValueActor`` an arrayrl
+    :class:`~arrayrl.modules.DistributionalQValueActor` (its support included); any other
     ``TensorDictModuleBase`` (``ValueOperator``, ``Actor``, ``SafeModule``,
     ``TensorDictSequential``) a :class:`TorchDictModule`. The parameters stay the
     module's own ``nn.Parameter`` objects. A plain ``torch.nn.Module`` is refused: the
@@ -385,6 +425,8 @@ def from_torchrl(obj: Any, *, name: str, owner: str) -> Module:
     names = _class_names(obj)
     if "ProbabilisticTensorDictSequential" in names:
         return _probabilistic_actor(obj, owner)
+    if "DistributionalQValueActor" in names and "TensorDictSequential" in names:
+        return _distributional_qvalue_actor(obj)
     if "QValueActor" in names and "TensorDictSequential" in names:
         return _qvalue_actor(obj)
     if "ProbabilisticTensorDictModule" in names:
