@@ -6,25 +6,37 @@ when an array of its own first reaches a loss.
 """
 
 from .a2c import A2CLoss
+from .bc import BCLoss
 from .common import AUTO_LOSS_MASK_KEYS, LossModule
+from .cql import CQLLoss, DiscreteCQLLoss
 from .crossq import CrossQLoss
 from .ddpg import DDPGLoss
+from .dqn import DistributionalDQNLoss, DQNLoss, categorical_projection
+from .iql import DiscreteIQLLoss, IQLLoss, expectile_loss
 from .ppo import ClipPPOLoss, KLPENPPOLoss, PPOLoss
 from .redq import REDQLoss
 from .reinforce import ReinforceLoss
 from .sac import DiscreteSACLoss, SACLoss
 from .td3 import TD3Loss
+from .td3_bc import TD3BCLoss
 from .tqc import TQCLoss
 from .utils import HardUpdate, SoftUpdate, TargetNetUpdater, ValueEstimators, distance_loss
 
 __all__ = [
     "AUTO_LOSS_MASK_KEYS",
     "A2CLoss",
+    "BCLoss",
+    "CQLLoss",
     "ClipPPOLoss",
     "CrossQLoss",
     "DDPGLoss",
+    "DQNLoss",
+    "DiscreteCQLLoss",
+    "DiscreteIQLLoss",
     "DiscreteSACLoss",
+    "DistributionalDQNLoss",
     "HardUpdate",
+    "IQLLoss",
     "KLPENPPOLoss",
     "LossModule",
     "PPOLoss",
@@ -32,9 +44,12 @@ __all__ = [
     "ReinforceLoss",
     "SACLoss",
     "SoftUpdate",
+    "TD3BCLoss",
     "TD3Loss",
     "TQCLoss",
     "TargetNetUpdater",
     "ValueEstimators",
+    "categorical_projection",
     "distance_loss",
+    "expectile_loss",
 ]
