@@ -449,6 +449,7 @@ class _PPOTrainer:
     def __init__(self, config: PPOConfig, env: Any) -> None:
         self.config = config
         self.loss, self.optimizer, self.collector, self.shuffle_rng = _setup(config, env)
+        self.policy = self.loss.actor_network  # saved to <out>/policy.npz by the runner
 
     def iteration(self, index: int) -> dict[str, float]:
         """One iteration; its mean diagnostics and learning rate."""

@@ -19,6 +19,35 @@ logged terms. :func:`run_training` does the rest, identically for every algorith
 The config is any object with ``algorithm`` (``"ppo"``, ``"sac"``, ...), ``env_id``,
 ``seed``, ``num_envs``, ``total_frames``, ``return_window``, ``out_dir``,
 ``torch_threads``, ``progress`` and ``save_every_s``.
+
+The policy checkpoint (the hook a trainer implements)
+-----------------------------------------------------
+A trainer with a ``policy`` attribute (an arrayrl module with ``state_dict()``: the
+actor being trained, whose parameters the optimizer updates in place) gets it saved as
+``<out>/policy.npz`` (+ ``policy.json``) by
+:func:`arrayrl.train.checkpoint.save_policy`: whenever the curve is rewritten, at the
+end, and on Ctrl-C, with ``frames = collector.frames``, ``mean_return =
+collector.mean_return`` and the vector env's single observation and action spaces.
+:attr:`TrainResult.policy_path` says where (``None`` for a trainer without ``policy``).
+
+For ``arrayrl collect`` / :func:`~arrayrl.train.checkpoint.load_policy` to rebuild the
+policy, the algorithm registers a :class:`~arrayrl.train.checkpoint.PolicyRecipe`
+(``make_config(env_id, **fields)``, ``build_actor(observation_space, action_space,
+config)``, ``exploration`` in words, ``sample``, optional ``noise``) under
+``config.algorithm``, e.g. at the end of ``arrayrl/train/dqn.py``::
+
+    register_policy("dqn", lambda: PolicyRecipe(
+        make_config=make_dqn_config,
+        build_actor=lambda obs, act, config: build_dqn_loss(obs, act, config).value_network,
+        exploration="epsilon-greedy with epsilon = epsilon_end",
+        sample=False,
+        noise=epsilon_greedy,   # (action, action_space, config, rng) -> action
+    ))
+
+A checkpoint of an algorithm without a recipe is saved all the same; loading it names
+the algorithms that have one. ``ppo``, ``sac`` and ``td3`` are registered in
+:mod:`arrayrl.train.checkpoint`; an unregistered name is looked up in
+``arrayrl.train.<algorithm>`` once, which may register it on import.
 """
 
 from __future__ import annotations
@@ -32,6 +61,7 @@ from typing import Any, Protocol
 
 from arrayrl.backends import get_backend
 
+from .checkpoint import POLICY_FILE, save_policy
 from .curve import PANELS, LearningCurve, Panel
 from .progress import ProgressBar
 from .rollout import make_vector_env
@@ -44,6 +74,7 @@ __all__ = [
     "check_device",
     "run_loop",
     "run_training",
+    "save_trainer_policy",
     "torch_threads",
 ]
 
@@ -53,6 +84,9 @@ class Trainer(Protocol):
 
     #: Counts ``frames`` and finished episodes (``mean_return``, ``episodes.episodes``).
     collector: Any
+
+    #: Optional: the actor being trained, saved as ``<out>/policy.npz`` (module docstring).
+    policy: Any
 
     def iteration(self, index: int) -> Mapping[str, float]:
         """Run iteration ``index`` (collect and learn); return its logged terms."""
@@ -72,28 +106,32 @@ class TrainResult:
     csv_path: Path
     png_path: Path
     interrupted: bool = False
+    policy_path: Path | None = None
 
     def summary(self) -> str:
         """One line: final mean return, frames, seconds and the output paths."""
         config = self.config
         name = getattr(config, "algorithm", "ppo")
         ret = f"{self.final_mean_return:.1f} (last {config.return_window} episodes)"
+        unit = getattr(config, "unit", "frames")  # offline runs count gradient steps
+        rate = "fps" if unit == "frames" else "per s"
+        policy = f"; policy: {self.policy_path}" if self.policy_path else ""
         if self.interrupted:
             written = (
                 f"curve so far: {self.csv_path} and {self.png_path}"
                 if self.curve.rows
-                else "no iteration finished, nothing written"
+                else "no iteration finished, no curve written"
             )
             return (
                 f"{name} {config.env_id} seed {config.seed}: interrupted after "
-                f"{self.frames:,} of {config.total_frames:,} frames ({self.seconds:.1f} s), "
-                f"mean return {ret}; {written}"
+                f"{self.frames:,} of {config.total_frames:,} {unit} ({self.seconds:.1f} s), "
+                f"mean return {ret}; {written}{policy}"
             )
         return (
             f"{name} {config.env_id} seed {config.seed}: final mean return {ret}, "
-            f"{self.frames:,} frames in {self.seconds:.1f} s "
-            f"({self.frames / max(self.seconds, 1e-9):,.0f} fps); "
-            f"curve: {self.csv_path} and {self.png_path}"
+            f"{self.frames:,} {unit} in {self.seconds:.1f} s "
+            f"({self.frames / max(self.seconds, 1e-9):,.0f} {rate}); "
+            f"curve: {self.csv_path} and {self.png_path}{policy}"
         )
 
 
@@ -143,10 +181,13 @@ class CurveWriter:
             curve.plot_png(self.png_path, self.title(frames, interrupted), panels=self.panels)
         self._last = time.perf_counter()
 
-    def write_if_due(self, curve: LearningCurve, frames: int) -> None:
-        """Write if ``save_every_s`` seconds have passed since the last write."""
+    def write_if_due(self, curve: LearningCurve, frames: int) -> bool:
+        """Write if ``save_every_s`` seconds have passed since the last write; whether
+        it wrote."""
         if time.perf_counter() - self._last >= self.config.save_every_s:
             self.write(curve, frames)
+            return True
+        return False
 
 
 @contextlib.contextmanager
@@ -186,9 +227,14 @@ def check_device(backend: str, device: str) -> None:
 
 
 def run_loop(
-    config: Any, iterations: int, trainer: Trainer, writer: CurveWriter
+    config: Any,
+    iterations: int,
+    trainer: Trainer,
+    writer: CurveWriter,
+    on_write: Callable[[], Any] | None = None,
 ) -> tuple[LearningCurve, float, bool]:
     """The iterations, each logged as a row of the curve; Ctrl-C ends them early.
+    ``on_write()`` runs after each periodic write of the curve (the policy checkpoint).
 
     Returns the curve, the wall time and whether Ctrl-C stopped the run.
     """
@@ -201,7 +247,8 @@ def run_loop(
                 terms = trainer.iteration(index)
                 curve.append(_row(collector, time.perf_counter() - start, terms))
                 bar.update(collector.frames, collector.mean_return)
-                writer.write_if_due(curve, collector.frames)
+                if writer.write_if_due(curve, collector.frames) and on_write is not None:
+                    on_write()
         except KeyboardInterrupt:
             return curve, time.perf_counter() - start, True
     return curve, time.perf_counter() - start, False
@@ -219,34 +266,55 @@ def _row(collector: Any, wall: float, terms: Mapping[str, float]) -> dict[str, f
     }
 
 
+def save_trainer_policy(
+    config: Any, trainer: Any, env: Any, interrupted: bool = False
+) -> Path | None:
+    """Save ``trainer.policy`` as ``<out>/policy.npz`` (see the module docstring);
+    ``None`` when the trainer has no ``policy``."""
+    policy = getattr(trainer, "policy", None)
+    if policy is None:
+        return None
+    collector = trainer.collector
+    return save_policy(
+        config.out_dir / POLICY_FILE, policy, config,
+        env.single_observation_space, env.single_action_space,
+        frames=collector.frames, mean_return=collector.mean_return, interrupted=interrupted,
+    )  # fmt: skip
+
+
 def run_training(
     config: Any,
     iterations: int,
     build: Callable[[Any], Trainer],
     panels: Sequence[Panel] = PANELS,
 ) -> TrainResult:
-    """Make the env, ``build(env)`` the trainer, run it and write the curve (see the
-    module docstring).
+    """Make the env, ``build(env)`` the trainer, run it, write the curve and save the
+    policy (see the module docstring).
 
     Raises
     ------
     TrainingInterrupted
-        On Ctrl-C during the iterations, after writing the curve so far.
+        On Ctrl-C during the iterations, after writing the curve and the policy so far.
     """
     env = make_vector_env(config.env_id, config.num_envs)
     writer = CurveWriter(config, panels)
     try:
         with torch_threads(config.torch_threads):
             trainer = build(env)
-            curve, seconds, interrupted = run_loop(config, iterations, trainer, writer)
+            curve, seconds, interrupted = run_loop(
+                config, iterations, trainer, writer,
+                on_write=lambda: save_trainer_policy(config, trainer, env),
+            )  # fmt: skip
     finally:
         env.close()
     frames = int(curve.rows[-1]["frames"]) if curve.rows else 0  # of finished iterations
     writer.write(curve, frames, interrupted)
+    policy_path = save_trainer_policy(config, trainer, env, interrupted)
     collector = trainer.collector
     result = TrainResult(
         config, collector.mean_return, frames, seconds,
         collector.episodes.episodes, curve, writer.csv_path, writer.png_path, interrupted,
+        policy_path,
     )  # fmt: skip
     if interrupted:
         raise TrainingInterrupted(result)

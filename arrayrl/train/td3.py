@@ -43,7 +43,7 @@ from .offpolicy import (
 )
 from .runner import TrainResult, run_training
 
-__all__ = ["TD3Config", "build_td3_loss", "make_td3_config", "train_td3"]
+__all__ = ["TD3Config", "build_td3_loss", "exploration_noise", "make_td3_config", "train_td3"]
 
 
 @dataclasses.dataclass
@@ -136,6 +136,16 @@ def build_td3_loss(observation_space: Any, action_space: Any, config: TD3Config)
     return loss
 
 
+def exploration_noise(
+    action: np.ndarray, low: np.ndarray, high: np.ndarray, sigma: float, rng: np.random.Generator
+) -> np.ndarray:
+    """TD3's exploring action ``clip(a + N(0, (σ·h)²), low, high)`` (float32), ``h`` the
+    half-width of the box: what the trainer acts with and what a loaded TD3 policy
+    explores with (:mod:`arrayrl.train.checkpoint`)."""
+    noise = rng.normal(0.0, 1.0, action.shape) * (sigma * (high - low) / 2)
+    return np.clip(action + noise, low, high).astype(np.float32)
+
+
 class TD3Trainer(OffPolicyTrainer):
     """The state of a TD3 run: the loss, two Adams, the target updater, the buffer."""
 
@@ -159,7 +169,7 @@ class TD3Trainer(OffPolicyTrainer):
         self.critic_optimizer = torch.optim.Adam(critic, lr=config.critic_lr)
         self.updater = SoftUpdate(self.loss, tau=config.tau)
         self.actor = self.loss.actor_network
-        self.noise_scale = config.exploration_noise * (self.high - self.low) / 2
+        self.policy = self.actor  # saved to <out>/policy.npz by the runner
         self._last_actor_loss: Any = None
 
     def policy_action(self) -> np.ndarray:
@@ -169,8 +179,9 @@ class TD3Trainer(OffPolicyTrainer):
         with backend.no_grad():
             self.actor(batch)
         action = backend.to_numpy(batch.get("action"))
-        noise = self.action_rng.normal(0.0, 1.0, action.shape) * self.noise_scale
-        return np.clip(action + noise, self.low, self.high).astype(np.float32)
+        return exploration_noise(
+            action, self.low, self.high, self.config.exploration_noise, self.action_rng
+        )
 
     def update(self, batch: ArrayDict) -> list[Any]:
         """A critic step; every ``policy_delay``-th call an actor step and the target
