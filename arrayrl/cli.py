@@ -9,7 +9,11 @@ writes them as JSON.
 ``ClipPPOLoss`` and GAE (torch backend), shows a progress bar on stderr, writes the
 learning curve as CSV and PNG and prints a summary line. ``arrayrl train sac`` and
 ``arrayrl train td3`` do the same off-policy, with ``SACLoss`` / ``TD3Loss`` and a
-replay buffer, on environments with continuous actions (Pendulum-v1 by default).
+replay buffer, on environments with continuous actions (Pendulum-v1 by default). Every
+training run saves its policy as <out>/policy.npz.
+
+``arrayrl collect`` runs a saved policy in its environment and records the episodes as
+a Minari dataset (the ``offline`` extra), for the offline losses.
 
 The help texts are plain text (argparse prints them as they are): no reST markup there.
 """
@@ -40,6 +44,7 @@ examples:
   arrayrl train ppo                   # PPO on CartPole-v1: mean return 500 in 30-55 s
   arrayrl train ppo --help            # environments, frames, seeds, devices
   arrayrl train sac                   # SAC on Pendulum-v1, 20k frames
+  arrayrl collect --policy runs/sac-Pendulum-v1-0/policy.npz --dataset-id pendulum/sac-v0
 """
 
 _CONFORMANCE_EPILOG = """\
@@ -83,6 +88,8 @@ examples:
   arrayrl train ppo --help            # its options
   arrayrl train sac                   # SAC on Pendulum-v1
   arrayrl train td3 --seed 1          # TD3 on Pendulum-v1
+  arrayrl train dqn                   # DQN on CartPole-v1
+  arrayrl train iql --dataset pendulum/sac-v0   # offline, from a Minari dataset
 """
 
 _OFFPOLICY_EPILOG = """\
@@ -96,9 +103,8 @@ every --save-every seconds and at the end; Ctrl-C stops the run, writes the curv
 far, says where, and exits with status 130.
 
 examples:
-  arrayrl train {name}                                  # Pendulum-v1, {frames} frames
+  arrayrl train {name}                                  # {env}, {frames} frames
   arrayrl train {name} --seed 1 --out /tmp/{name}-1
-  arrayrl train {name} --env MountainCarContinuous-v0 --frames 50000
   arrayrl train {name} --frames 3000 --learning-starts 1000 --no-progress
   arrayrl train {name} --device cuda
 """
@@ -115,6 +121,51 @@ smoothing 0.2 clipped at 0.5, actor and target update every 2nd critic step) wit
 CleanRL's settings: ReLU MLPs [256, 256], Adam 3e-4, batches of 256, gamma 0.99,
 tau 0.005, exploration noise 0.1 (times the action half-width), MSE critic loss,
 1M replay, 5,000 warm-up frames."""
+
+
+_DQN_SETTINGS = """\
+DQN (DQNLoss over a QValueActor, TD(0), target copies) with RL Baselines3 Zoo's tuned
+CartPole-v1 settings: ReLU MLP [256, 256], Adam 2.3e-3 with the gradient norm clipped
+at 10, batches of 64, gamma 0.99, Huber (smooth L1) TD loss, 100k replay, 1,000
+warm-up frames, half a gradient step per frame, epsilon-greedy from 1 to 0.04 over the
+first 16 % of the frames, the target copied every 64 gradient steps."""
+
+_OFFLINE_EPILOG = """\
+No environment frames are collected: every gradient step draws a minibatch of the
+dataset's transitions (the offline extra reads it: pip install 'arrayrl[offline]').
+SAC's networks (TanhNormal actor, two critics with soft-updated targets; IQL adds a
+state-value network), ReLU MLPs [256, 256], Adam 3e-4, batches of 256, gamma 0.99,
+tau 0.005. IQL: expectile 0.7, temperature 3. CQL: min_q_weight 5, 10 proposals per
+state, learned SAC temperature. The learning curve's "frames" column counts gradient
+steps; its return is the deterministic policy's mean over --eval-episodes episodes.
+
+examples:
+  arrayrl train sac --out runs/sac                      # a behaviour policy
+  arrayrl collect --policy runs/sac --episodes 50 --dataset-id pendulum/sac-v0
+  arrayrl train {name} --dataset pendulum/sac-v0
+  arrayrl train {name} --dataset ./datasets/pendulum/sac-v0 --steps 5000 --no-progress
+"""
+
+_COLLECT_EPILOG = """\
+The policy is a checkpoint that every training run writes (<out>/policy.npz). It acts
+as in training unless --deterministic: SAC and PPO draw from the policy's distribution,
+TD3 adds its Gaussian exploration noise. Episode k is reset with seed S + k and ends at
+the environment's time limit, or after --steps steps (marked truncated).
+
+The dataset is written with Minari's own writer (HDF5) to <root>/<dataset-id>, the
+root being --out, else $MINARI_DATASETS_PATH, else ~/.minari/datasets. Dataset ids are
+Minari's: [namespace/]name-v<version>. Load it in Python with
+arrayrl.data.minari.load_minari(dataset_id, root=...) (TorchRL's key layout), or with
+minari.load_dataset. Needs the offline extra: pip install 'arrayrl[offline]'.
+
+examples:
+  arrayrl collect --policy runs/sac-Pendulum-v1-0/policy.npz --dataset-id pendulum/sac-v0
+  arrayrl collect --policy runs/sac-Pendulum-v1-0 --episodes 50 --dataset-id pendulum/sac-v1
+  arrayrl collect --policy run/policy.npz --dataset-id test/pend-v0 --steps 100 --out /tmp/d
+  arrayrl collect --policy run/policy.npz --dataset-id pendulum/greedy-v0 --deterministic
+"""
+#: the modules ``arrayrl collect`` needs: the ``[offline]`` extra (and Gymnasium, tqdm)
+COLLECT_MODULES = ("gymnasium", "tqdm", "minari", "h5py", "PIL")
 
 
 def package_version() -> str:
@@ -139,6 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_conformance_parser(commands)
     _add_train_parser(commands)
+    _add_collect_parser(commands)
     return parser
 
 
@@ -217,27 +269,39 @@ def _add_train_parser(commands: Any) -> None:
         help="rewrite the curve every SECONDS while training (default 30)",
     )
     ppo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_offpolicy_parser(algorithms, "sac", "SAC (SACLoss, learned temperature)", _SAC_SETTINGS)
+    _add_offpolicy_parser(algorithms, "td3", "TD3 (TD3Loss, delayed policy updates)", _TD3_SETTINGS)
     _add_offpolicy_parser(
-        algorithms, "sac", "SAC (SACLoss, learned temperature)", "20,000", _SAC_SETTINGS
-    )
-    _add_offpolicy_parser(
-        algorithms, "td3", "TD3 (TD3Loss, delayed policy updates)", "30,000", _TD3_SETTINGS
-    )
+        algorithms, "dqn", "DQN (DQNLoss, epsilon-greedy, target copies)", _DQN_SETTINGS,
+        discrete=True,
+    )  # fmt: skip
+    _add_offline_parser(algorithms, "iql", "IQL (IQLLoss: expectile value, AWR actor)")
+    _add_offline_parser(algorithms, "cql", "CQL (CQLLoss: conservative Q penalty)")
+
+
+#: the defaults the off-policy help texts quote: env, frames, warm-up, UTD ratio
+_OFFPOLICY_DEFAULTS = {
+    "sac": ("Pendulum-v1", "20,000", 5000, "1"),
+    "td3": ("Pendulum-v1", "30,000", 5000, "1"),
+    "dqn": ("CartPole-v1", "100,000", 1000, "0.5"),
+}
 
 
 def _add_offpolicy_parser(
-    algorithms: Any, name: str, what: str, frames: str, settings: str
+    algorithms: Any, name: str, what: str, settings: str, *, discrete: bool = False
 ) -> None:
-    """``arrayrl train sac|td3 [options]``."""
+    """``arrayrl train sac|td3|dqn [options]``."""
+    env, frames, learning_starts, utd = _OFFPOLICY_DEFAULTS[name]
+    actions = "discrete" if discrete else "continuous"
     parser = algorithms.add_parser(
         name,
-        help=f"{what} on Gymnasium envs with continuous actions",
+        help=f"{what} on Gymnasium envs with {actions} actions",
         description=f"Train {what} with a replay buffer on a Gymnasium env with\n"
-        "continuous actions; write <out>/learning_curve.csv and .png.",
-        epilog=_OFFPOLICY_EPILOG.format(settings=settings, name=name, frames=frames),
+        f"{actions} actions; write <out>/learning_curve.csv and .png.",
+        epilog=_OFFPOLICY_EPILOG.format(settings=settings, name=name, frames=frames, env=env),
         formatter_class=_FORMATTER,
     )
-    parser.add_argument("--env", default="Pendulum-v1", help="Gymnasium id (default Pendulum-v1)")
+    parser.add_argument("--env", default=env, help=f"Gymnasium id (default {env})")
     parser.add_argument("--frames", type=int, help=f"total env frames (default {frames})")
     parser.add_argument("--seed", type=int, default=0, help="seed of everything (default 0)")
     parser.add_argument(
@@ -253,12 +317,13 @@ def _add_offpolicy_parser(
     parser.add_argument("--num-envs", type=int, help="parallel environments (default 1)")
     parser.add_argument(
         "--learning-starts", type=int, metavar="FRAMES",
-        help="random-action frames before learning (default 5000)",
+        help=f"random-action frames before learning (default {learning_starts})",
     )  # fmt: skip
     parser.add_argument(
-        "--utd-ratio", type=float, metavar="R", help="gradient steps per frame (default 1)"
+        "--utd-ratio", type=float, metavar="R", help=f"gradient steps per frame (default {utd})"
     )
-    parser.add_argument("--batch-size", type=int, help="minibatch size (default 256)")
+    batch = 64 if discrete else 256
+    parser.add_argument("--batch-size", type=int, help=f"minibatch size (default {batch})")
     parser.add_argument(
         "--log-every", type=int, metavar="FRAMES", help="frames per curve row (default 1000)"
     )
@@ -269,6 +334,94 @@ def _add_offpolicy_parser(
         help="rewrite the curve every SECONDS while training (default 30)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_offline_parser(algorithms: Any, name: str, what: str) -> None:
+    """``arrayrl train iql|cql --dataset ID [options]``."""
+    parser = algorithms.add_parser(
+        name,
+        help=f"{what} offline, from a Minari dataset",
+        description=f"Train {what} offline on the transitions of a Minari dataset;\n"
+        "evaluate the deterministic policy in the dataset's env after every --eval-every\n"
+        "gradient steps; write <out>/learning_curve.csv and .png and <out>/policy.npz.",
+        epilog=_OFFLINE_EPILOG.format(name=name),
+        formatter_class=_FORMATTER,
+    )
+    parser.add_argument(
+        "--dataset", required=True, metavar="ID", help="Minari dataset id or directory"
+    )
+    parser.add_argument("--root", metavar="DIR", help="Minari root for dataset ids")
+    parser.add_argument("--env", help="Gymnasium id to evaluate on (default: the dataset's)")
+    parser.add_argument("--steps", type=int, help="gradient steps (default 20,000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of everything (default 0)")
+    parser.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", "numpy"),
+        help="array backend; only torch trains (NumPy has no autograd)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
+    parser.add_argument(
+        "--out", metavar="DIR", help=f"output folder (default runs/{name}-<env>-<seed>)"
+    )
+    parser.add_argument("--batch-size", type=int, help="minibatch size (default 256)")
+    parser.add_argument(
+        "--eval-every", type=int, metavar="STEPS",
+        help="gradient steps per evaluation and curve row (default 1000)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--eval-episodes", type=int, metavar="N", help="episodes per evaluation (default 5)"
+    )
+    parser.add_argument(
+        "--save-every",
+        type=float,
+        metavar="SECONDS",
+        help="rewrite the curve every SECONDS while training (default 30)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_collect_parser(commands: Any) -> None:
+    """``arrayrl collect --policy PATH --dataset-id ID [options]``."""
+    collect = commands.add_parser(
+        "collect",
+        help="record a Minari dataset with a trained policy",
+        description="Run a trained policy (a policy.npz checkpoint) in its Gymnasium env and\n"
+        "record the episodes as a Minari dataset.",
+        epilog=_COLLECT_EPILOG,
+        formatter_class=_FORMATTER,
+    )
+    collect.add_argument(
+        "--policy", required=True, metavar="PATH", help="policy.npz (or the run folder holding it)"
+    )
+    collect.add_argument(
+        "--dataset-id", required=True, metavar="ID", help="Minari id: [namespace/]name-v<N>"
+    )
+    collect.add_argument("--env", help="Gymnasium id (default: the policy's own)")
+    collect.add_argument(
+        "--episodes", type=int, default=10, metavar="N", help="episodes to record (default 10)"
+    )
+    collect.add_argument(
+        "--steps", type=int, metavar="M", help="cap each episode at M steps (truncated)"
+    )
+    collect.add_argument(
+        "--out",
+        metavar="DIR",
+        help="Minari root (default $MINARI_DATASETS_PATH or ~/.minari/datasets)",
+    )
+    collect.add_argument("--seed", type=int, default=0, help="seed of the resets and draws")
+    collect.add_argument(
+        "--deterministic", action="store_true", help="act with the deterministic action"
+    )
+    collect.add_argument(
+        "--backend", default="numpy", choices=("numpy", "torch"),
+        help="where the policy computes (default numpy)",
+    )  # fmt: skip
+    collect.add_argument("--device", help="the backend's device (torch: cpu, cuda, ...)")
+    collect.add_argument(
+        "--overwrite", action="store_true", help="replace an existing dataset of that id"
+    )
+    collect.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 # -- conformance -------------------------------------------------------------------------
@@ -438,15 +591,18 @@ def missing_train_modules() -> list[str]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Run ``arrayrl train ppo|sac|td3``: 2 on a setting that cannot train, 130 on Ctrl-C."""
+    """Run ``arrayrl train ppo|sac|td3|dqn|iql|cql``: 2 on a setting that cannot train,
+    130 on Ctrl-C."""
     missing = missing_train_modules()
     if missing:
         return _error(
             "train",
             f"missing {', '.join(missing)}: install the train extra (pip install 'arrayrl[train]')",
         )
-    if args.algorithm in ("sac", "td3"):
+    if args.algorithm in ("sac", "td3", "dqn"):
         return _run_offpolicy(args)
+    if args.algorithm in ("iql", "cql"):
+        return _run_offline(args)
     from arrayrl.train import check_setup, frames_note, make_config, train_ppo
 
     try:
@@ -469,7 +625,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _run_offpolicy(args: argparse.Namespace) -> int:
-    """Run ``arrayrl train sac`` or ``arrayrl train td3``."""
+    """Run ``arrayrl train sac``, ``td3`` or ``dqn``."""
     import arrayrl.train as training
 
     name = args.algorithm
@@ -491,11 +647,47 @@ def _run_offpolicy(args: argparse.Namespace) -> int:
             save_every_s=args.save_every,
             progress=not args.no_progress,
         )
-        training.check_offpolicy_setup(config)
+        getattr(training, f"check_{name}_setup")(config)
     except ValueError as error:
         return _error(command, str(error))
     train = getattr(training, f"train_{name}")
     return _train_and_report(command, train, config, training.offpolicy_frames_note(config))
+
+
+def _run_offline(args: argparse.Namespace) -> int:
+    """Run ``arrayrl train iql`` or ``arrayrl train cql`` (the offline extra too)."""
+    from arrayrl.train.offline import check_offline_setup, make_offline_config, train_offline
+
+    name = args.algorithm
+    command = f"train {name}"
+    missing = missing_collect_modules(args.backend)
+    if missing:
+        return _error(
+            command,
+            f"missing {', '.join(missing)}: install the offline extra "
+            "(pip install 'arrayrl[offline]')",
+        )
+    try:
+        config = make_offline_config(
+            name,
+            dataset=args.dataset,
+            root=args.root,
+            env_id=args.env,
+            steps=args.steps,
+            seed=args.seed,
+            backend=args.backend,
+            device=args.device,
+            out=args.out,
+            batch_size=args.batch_size,
+            eval_every=args.eval_every,
+            eval_episodes=args.eval_episodes,
+            save_every_s=args.save_every,
+            progress=not args.no_progress,
+        )
+        config = check_offline_setup(config)
+    except (ValueError, FileNotFoundError) as error:
+        return _error(command, str(error))
+    return _train_and_report(command, train_offline, config, None)
 
 
 def _train_and_report(command: str, train: Any, config: Any, note: str | None) -> int:
@@ -517,6 +709,124 @@ def _train_and_report(command: str, train: Any, config: Any, note: str | None) -
     return 0
 
 
+# -- collect -----------------------------------------------------------------------------
+
+
+def missing_collect_modules(backend: str = "numpy") -> list[str]:
+    """The modules ``arrayrl collect`` needs that cannot be imported here."""
+    names = (*COLLECT_MODULES, "torch") if backend == "torch" else COLLECT_MODULES
+    missing = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
+def _collect_env(env_id: str, steps: int | None, policy: Any) -> Any:
+    """The env to record in, its episodes capped at ``steps``; ``ValueError`` when it
+    cannot be made, has no time limit and no ``steps``, or its spaces are not the
+    policy's."""
+    import gymnasium
+
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
+    try:
+        env = gymnasium.make(env_id, **({} if steps is None else {"max_episode_steps": steps}))
+    except (gymnasium.error.Error, ImportError) as error:
+        raise ValueError(f"cannot make Gymnasium env {env_id!r}: {error}") from None
+    if env.spec is None or env.spec.max_episode_steps is None:
+        env.close()
+        raise ValueError(f"{env_id} has no time limit: pass --steps to end the episodes")
+    for name in ("observation_space", "action_space"):
+        if getattr(env, name) != getattr(policy, name):
+            env.close()
+            raise ValueError(
+                f"{env_id} has the {name} {getattr(env, name)}, the policy "
+                f"({policy.env_id}) {getattr(policy, name)}"
+            )
+    return env
+
+
+def run_collect(args: argparse.Namespace) -> int:
+    """Run ``arrayrl collect``: 2 on a bad option or input, 130 on Ctrl-C."""
+    missing = missing_collect_modules(args.backend)
+    if missing:
+        return _error(
+            "collect",
+            f"missing {', '.join(missing)}: install the offline extra "
+            "(pip install 'arrayrl[offline]')",
+        )
+    from arrayrl.data import minari as offline
+    from arrayrl.train.checkpoint import load_policy
+
+    try:
+        offline._check_id(args.dataset_id)
+        if args.episodes < 1:
+            raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+        if args.backend == "torch":
+            from arrayrl.train import check_device
+
+            check_device("torch", args.device or "cpu")
+        policy = load_policy(
+            args.policy, backend=args.backend, device=args.device,
+            deterministic=args.deterministic, seed=args.seed,
+        )  # fmt: skip
+        env = _collect_env(args.env or policy.env_id, args.steps, policy)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        return _error("collect", str(error))
+    try:
+        return _record_and_write(args, policy, env, offline)
+    except KeyboardInterrupt:
+        print("arrayrl collect: interrupted, no dataset written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, FileExistsError) as error:
+        return _error("collect", str(error))
+    finally:
+        env.close()
+
+
+def _record_and_write(args: argparse.Namespace, policy: Any, env: Any, offline: Any) -> int:
+    """Record ``args.episodes`` episodes with a progress bar, write the dataset, say
+    where it went and its mean episode return."""
+    import numpy as np
+
+    from arrayrl.train import ProgressBar
+
+    root = offline.minari_root(args.out)
+    if (root / args.dataset_id).exists() and not args.overwrite:
+        raise FileExistsError(
+            f"a Minari dataset {args.dataset_id!r} exists at {root / args.dataset_id}; "
+            "choose another id (a new version: -v1, ...) or pass --overwrite"
+        )
+    total = args.episodes * env.spec.max_episode_steps
+    with ProgressBar(total, enabled=not args.no_progress) as bar:
+        episodes = offline.record_episodes(
+            env, policy, args.episodes, seed=args.seed,
+            on_step=lambda frames, done: bar.update(
+                frames, np.mean([e.episode_return for e in done]) if done else None
+            ),
+        )  # fmt: skip
+    description = (
+        f"{len(episodes)} episodes of {env.spec.id} recorded by arrayrl collect with the "
+        f"{policy.algorithm} policy {args.policy} ({policy.exploration}), seed {args.seed}"
+    )
+    directory = offline.write_minari(
+        args.dataset_id, episodes, env, root=root, overwrite=args.overwrite,
+        algorithm_name=f"arrayrl-{policy.algorithm}", description=description,
+    )  # fmt: skip
+    returns = [e.episode_return for e in episodes]
+    steps = sum(len(e) for e in episodes)
+    print(
+        f"{args.dataset_id}: {len(episodes)} episodes, {steps:,} transitions of "
+        f"{env.spec.id} by the {policy.algorithm} policy ({policy.exploration}); mean "
+        f"episode return {np.mean(returns):.1f} (min {min(returns):.1f}, max "
+        f"{max(returns):.1f}); dataset: {directory}"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``arrayrl`` console script."""
     args = _parser().parse_args(argv)
@@ -524,6 +834,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_conformance(args)
     if args.command == "train":
         return run_train(args)
+    if args.command == "collect":
+        return run_collect(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

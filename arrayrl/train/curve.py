@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PANELS", "SAC_PANELS", "TD3_PANELS", "LearningCurve", "Panel", "read_curve"]
+__all__ = [
+    "DQN_PANELS",
+    "OFFLINE_PANELS",
+    "PANELS",
+    "SAC_PANELS",
+    "TD3_PANELS",
+    "LearningCurve",
+    "Panel",
+    "read_curve",
+]
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,27 @@ TD3_PANELS = (
     Panel("critic loss (sum over the Q ensemble)", ("loss_qvalue",), low=0.0),
     Panel("TD target (batch mean)", ("target_value",)),
     Panel("frames / s", ("fps",), low=0.0),
+)
+
+#: The panels of ``arrayrl train dqn``.
+DQN_PANELS = (
+    Panel("mean episode return (recent episodes)", ("mean_return",)),
+    Panel("greedy value max_a Q(s, a) (last acting state)", ("q_value",)),
+    Panel("TD loss", ("loss",), low=0.0),
+    Panel("exploration epsilon", ("epsilon",), low=0.0, high=1.0),
+    Panel("frames / s", ("fps",), low=0.0),
+)
+
+
+#: The panels of ``arrayrl train iql`` and ``arrayrl train cql`` (``frames``: gradient
+#: steps; the return is the deterministic policy's, evaluated after each iteration).
+OFFLINE_PANELS = (
+    Panel("evaluation return (deterministic policy)", ("mean_return",)),
+    Panel("actor loss", ("loss_actor",)),
+    Panel("critic loss (sum over the Q ensemble)", ("loss_qvalue",), low=0.0),
+    Panel("IQL value loss (expectile)", ("loss_value",), low=0.0),
+    Panel("CQL conservative penalty", ("loss_cql",)),
+    Panel("gradient steps / s", ("fps",), low=0.0),
 )
 
 

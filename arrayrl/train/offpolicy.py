@@ -176,9 +176,10 @@ def offpolicy_frames_note(config: OffPolicyConfig) -> str | None:
     )
 
 
-def check_offpolicy_setup(config: OffPolicyConfig) -> None:
+def check_offpolicy_setup(config: OffPolicyConfig, *, discrete: bool = False) -> None:
     """Raise ``ValueError`` naming the first setting that cannot train here: the
-    settings, the environment (continuous actions only) and the device."""
+    settings, the environment (continuous actions, or ``Discrete`` ones when
+    ``discrete``) and the device."""
     import gymnasium
     from gymnasium import spaces
 
@@ -187,10 +188,14 @@ def check_offpolicy_setup(config: OffPolicyConfig) -> None:
     env = gymnasium.make(config.env_id)
     action_space = env.action_space
     env.close()
-    if not isinstance(action_space, spaces.Box):
+    if discrete:
+        wanted, kind, example = spaces.Discrete, "discrete actions (Discrete)", "CartPole-v1"
+    else:
+        wanted, kind, example = spaces.Box, "continuous actions (a 1-D Box)", "Pendulum-v1"
+    if not isinstance(action_space, wanted):
         raise ValueError(
             f"{config.env_id} has actions {action_space}; {config.algorithm.upper()} needs "
-            "continuous actions (a bounded 1-D Box), e.g. Pendulum-v1"
+            f"{kind}, e.g. {example}"
         )
     check_device(config.backend, config.device)
 
@@ -244,9 +249,10 @@ class TransitionCollector:
         self.episodes.step(reward, done)
         obs = np.asarray(obs, dtype=np.float32)
         next_obs = _final_observations(obs, done, info)
+        integer = np.issubdtype(np.asarray(action).dtype, np.integer)
         self.buffer.extend({
             "observation": self.observation,
-            "action": np.asarray(action, dtype=np.float32),
+            "action": np.asarray(action, dtype=np.int64 if integer else np.float32),
             "next": {
                 "observation": next_obs,
                 "reward": reward,
@@ -271,7 +277,11 @@ class OffPolicyTrainer:
 
     def __init__(self, config: OffPolicyConfig, env: Any) -> None:
         self.config = config
-        self.low, self.high = box_bounds(env.single_action_space)
+        self.action_space = env.single_action_space
+        if hasattr(self.action_space, "n"):  # Discrete: no box
+            self.low = self.high = None
+        else:
+            self.low, self.high = box_bounds(self.action_space)
         self.buffer = ReplayBuffer(min(config.buffer_size, config.total_frames), self.backend)
         self.collector = TransitionCollector(env, self.buffer, config.seed, config.return_window)
         seeds = np.random.SeedSequence([config.seed, 2024]).spawn(2)
@@ -288,8 +298,12 @@ class OffPolicyTrainer:
         return get_backend(self.config.backend, self.config.device)
 
     def random_action(self) -> np.ndarray:
-        """Uniform actions in the box, one per sub-env (the warm-up)."""
-        shape = (self.collector.num_envs, *self.low.shape)
+        """Uniform actions in the box (or uniform indices of a ``Discrete`` space), one
+        per sub-env (the warm-up)."""
+        num_envs = self.collector.num_envs
+        if self.low is None:
+            return self.action_rng.integers(0, int(self.action_space.n), num_envs)
+        shape = (num_envs, *self.low.shape)
         return self.action_rng.uniform(self.low, self.high, shape).astype(np.float32)
 
     def observation_batch(self) -> ArrayDict:

@@ -76,8 +76,10 @@ def check_sac_setup(config: SACConfig) -> None:
     check_offpolicy_setup(config)
 
 
-def build_sac_loss(observation_space: Any, action_space: Any, config: SACConfig) -> Any:
-    """``SACLoss`` (v2, two critics, learned α) over a fresh actor and critic."""
+def build_tanh_normal_actor(observation_space: Any, action_space: Any, config: Any) -> Any:
+    """A fresh ``ProbabilisticActor`` with a ``TanhNormal`` over the action box: an
+    ``MLP(obs, 2·act, num_cells, relu)`` whose output is split into ``loc`` and
+    ``scale`` (SAC's actor; also the offline trainers')."""
     from arrayrl.backends import get_backend
     from arrayrl.modules import (
         MLP,
@@ -85,18 +87,16 @@ def build_sac_loss(observation_space: Any, action_space: Any, config: SACConfig)
         NormalParamExtractor,
         ProbabilisticActor,
         Sequential,
-        ValueOperator,
     )
     from arrayrl.modules.distributions import TanhNormal
-    from arrayrl.objectives import SACLoss, ValueEstimators
     from arrayrl.random import make_generator
 
     backend = get_backend(config.backend, config.device)
     obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
     low, high = box_bounds(action_space)
-    cells = list(config.num_cells)
-    policy = MLP(obs_dim, 2 * act_dim, cells, activation_class="relu", seed=config.seed)
-    actor = ProbabilisticActor(
+    policy = MLP(obs_dim, 2 * act_dim, list(config.num_cells), activation_class="relu",
+                 seed=config.seed)  # fmt: skip
+    return ProbabilisticActor(
         DictModule(Sequential(policy, NormalParamExtractor()),
                    in_keys=["observation"], out_keys=["loc", "scale"]),
         in_keys=["loc", "scale"],
@@ -106,6 +106,18 @@ def build_sac_loss(observation_space: Any, action_space: Any, config: SACConfig)
         return_log_prob=True,
         rng=make_generator(config.seed, backend),
     ).to(backend)  # fmt: skip
+
+
+def build_sac_loss(observation_space: Any, action_space: Any, config: SACConfig) -> Any:
+    """``SACLoss`` (v2, two critics, learned α) over a fresh actor and critic."""
+    from arrayrl.backends import get_backend
+    from arrayrl.modules import MLP, ValueOperator
+    from arrayrl.objectives import SACLoss, ValueEstimators
+
+    backend = get_backend(config.backend, config.device)
+    obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
+    cells = list(config.num_cells)
+    actor = build_tanh_normal_actor(observation_space, action_space, config)
     critic = ValueOperator(
         MLP(obs_dim + act_dim, 1, cells, activation_class="relu", seed=config.seed + 1),
         in_keys=["observation", "action"],
@@ -144,6 +156,7 @@ class SACTrainer(OffPolicyTrainer):
         self.optimizer = torch.optim.Adam(adam_groups(self.loss, rates))
         self.updater = SoftUpdate(self.loss, tau=config.tau)
         self.actor = self.loss.actor_network
+        self.policy = self.actor  # saved to <out>/policy.npz by the runner
 
     def policy_action(self) -> Any:
         """A draw from the current policy for every sub-env."""

@@ -1,0 +1,393 @@
+"""Offline RL from a Minari dataset: ``arrayrl train iql`` and ``arrayrl train cql``.
+
+The learner never acts while it learns: every gradient step draws a minibatch uniformly
+from the dataset's transitions (:func:`~arrayrl.data.minari.load_minari`, TorchRL's key
+layout), and every ``eval_every`` gradient steps the deterministic policy (the
+``TanhNormal``'s mode, mapped into the action box) plays ``eval_episodes`` episodes of
+the dataset's environment. An iteration is one row of the learning curve; its
+``frames`` column counts **gradient steps** (an offline run collects no frames) and
+``mean_return`` is the mean return of that evaluation.
+
+Networks (arrayrl modules on torch), as SAC's: a ``TanhNormal`` actor over
+``MLP(obs, 2·act, [256, 256], relu)``, critics ``MLP(obs + act, 1, [256, 256], relu)``
+(two, stacked, with target copies moved by ``SoftUpdate(τ = 0.005)``) and, for IQL, a
+state-value ``MLP(obs, 1, [256, 256], relu)``. Adam 3e-4 for every network, batches of
+256, γ = 0.99.
+
+- IQL (Kostrikov, Nair & Levine 2021, https://arxiv.org/abs/2110.06169): ``IQLLoss``
+  with expectile τ = 0.7 and temperature β = 3 (the paper's locomotion settings); one
+  step on ``loss_actor + loss_qvalue + loss_value``.
+- CQL (Kumar et al. 2020, https://arxiv.org/abs/2006.04779): ``CQLLoss`` with its
+  uniform and policy action proposals drawn in the action spec's box, ``min_q_weight``
+  5 (the paper's α for locomotion) and a learned SAC temperature; one step on
+  ``loss_actor + loss_qvalue + loss_cql + loss_alpha``.
+
+>>> from arrayrl.train.offline import make_offline_config, train_offline  # doctest: +SKIP
+>>> config = make_offline_config("iql", dataset="pendulum/sac-v0")  # doctest: +SKIP
+>>> print(train_offline(config).summary())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .curve import OFFLINE_PANELS
+from .offpolicy import adam_groups, box_bounds, scalar_terms
+from .runner import TrainResult, check_device, run_training
+from .sac import build_tanh_normal_actor
+
+__all__ = [
+    "CQLConfig",
+    "IQLConfig",
+    "OfflineConfig",
+    "check_offline_setup",
+    "make_offline_config",
+    "train_offline",
+]
+
+
+@dataclasses.dataclass
+class OfflineConfig:
+    """The settings an offline run shares (IQL and CQL add theirs).
+
+    Parameters
+    ----------
+    dataset : str
+        A Minari dataset id (looked up under ``root``) or a dataset directory.
+    env_id : str, optional
+        The Gymnasium id the policy is evaluated on; default: the dataset's.
+    steps : int
+        Gradient steps.
+    seed : int
+        Seeds the weights, the minibatch draws, the loss's draws and the evaluation.
+    backend, device : str
+        Where the networks and batches live (``"torch"``: training needs autograd).
+    batch_size : int
+        Transitions per gradient step.
+    gamma, tau : float
+        The TD(0) discount and the ``SoftUpdate`` rate of the target critics.
+    num_cells : tuple of int
+        Hidden widths of every network (ReLU MLPs).
+    actor_lr, critic_lr : float
+        Adam's learning rates (IQL's value network uses ``critic_lr``).
+    eval_every : int
+        Gradient steps per iteration (one evaluation, one row of the curve).
+    eval_episodes : int
+        Episodes of each evaluation (its mean return is logged).
+    root : str, optional
+        The Minari root for dataset ids (default ``$MINARI_DATASETS_PATH`` or
+        ``~/.minari/datasets``).
+    out : str, optional
+        Output folder; default ``runs/<algorithm>-<env_id>-<seed>``.
+    torch_threads, progress, save_every_s
+        As in the other trainers.
+    """
+
+    dataset: str = ""
+    env_id: str | None = None
+    steps: int = 20_000
+    seed: int = 0
+    backend: str = "torch"
+    device: str = "cpu"
+    batch_size: int = 256
+    gamma: float = 0.99
+    tau: float = 0.005
+    num_cells: tuple[int, ...] = (256, 256)
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    eval_every: int = 1_000
+    eval_episodes: int = 5
+    root: str | None = None
+    out: str | None = None
+    torch_threads: int | None = 1
+    progress: bool = True
+    save_every_s: float = 30.0
+
+    #: Overridden by each algorithm's config.
+    algorithm = "offline"
+    #: The evaluation env's copies (the runner makes it), and what ``frames`` counts.
+    num_envs = 1
+    unit = "gradient steps"
+
+    @property
+    def total_frames(self) -> int:
+        """What the progress bar counts: gradient steps."""
+        return self.steps
+
+    @property
+    def return_window(self) -> int:
+        """Episodes behind the logged mean return (one evaluation)."""
+        return self.eval_episodes
+
+    @property
+    def iterations(self) -> int:
+        """Logged iterations (the last one may be shorter)."""
+        return math.ceil(self.steps / self.eval_every)
+
+    @property
+    def out_dir(self) -> Path:
+        """The output folder (``out``, or ``runs/<algorithm>-<env_id>-<seed>``)."""
+        default = Path("runs") / f"{self.algorithm}-{self.env_id}-{self.seed}"
+        return Path(self.out) if self.out else default
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first setting that cannot work."""
+        if not self.dataset:
+            raise ValueError("dataset is required: a Minari dataset id or directory")
+        if self.backend != "torch":
+            raise ValueError(
+                f"backend {self.backend!r} cannot train: {self.algorithm.upper()} needs "
+                "gradients; training runs on the torch backend (--backend torch)"
+            )
+        for name in ("steps", "batch_size", "eval_every", "eval_episodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        for name in ("actor_lr", "critic_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass
+class IQLConfig(OfflineConfig):
+    """IQL's settings: :class:`OfflineConfig`'s and ``expectile`` (τ of the value
+    regression) and ``temperature`` (β of the advantage weights)."""
+
+    expectile: float = 0.7
+    temperature: float = 3.0
+
+    algorithm = "iql"
+
+
+@dataclasses.dataclass
+class CQLConfig(OfflineConfig):
+    """CQL's settings: :class:`OfflineConfig`'s and ``min_q_weight`` (α of the
+    conservative penalty), ``num_random`` (action proposals per state), ``temperature``
+    (of its log-sum-exp) and ``alpha_lr`` (the SAC temperature's Adam rate)."""
+
+    min_q_weight: float = 5.0
+    num_random: int = 10
+    temperature: float = 1.0
+    alpha_lr: float = 3e-4
+
+    algorithm = "cql"
+
+
+_CONFIGS: dict[str, type[OfflineConfig]] = {"iql": IQLConfig, "cql": CQLConfig}
+
+
+def make_offline_config(algorithm: str, **overrides: Any) -> OfflineConfig:
+    """The settings of ``algorithm`` (``"iql"`` or ``"cql"``) with ``overrides``
+    (``None`` values ignored); unknown settings raise ``TypeError``."""
+    cls = _CONFIGS.get(algorithm)
+    if cls is None:
+        raise ValueError(
+            f"unknown offline algorithm {algorithm!r}; expected one of {list(_CONFIGS)}"
+        )
+    settings = {k: v for k, v in overrides.items() if v is not None}
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise TypeError(f"unknown {algorithm.upper()} settings {unknown}; known: {sorted(names)}")
+    return cls(**settings)
+
+
+def _with_env_id(config: OfflineConfig) -> OfflineConfig:
+    """``config`` with ``env_id`` read from the dataset when not given."""
+    if config.env_id:
+        return config
+    from arrayrl.data.minari import dataset_env_id
+
+    env_id = dataset_env_id(config.dataset, root=config.root)
+    if env_id is None:
+        raise ValueError(
+            f"the dataset {config.dataset!r} records no environment; pass env_id= (--env)"
+        )
+    return dataclasses.replace(config, env_id=env_id)
+
+
+def check_offline_setup(config: OfflineConfig) -> OfflineConfig:
+    """Raise ``ValueError`` naming the first setting that cannot train here (the
+    settings, the dataset, its environment, the device); return ``config`` with its
+    ``env_id`` resolved."""
+    from .rollout import check_env
+
+    config.validate()
+    config = _with_env_id(config)
+    check_env(config.env_id)
+    check_device(config.backend, config.device)
+    return config
+
+
+def load_transitions(config: OfflineConfig) -> Any:
+    """The dataset's transitions on the config's backend, floats as float32 (Minari
+    keeps float64 rewards; the networks are float32)."""
+    from arrayrl.data.minari import load_minari
+
+    data = load_minari(config.dataset, root=config.root)
+    as_float32 = {
+        key: value.astype(np.float32)
+        for key, value in data.items(include_nested=True, leaves_only=True)
+        if np.issubdtype(value.dtype, np.floating) and value.dtype != np.float32
+    }
+    for key, value in as_float32.items():
+        data.set(key, value)
+    return data.to(config.backend, config.device)
+
+
+def build_offline_loss(observation_space: Any, action_space: Any, config: OfflineConfig) -> Any:
+    """``IQLLoss`` or ``CQLLoss`` over a fresh actor, two critics (and IQL's value
+    network), with a TD(0) estimator."""
+    from arrayrl.backends import get_backend
+    from arrayrl.modules import MLP, ValueOperator
+    from arrayrl.objectives import ValueEstimators
+    from arrayrl.specs import Bounded
+
+    backend = get_backend(config.backend, config.device)
+    obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
+    cells = list(config.num_cells)
+    actor = build_tanh_normal_actor(observation_space, action_space, config)
+    critic = ValueOperator(
+        MLP(obs_dim + act_dim, 1, cells, activation_class="relu", seed=config.seed + 1),
+        in_keys=["observation", "action"],
+    ).to(backend)
+    if isinstance(config, IQLConfig):
+        from arrayrl.objectives import IQLLoss
+
+        value = ValueOperator(
+            MLP(obs_dim, 1, cells, activation_class="relu", seed=config.seed + 3),
+            in_keys=["observation"],
+        ).to(backend)
+        loss = IQLLoss(actor, critic, value, num_qvalue_nets=2, loss_function="l2",
+                       expectile=config.expectile, temperature=config.temperature,
+                       seed=config.seed + 2)  # fmt: skip
+    else:
+        from arrayrl.objectives import CQLLoss
+
+        low, high = box_bounds(action_space)
+        loss = CQLLoss(actor, critic, action_spec=Bounded(low, high, shape=low.shape),
+                       loss_function="l2", min_q_weight=config.min_q_weight,
+                       num_random=config.num_random, temperature=config.temperature,
+                       seed=config.seed + 2)  # fmt: skip
+    loss.make_value_estimator(ValueEstimators.TD0, gamma=config.gamma)
+    return loss
+
+
+class Evaluation:
+    """The deterministic policy's episodes on the evaluation env; the runner's
+    ``collector`` (``frames``: gradient steps so far; ``mean_return``: of the latest
+    evaluation; ``episodes.episodes``: episodes played)."""
+
+    def __init__(self, env: Any, actor: Any, backend: Any, seed: int) -> None:
+        self.env, self.actor, self.backend, self.seed = env, actor, backend, seed
+        self.frames = 0
+        self.mean_return = math.nan
+        self.episodes = dataclasses.make_dataclass("Count", [("episodes", int)])(0)
+
+    def run(self, episodes: int) -> float:
+        """Play ``episodes`` episodes (reset seeds ``seed, seed + 1, ...`` continuing
+        across evaluations); return and remember their mean return."""
+        returns = [self._episode(self.seed + self.episodes.episodes + k) for k in range(episodes)]
+        self.episodes.episodes += episodes
+        self.mean_return = float(np.mean(returns))
+        return self.mean_return
+
+    def _episode(self, seed: int) -> float:
+        from arrayrl.data import ArrayDict
+
+        observation, _ = self.env.reset(seed=seed)
+        total, done = 0.0, False
+        while not done:
+            batch = ArrayDict({"observation": self.backend.from_numpy(
+                np.asarray(observation, np.float32))}, [1])  # fmt: skip
+            with self.backend.no_grad():
+                self.actor(batch, interaction_type="deterministic")
+            action = self.backend.to_numpy(batch.get("action"))
+            observation, reward, terminated, truncated, _ = self.env.step(action)
+            total += float(reward[0])
+            done = bool(terminated[0] or truncated[0])
+        return total
+
+
+class OfflineTrainer:
+    """The state of an offline run: the dataset, the loss, Adam, the target updater."""
+
+    #: The loss terms summed into each gradient step, by algorithm.
+    STEP_TERMS: Mapping[str, tuple[str, ...]] = {
+        "iql": ("loss_actor", "loss_qvalue", "loss_value"),
+        "cql": ("loss_actor", "loss_qvalue", "loss_cql", "loss_alpha"),
+    }
+
+    def __init__(self, config: OfflineConfig, env: Any) -> None:
+        import torch
+
+        from arrayrl.backends import get_backend
+        from arrayrl.objectives import SoftUpdate
+
+        self.config = config
+        self.backend = get_backend(config.backend, config.device)
+        self.data = load_transitions(config)
+        self.loss = build_offline_loss(env.single_observation_space, env.single_action_space,
+                                       config)  # fmt: skip
+        rates = {"actor_network": config.actor_lr, "qvalue_network": config.critic_lr,
+                 "value_network": config.critic_lr,
+                 "log_alpha": getattr(config, "alpha_lr", config.actor_lr)}  # fmt: skip
+        self.optimizer = torch.optim.Adam(adam_groups(self.loss, rates))
+        self.updater = SoftUpdate(self.loss, tau=config.tau)
+        self.policy = self.loss.actor_network
+        self.collector = Evaluation(env, self.policy, self.backend, config.seed + 100)
+        self.terms = self.STEP_TERMS[config.algorithm]
+        self.rng = np.random.default_rng([config.seed, 2025])
+
+    def update(self) -> Any:
+        """One Adam step on the sum of :attr:`terms` over a fresh minibatch; a target
+        update. Returns the terms, detached."""
+        import torch
+
+        from arrayrl.data.minari import sample_transitions
+
+        out = self.loss(sample_transitions(self.data, self.config.batch_size, self.rng))
+        total = sum(out[name] for name in self.terms)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.updater.step()
+        return torch.stack(scalar_terms(out, self.terms))
+
+    def iteration(self, index: int) -> dict[str, float]:
+        """``eval_every`` gradient steps (fewer in the last iteration), then one
+        evaluation; the mean loss terms and the evaluation's return."""
+        import torch
+
+        config = self.config
+        steps = min(config.eval_every, config.steps - index * config.eval_every)
+        means = torch.stack([self.update() for _ in range(steps)]).mean(dim=0).tolist()
+        self.collector.frames += steps
+        self.collector.run(config.eval_episodes)
+        return dict(zip(self.terms, means))
+
+
+def train_offline(config: OfflineConfig) -> TrainResult:
+    """Train ``config.algorithm`` (IQL or CQL) on ``config.dataset``; write the learning
+    curve (CSV and PNG) every ``config.save_every_s`` seconds and at the end, and the
+    policy as ``<out>/policy.npz``.
+
+    Raises
+    ------
+    TrainingInterrupted
+        On Ctrl-C during the iterations, after writing the curve so far.
+    """
+    config = _with_env_id(config)
+    config.validate()
+    return run_training(
+        config, config.iterations, lambda env: OfflineTrainer(config, env), panels=OFFLINE_PANELS
+    )
