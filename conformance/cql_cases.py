@@ -44,19 +44,16 @@ from .loss_cases import (
     Evaluation,
     LossInputs,
     NetSpec,
-    _host,
-    arrayrl_batch,
     torch_gradients,
 )
 from .loss_oracle import LossDeviation
 from .offpolicy_cases import (
     PRIORITY_OUTPUT,
     OffPolicyCase,
-    _canonical_paths,
-    _flat,
     _key_name,
-    _load_case_weights,
     arrayrl_offpolicy_networks,
+    evaluate_prepared_loss,
+    prepare_offpolicy_loss,
 )
 
 __all__ = ["DEVIATIONS", "CQLCase", "DiscreteCQLCase", "cases"]
@@ -162,28 +159,10 @@ def _evaluate_arrayrl(
 ) -> Evaluation:
     """Load the case's weights into ``loss``, reset its generators, move it to ``backend``
     and run it: outputs, the priority set in the batch, torch gradients."""
-    from arrayrl.backends import backend_of
-
-    name, hyperparams = case.estimator_kwargs()
-    loss.make_value_estimator(name, **hyperparams)
-    paths = _canonical_paths(loss, mlps)
-    _load_case_weights(loss, paths, inputs)
-    loss.generator_mode = generator_mode
-    loss.seed = LOSS_SEED  # fresh generators: the members' draws are not carried over
-    loss.to(backend, device)
-    params = {}
-    for network, by_path in paths.items():
-        leaves = _flat(loss.network_params(network, None))
-        params.update({by_path[path]: leaves[path] for path in by_path})
-    params.update({n: p for n, p in loss.named_parameters() if n.startswith("log_")})
-    batch = arrayrl_batch(case, inputs, backend, device)
-    out = loss(batch)
-    terms = {_key_name(k): out.get(k) for k in out.keys(include_nested=True, leaves_only=True)}
-    outputs = {key: _host(value, backend_of(value)) for key, value in terms.items()}
-    priority = batch.get("td_error")
-    outputs[PRIORITY_OUTPUT] = _host(priority, backend_of(priority))
-    gradients = torch_gradients(terms, params) if backend == "torch" else {}
-    return Evaluation(outputs, gradients)
+    params = prepare_offpolicy_loss(
+        case, loss, mlps, inputs, backend, device, generator_mode=generator_mode
+    )
+    return evaluate_prepared_loss(case, loss, params, inputs, backend, device)
 
 
 def _record(loss: Any, box: Any) -> dict[str, Any]:

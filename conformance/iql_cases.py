@@ -29,19 +29,16 @@ from .loss_cases import (
     Evaluation,
     LossInputs,
     NetSpec,
-    _host,
-    arrayrl_batch,
     torch_gradients,
 )
 from .loss_oracle import LossDeviation
 from .offpolicy_cases import (
     PRIORITY_OUTPUT,
     OffPolicyCase,
-    _canonical_paths,
-    _flat,
     _key_name,
-    _load_case_weights,
     arrayrl_offpolicy_networks,
+    evaluate_prepared_loss,
+    prepare_offpolicy_loss,
 )
 
 IQL_LOSSES = ("IQLLoss", "DiscreteIQLLoss")
@@ -84,17 +81,8 @@ class IQLCase(OffPolicyCase):
     ) -> Evaluation:
         """arrayrl's outputs, the priority set in the batch, and on torch the gradients
         of every ``loss_*`` term (``generator_mode`` is unused: nothing is drawn)."""
-        from arrayrl.backends import backend_of
-
         loss, params = _arrayrl_loss(self, inputs, backend, device)
-        batch = arrayrl_batch(self, inputs, backend, device)
-        out = loss(batch)
-        terms = {_key_name(k): out.get(k) for k in out.keys(include_nested=True, leaves_only=True)}
-        outputs = {key: _host(value, backend_of(value)) for key, value in terms.items()}
-        priority = batch.get("td_error")
-        outputs[PRIORITY_OUTPUT] = _host(priority, backend_of(priority))
-        gradients = torch_gradients(terms, params) if backend == "torch" else {}
-        return Evaluation(outputs, gradients)
+        return evaluate_prepared_loss(self, loss, params, inputs, backend, device)
 
     def evaluate_torchrl(self, inputs: LossInputs, dtype: str) -> Evaluation:
         """TorchRL's outputs, the priority it sets in the batch and the gradients."""
@@ -147,16 +135,8 @@ def _arrayrl_loss(
     loss = cls(
         modules["actor"], modules["qvalue"], modules["value"], seed=LOSS_SEED, **case.loss_kwargs()
     )
-    name, hyperparams = case.estimator_kwargs()
-    loss.make_value_estimator(name, **hyperparams)
-    paths = _canonical_paths(loss, mlps)
-    _load_case_weights(loss, paths, _first_member(case, inputs))
-    loss.to(backend, device)
-    params = {}
-    for network, by_path in paths.items():
-        leaves = _flat(loss.network_params(network, None))
-        params.update({by_path[path]: leaves[path] for path in by_path})
-    return loss, params
+    weights = _first_member(case, inputs)
+    return loss, prepare_offpolicy_loss(case, loss, mlps, weights, backend, device)
 
 
 def _torchrl_loss(case: IQLCase, inputs: LossInputs, dtype: str) -> tuple[Any, dict[str, Any]]:

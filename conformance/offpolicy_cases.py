@@ -368,6 +368,25 @@ def arrayrl_offpolicy_loss(
         args.append(modules["value"])
     cls = getattr(objectives, case.loss)
     loss = cls(*args, seed=LOSS_SEED, **case.loss_kwargs(_action_spec()))
+    params = prepare_offpolicy_loss(
+        case, loss, mlps, inputs, backend, device, generator_mode=generator_mode
+    )
+    return loss, params
+
+
+def prepare_offpolicy_loss(
+    case: OffPolicyCase,
+    loss: Any,
+    mlps: Mapping[str, Any],
+    inputs: LossInputs,
+    backend: str,
+    device: Any = None,
+    *,
+    generator_mode: str = "numpy",
+) -> dict[str, Any]:
+    """Set ``loss`` up for ``case``: its value estimator, the case's weights (members
+    and targets), fresh generators in ``generator_mode``, moved to ``backend``. Returns
+    its trainable arrays by canonical name (``"<role>.<param>"``, ``"log_alpha*"``)."""
     name, hyperparams = case.estimator_kwargs()
     loss.make_value_estimator(name, **hyperparams)
     paths = _canonical_paths(loss, mlps)
@@ -379,10 +398,32 @@ def arrayrl_offpolicy_loss(
     for network, by_path in paths.items():
         leaves = _flat(loss.network_params(network, None))
         params.update({by_path[path]: leaves[path] for path in by_path})
-    trainable = dict(loss.named_parameters())
-    if "log_alpha" in trainable:
-        params["log_alpha"] = trainable["log_alpha"]
-    return loss, params
+    params.update({n: p for n, p in loss.named_parameters() if n.startswith("log_alpha")})
+    return params
+
+
+def evaluate_prepared_loss(
+    case: OffPolicyCase,
+    loss: Any,
+    params: Mapping[str, Any],
+    inputs: LossInputs,
+    backend: str,
+    device: Any = None,
+) -> Evaluation:
+    """Run ``loss`` on the case's batch: every output, the priority it sets in the
+    batch, and on torch the gradients of every ``loss_*`` term w.r.t. ``params``."""
+    from arrayrl.backends import backend_of
+
+    from .loss_cases import _host, arrayrl_batch
+
+    batch = arrayrl_batch(case, inputs, backend, device)
+    out = loss(batch)
+    terms = {_key_name(k): out.get(k) for k in out.keys(include_nested=True, leaves_only=True)}
+    outputs = {key: _host(value, backend_of(value)) for key, value in terms.items()}
+    priority = batch.get("td_error")
+    outputs[PRIORITY_OUTPUT] = _host(priority, backend_of(priority))
+    gradients = torch_gradients(terms, params) if backend == "torch" else {}
+    return Evaluation(outputs, gradients)
 
 
 def evaluate_offpolicy(
@@ -397,21 +438,15 @@ def evaluate_offpolicy(
     CrossQ's running statistics, and on torch the gradients of every ``loss_*`` term."""
     from arrayrl.backends import backend_of
 
-    from .loss_cases import _host, arrayrl_batch
+    from .loss_cases import _host
 
     loss, params = arrayrl_offpolicy_loss(case, inputs, backend, device,
                                           generator_mode=generator_mode)
-    batch = arrayrl_batch(case, inputs, backend, device)
-    out = loss(batch)
-    terms = {_key_name(k): out.get(k) for k in out.keys(include_nested=True, leaves_only=True)}
-    outputs = {key: _host(value, backend_of(value)) for key, value in terms.items()}
-    priority = batch.get("td_error")
-    outputs[PRIORITY_OUTPUT] = _host(priority, backend_of(priority))
+    evaluation = evaluate_prepared_loss(case, loss, params, inputs, backend, device)
     if case.loss == "CrossQLoss":
         for name, value in loss.buffers().items():
-            outputs[f"buffer:{name}"] = _host(value, backend_of(value))
-    gradients = torch_gradients(terms, params) if backend == "torch" else {}
-    return Evaluation(outputs, gradients)
+            evaluation.outputs[f"buffer:{name}"] = _host(value, backend_of(value))
+    return evaluation
 
 
 def _key_name(key: Any) -> str:

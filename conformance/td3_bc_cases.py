@@ -40,14 +40,13 @@ from .loss_cases import (
     arrayrl_batch,
     torch_gradients,
 )
-from .loss_oracle import LossDeviation, _key_name, _to_torch
+from .loss_oracle import LossDeviation, _to_torch
 from .offpolicy_cases import (
-    PRIORITY_OUTPUT,
     OffPolicyCase,
-    _canonical_paths,
     _flat,
-    _load_case_weights,
     arrayrl_offpolicy_networks,
+    evaluate_prepared_loss,
+    prepare_offpolicy_loss,
 )
 
 __all__ = ["DEVIATIONS", "BCCase", "TD3BCCase", "cases"]
@@ -77,17 +76,8 @@ class TD3BCCase(OffPolicyCase):
     ) -> Evaluation:
         """arrayrl's outputs, the priority set in the batch and, on torch, the
         gradients of ``loss_actor`` and ``loss_qvalue``."""
-        from arrayrl.backends import backend_of
-
         loss, params = _arrayrl_td3bc(self, inputs, backend, device, generator_mode)
-        batch = arrayrl_batch(self, inputs, backend, device)
-        out = loss(batch)
-        terms = {_key_name(k): out.get(k) for k in out.keys(include_nested=True, leaves_only=True)}
-        outputs = {key: _host(value, backend_of(value)) for key, value in terms.items()}
-        priority = batch.get("td_error")
-        outputs[PRIORITY_OUTPUT] = _host(priority, backend_of(priority))
-        gradients = torch_gradients(terms, params) if backend == "torch" else {}
-        return Evaluation(outputs, gradients)
+        return evaluate_prepared_loss(self, loss, params, inputs, backend, device)
 
     def evaluate_torchrl(self, inputs: LossInputs, dtype: str) -> Evaluation:
         """TorchRL's ``TD3BCLoss`` through the off-policy oracle."""
@@ -107,17 +97,9 @@ def _arrayrl_td3bc(
     modules, mlps = arrayrl_offpolicy_networks(case, inputs.weights)
     spec = Bounded(-1.0, 1.0, shape=(ACT,))
     loss = TD3BCLoss(modules["actor"], modules["qvalue"], seed=LOSS_SEED, **case.loss_kwargs(spec))
-    name, hyperparams = case.estimator_kwargs()
-    loss.make_value_estimator(name, **hyperparams)
-    paths = _canonical_paths(loss, mlps)
-    _load_case_weights(loss, paths, inputs)
-    loss.generator_mode = generator_mode
-    loss.seed = LOSS_SEED  # fresh generators: the members' draws are not carried over
-    loss.to(backend, device)
-    params = {}
-    for network, by_path in paths.items():
-        leaves = _flat(loss.network_params(network, None))
-        params.update({by_path[path]: leaves[path] for path in by_path})
+    params = prepare_offpolicy_loss(
+        case, loss, mlps, inputs, backend, device, generator_mode=generator_mode
+    )
     return loss, params
 
 

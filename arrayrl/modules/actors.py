@@ -28,7 +28,9 @@ __all__ = [
     "QValueActor",
     "QValueModule",
     "ValueOperator",
+    "action_value_at",
     "as_layer",
+    "canonical_action_space",
     "expected_action_values",
     "greedy_action",
     "log_softmax_atoms",
@@ -334,6 +336,62 @@ def _action_space(action_space: str | None, spec: Any) -> str:
     if from_spec is not None and from_spec != space:
         raise ValueError(f"action_space={action_space!r} does not match spec {type(spec).__name__}")
     return space
+
+
+def canonical_action_space(action_space: Any) -> str | None:
+    """``action_space`` as its canonical name: a name (``"one-hot"``, ``"categorical"``,
+    ...) or a spec, arrayrl's or TorchRL's (a composite is read at ``"action"``);
+    ``None`` stays ``None``. ``ValueError`` for an unknown name or spec."""
+    if action_space is None:
+        return None
+    if isinstance(action_space, str):
+        return _action_space(action_space, None)
+    return _action_space(None, action_space)
+
+
+def action_value_at(
+    values: Any,
+    action: Any,
+    action_space: str,
+    key: Any = "action",
+    *,
+    batch_shape: Sequence[int] | None = None,
+    owner: str = "arrayrl",
+) -> Any:
+    """``Q(s, a)``: the value of ``action`` in ``values`` (``[*L, *B, n]``), ``[*L, *B]``.
+
+    A ``"categorical"`` action is an integer index (``[*B]`` or ``[*B, 1]``, TorchRL's
+    ``gather``); the other spaces (one-hot, multi one-hot, binary) are encodings
+    (``[*B, n]``) and give ``Σ_i a_i v_i`` (TorchRL's product and sum). ``B`` is
+    ``batch_shape``, by default ``values.shape[:-1]``; the leading axes ``L`` (e.g. an
+    ensemble's members) are broadcast. ``ValueError`` naming ``key`` for a shape that
+    does not fit, ``TypeError`` for a non-integer index (nothing is broadcast silently).
+    """
+    xp = backend_of(values).xp
+    batch = tuple(values.shape[:-1]) if batch_shape is None else tuple(batch_shape)
+    if action_space == "categorical":
+        if tuple(action.shape) not in (batch, (*batch, 1)):
+            raise ValueError(
+                f"{owner}: a categorical action must be an index of shape {batch} (or "
+                f"{(*batch, 1)}) for action values of shape {tuple(values.shape)}; the "
+                f"categorical action {key!r} has shape {tuple(action.shape)}"
+            )
+        if not xp.isdtype(action.dtype, "integral"):
+            raise TypeError(
+                f"{owner}: a categorical action must hold integer indices, not {action.dtype} "
+                f"(the action {key!r})"
+            )
+        from .distributions._base import gather_last
+
+        return gather_last(values, xp.reshape(action, (*batch, 1)), xp)[..., 0]
+    expected = (*batch, int(values.shape[-1]))
+    if tuple(action.shape) != expected:
+        raise ValueError(
+            f"{owner}: {key!r}: a {action_space} action must have the action values' shape "
+            f"{expected}; this {action_space.replace('_', '-')} action has shape "
+            f"{tuple(action.shape)}"
+        )
+    return xp.sum(values * xp.astype(action, values.dtype), axis=-1)
 
 
 def _spec_var_nums(spec: Any) -> list[int] | None:

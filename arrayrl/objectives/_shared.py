@@ -7,10 +7,16 @@ Two mixins for :class:`~arrayrl.objectives.common.LossModule` subclasses and one
 - :class:`CriticLossMixin`: the value estimator call and the per-sample critic distance
   ``d(V_target, V_φ(s))``, with TorchRL's optional value clipping and ``separate_losses``;
 - :func:`reduce_terms`: reduce every ``loss_*`` term with the loss's reduction and masks.
+
+and what the Q-learning losses (DQN, discrete CQL, discrete IQL) share:
+:func:`is_bare_network`, :func:`qvalue_actor_for` (TorchRL's
+``ensure_tensordict_compatible``) and :func:`discrete_action_space`.
 """
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +29,10 @@ from .utils import ValueEstimators, distance_loss
 __all__ = [
     "CriticLossMixin",
     "EntropyBonusMixin",
+    "discrete_action_space",
+    "is_bare_network",
     "is_composite",
+    "qvalue_actor_for",
     "reduce_terms",
     "sum_head_features",
 ]
@@ -203,3 +212,70 @@ def reduce_terms(loss_module: Any, out: dict[str, Any], batch: ArrayDict) -> Arr
             reduced = loss_module.reduce_loss(value, batch)
             out[name] = reduced[..., 0] if reduced.ndim and reduced.shape[-1] == 1 else reduced
     return ArrayDict(out)
+
+
+# -- Q-learning losses: the value network and its action space -------------------------------
+def is_bare_network(obj: Any) -> bool:
+    """Whether ``obj`` is a network that reads no keys: an arrayrl ``Layer``, or a
+    ``torch.nn.Module`` that is not a tensordict module (what TorchRL wraps in a
+    ``QValueActor``)."""
+    from arrayrl.modules.adapt import is_torch_object
+    from arrayrl.modules.layers import Layer
+
+    if isinstance(obj, Layer):
+        return True
+    if not is_torch_object(obj) or "torch" not in sys.modules:
+        return False
+    import torch
+
+    tensordict_module = any(c.__name__ == "TensorDictModuleBase" for c in type(obj).__mro__)
+    return isinstance(obj, torch.nn.Module) and not tensordict_module
+
+
+def qvalue_actor_for(value_network: Any, action_space: Any, owner: str) -> Any:
+    """``value_network``, a bare network wrapped in a ``QValueActor`` over
+    ``"observation"`` (TorchRL's ``ensure_tensordict_compatible``): ``action_space`` is a
+    name, or a spec (a composite's ``"action"`` entry becomes the actor's ``spec``).
+    ``ValueError`` for a bare network without ``action_space``."""
+    if not is_bare_network(value_network):
+        return value_network
+    from arrayrl.modules.actors import QValueActor
+    from arrayrl.specs import action_spec_for
+
+    if action_space is None:
+        raise ValueError(
+            f"{owner}: a bare value network needs action_space= ('one-hot', 'categorical', "
+            "'mult-one-hot', 'binary' or a spec) to be wrapped in a QValueActor. Neither "
+            "action_space nor spec was given."
+        )
+    if isinstance(action_space, str):
+        return QValueActor(value_network, action_space=action_space)
+    return QValueActor(value_network, spec=action_spec_for(action_space, "action", owner=owner))
+
+
+def discrete_action_space(
+    action_space: Any, owner: str, *, network: Any = None, supported: tuple[str, ...] | None = None
+) -> str:
+    """The canonical action space of a discrete loss: ``action_space`` (a name or a spec),
+    else ``network``'s; one-hot with TorchRL 0.14.1's ``UserWarning`` when neither says.
+    ``ValueError`` for a space outside ``supported`` (when given)."""
+    from arrayrl.modules.actors import canonical_action_space
+
+    if action_space is None:
+        action_space = getattr(network, "action_space", None)
+    if action_space is None:
+        warnings.warn(
+            f"action_space was not specified. {owner} will default to 'one-hot'. This "
+            "behavior will be deprecated soon and a space will have to be passed. Check "
+            f"the {owner} documentation to see how to pass the action space.",
+            UserWarning,
+            stacklevel=3,
+        )
+        action_space = "one-hot"
+    space = canonical_action_space(action_space)
+    if supported is not None and space not in supported:
+        raise ValueError(
+            f"{owner}: action_space={action_space!r} is not supported; pass one of "
+            f"{list(supported)} (or a spec of that kind)"
+        )
+    return space

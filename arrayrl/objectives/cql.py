@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
-import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -46,11 +44,14 @@ from arrayrl._validation import count, flag, hyperparameter
 from arrayrl.backends import backend_of
 from arrayrl.data import ArrayDict, is_tensordict
 from arrayrl.modules import Params, map_params
+from arrayrl.modules.actors import action_value_at
 
+from ._shared import discrete_action_space, qvalue_actor_for
 from ._soft import (
     TemperatureMixin,
     as_tuple,
     leaves,
+    next_key,
     output_mode,
     sac_log_alpha_bounds,
     select,
@@ -280,8 +281,8 @@ class CQLLoss(TemperatureMixin, LossModule):
         """The batch entries read (TorchRL's ``in_keys``, in a stable order)."""
         tk = self.tensor_keys
         actor_keys = list(self.actor_network.in_keys)
-        keys = [tk.action, *(_next(k) for k in (tk.reward, tk.done, tk.terminated))]
-        keys += [*actor_keys, *(_next(k) for k in actor_keys), *self.qvalue_network.in_keys]
+        keys = [tk.action, *(next_key(k) for k in (tk.reward, tk.done, tk.terminated))]
+        keys += [*actor_keys, *(next_key(k) for k in actor_keys), *self.qvalue_network.in_keys]
         return list(dict.fromkeys(keys))
 
     @property
@@ -647,11 +648,11 @@ class DiscreteCQLLoss(LossModule):
         self.delay_value = flag("delay_value", delay_value)
         self.loss_function = loss_function
         self.convert_to_functional(
-            _qvalue_actor(value_network, action_space, owner),
+            qvalue_actor_for(value_network, action_space, owner),
             "value_network",
             create_target_params=self.delay_value,
         )
-        self.action_space = _discrete_space(action_space, self.value_network, owner)
+        self.action_space = discrete_action_space(action_space, owner, network=self.value_network)
         self.reduction = reduction
 
     @property
@@ -661,9 +662,9 @@ class DiscreteCQLLoss(LossModule):
         network = list(self.value_network.in_keys)
         keys = {
             tk.action,
-            *(_next(k) for k in (tk.reward, tk.done, tk.terminated)),
+            *(next_key(k) for k in (tk.reward, tk.done, tk.terminated)),
             *network,
-            *(_next(k) for k in network),
+            *(next_key(k) for k in network),
         }
         return sorted(keys, key=str)
 
@@ -686,24 +687,10 @@ class DiscreteCQLLoss(LossModule):
         return self.read(state, self.tensor_keys.action_value)
 
     def _chosen(self, values: Any, action: Any) -> Any:
-        """``Q(s, a)`` of the batch's action, ``[*B]``."""
-        xp = backend_of(values).xp
-        batch = tuple(values.shape[:-1])
-        if self.action_space != "categorical":
-            if tuple(action.shape) != tuple(values.shape):
-                raise ValueError(
-                    f"{type(self).__name__}: a {self.action_space} action must have the action "
-                    f"values' shape {tuple(values.shape)}, got {tuple(action.shape)}"
-                )
-            return xp.sum(values * xp.astype(action, values.dtype), axis=-1)
-        if tuple(action.shape) not in (batch, (*batch, 1)):
-            raise ValueError(
-                f"{type(self).__name__}: a categorical action must be an index of shape "
-                f"{batch} (or {(*batch, 1)}), got {tuple(action.shape)}"
-            )
-        index = action[..., 0] if action.ndim == values.ndim else action
-        index = xp.astype(index, xp.int64)[..., None]
-        return xp.take_along_axis(values, index, axis=-1)[..., 0]
+        """``Q(s, a)`` of the batch's action, ``[*B]`` (:func:`action_value_at`)."""
+        return action_value_at(
+            values, action, self.action_space, self.tensor_keys.action, owner=type(self).__name__
+        )
 
     def _target(self, batch: ArrayDict, params: Mapping[str, Params] | None) -> Any:
         """``y = r + γ(1 − terminated) max_b Q̄(s′, b)`` (no gradient)."""
@@ -857,68 +844,3 @@ def _repeat(x: Any, n: int, ndim: int) -> Any:
     xp = backend_of(x).xp
     shape = (*tuple(x.shape[:ndim]), n, *tuple(x.shape[ndim:]))
     return xp.broadcast_to(xp.expand_dims(x, axis=ndim), shape)
-
-
-def _next(key: Any) -> tuple[str, ...]:
-    return ("next", *as_tuple(key))
-
-
-def _is_bare_network(obj: Any) -> bool:
-    """An arrayrl layer or a ``torch.nn.Module`` that is no tensordict module (reads no
-    keys): what TorchRL wraps in a ``QValueActor``."""
-    from arrayrl.modules.adapt import is_torch_object
-    from arrayrl.modules.layers import Layer
-
-    if isinstance(obj, Layer):
-        return True
-    if not is_torch_object(obj) or "torch" not in sys.modules:
-        return False
-    import torch
-
-    tensordict_module = any(c.__name__ == "TensorDictModuleBase" for c in type(obj).__mro__)
-    return isinstance(obj, torch.nn.Module) and not tensordict_module
-
-
-def _qvalue_actor(value_network: Any, action_space: Any, owner: str) -> Any:
-    """``value_network``, a bare network wrapped in a ``QValueActor`` (TorchRL's
-    ``ensure_tensordict_compatible``)."""
-    if not _is_bare_network(value_network):
-        return value_network
-    from arrayrl.modules.actors import QValueActor
-
-    if action_space is None:
-        raise ValueError(
-            f"{owner}: a bare value network needs action_space= ('one-hot', "
-            "'categorical' or a spec) to be wrapped in a QValueActor"
-        )
-    if isinstance(action_space, str):
-        return QValueActor(value_network, action_space=action_space)
-    return QValueActor(value_network, spec=_action_leaf(action_space, owner))
-
-
-def _action_leaf(spec: Any, owner: str) -> Any:
-    """The action's leaf spec of ``spec`` (a composite is read at ``"action"``)."""
-    from arrayrl.specs import action_spec_for
-
-    return action_spec_for(spec, "action", owner=owner)
-
-
-def _discrete_space(action_space: Any, network: Any, owner: str) -> str:
-    """The canonical action space: ``action_space`` (a name or a spec), else the value
-    network's; one-hot with TorchRL's warning when neither says."""
-    from arrayrl.modules.actors import _action_space
-
-    if action_space is None:
-        action_space = getattr(network, "action_space", None)
-    if action_space is None:
-        warnings.warn(
-            f"action_space was not specified. {owner} will default to 'one-hot'. This "
-            "behavior will be deprecated soon and a space will have to be passed. Check "
-            f"the {owner} documentation to see how to pass the action space.",
-            UserWarning,
-            stacklevel=3,
-        )
-        action_space = "one-hot"
-    if isinstance(action_space, str):
-        return _action_space(action_space, None)
-    return _action_space(None, _action_leaf(action_space, owner))

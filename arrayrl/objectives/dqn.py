@@ -38,11 +38,11 @@ import numpy as np
 from arrayrl._validation import flag, reject_unknown_kwargs
 from arrayrl.backends import backend_of
 from arrayrl.data import ArrayDict
-from arrayrl.modules import Module, Params
-from arrayrl.modules.actors import QValueActor, _action_space
-from arrayrl.modules.adapt import is_torch_object
-from arrayrl.modules.layers import Layer
+from arrayrl.modules import Params
+from arrayrl.modules.actors import action_value_at, canonical_action_space
 
+from ._shared import is_bare_network, qvalue_actor_for
+from ._soft import next_key
 from .common import LossModule
 from .td3 import check_common_args, next_state
 from .utils import ValueEstimators, distance_loss
@@ -172,63 +172,13 @@ def _column(discounts: Any, batch: tuple, dtype: Any, backend: Any) -> Any:
 # =========================================================================================
 # shared pieces
 # =========================================================================================
-def _is_bare_network(obj: Any) -> bool:
-    """Whether ``obj`` is a network without keys: an arrayrl ``Layer``, or a
-    ``torch.nn.Module`` that is not a tensordict module."""
-    if isinstance(obj, Layer):
-        return True
-    if isinstance(obj, Module) or not is_torch_object(obj):
-        return False
-    return not any(cls.__name__ == "TensorDictModuleBase" for cls in type(obj).__mro__)
-
-
-def _canonical_space(action_space: Any) -> str | None:
-    """``action_space`` (a name or a spec, arrayrl's or TorchRL's) as a canonical name."""
-    if action_space is None:
-        return None
-    if isinstance(action_space, str):
-        return _action_space(action_space, None)
-    return _action_space(None, action_space)
-
-
-def _action_at(values: Any, action: Any, action_space: str, key: Any) -> Any:
-    """``Q(s, a)`` over the last axis of ``values`` (``[..., n]``): the entry at the index
-    for a categorical action (``[...]`` or ``[..., 1]``, TorchRL's ``gather``), else
-    ``Σ_i a_i v_i`` over the encoded action (``[..., n]``). Returns ``[...]``."""
-    xp = backend_of(values).xp
-    batch = tuple(values.shape[:-1])
-    if action_space == "categorical":
-        if tuple(action.shape) not in (batch, (*batch, 1)):
-            raise ValueError(
-                f"the categorical action {key!r} has shape {tuple(action.shape)}, expected "
-                f"{batch} or {(*batch, 1)} for action values of shape {tuple(values.shape)}"
-            )
-        if not xp.isdtype(action.dtype, "integral"):
-            raise TypeError(
-                f"the categorical action {key!r} must hold integers, not {action.dtype}"
-            )
-        index = xp.reshape(xp.astype(action, xp.int64), (*batch, 1))
-        return xp.take_along_axis(values, index, axis=-1)[..., 0]
-    if tuple(action.shape) != tuple(values.shape):
-        raise ValueError(
-            f"the {action_space} action {key!r} has shape {tuple(action.shape)}; it must "
-            f"match the action values' {tuple(values.shape)}"
-        )
-    hot = xp.astype(action, xp.bool) if action.dtype != xp.bool else action
-    return xp.sum(xp.where(hot, values, xp.zeros_like(values)), axis=-1)
-
-
-def _next(key: Any) -> tuple[str, ...]:
-    return ("next", *(key if isinstance(key, tuple) else (key,)))
-
-
 def _qvalue_in_keys(loss: Any) -> list[Any]:
     """The keys a Q-learning loss reads: action, next reward / done / terminated, and the
     value network's inputs at the root and under ``"next"`` (in a stable order)."""
     tk = loss.tensor_keys
     net_keys = list(loss.value_network.in_keys)
-    keys = [tk.action, _next(tk.reward), _next(tk.done), _next(tk.terminated)]
-    return list(dict.fromkeys([*keys, *net_keys, *(_next(k) for k in net_keys)]))
+    keys = [tk.action, next_key(tk.reward), next_key(tk.done), next_key(tk.terminated)]
+    return list(dict.fromkeys([*keys, *net_keys, *(next_key(k) for k in net_keys)]))
 
 
 class _QLearningBase(LossModule):
@@ -248,6 +198,10 @@ class _QLearningBase(LossModule):
     def _state(self, batch: ArrayDict) -> ArrayDict:
         """The value network's inputs at ``s``."""
         return batch.select(*self.value_network.in_keys, strict=False)
+
+    def _value_at(self, values: Any, action: Any, key: Any) -> Any:
+        """``Q(s, a)`` over the last axis of ``values`` (:func:`action_value_at`)."""
+        return action_value_at(values, action, self.action_space, key, owner=type(self).__name__)
 
     def _next_state(self, batch: ArrayDict) -> ArrayDict:
         """The value network's inputs at ``s′`` (TorchRL's ``step_mdp``)."""
@@ -352,9 +306,8 @@ class DQNLoss(_QLearningBase):
         self.use_prioritized_weights = use_prioritized_weights
         self.loss_function = loss_function
         self.reduction = reduction
-        given = _canonical_space(action_space)
-        if _is_bare_network(value_network):
-            value_network = _wrapped(value_network, action_space)
+        given = canonical_action_space(action_space)
+        value_network = qvalue_actor_for(value_network, action_space, owner)
         self.convert_to_functional(value_network, "value_network", create_target_params=delay_value)
         self.action_space = self._resolved_space(given)
         self.value_network_in_keys = list(self.value_network.in_keys)
@@ -394,11 +347,11 @@ class DQNLoss(_QLearningBase):
         greedy = self._run(state, self.detached_params("value_network", params))
         next_action = self.read(greedy, self.tensor_keys.action)
         values = self._action_values(state, self._target(params))
-        return _action_at(values, next_action, self.action_space, "next action")[..., None]
+        return self._value_at(values, next_action, "next action")[..., None]
 
     def _target_value(self, batch: ArrayDict, params: Mapping[str, Params] | None) -> Any:
         """The regression target ``y`` (``[*B]``), without gradient."""
-        backend = backend_of(self.read(batch, _next(self.tensor_keys.reward)))
+        backend = backend_of(self.read(batch, next_key(self.tensor_keys.reward)))
         with backend.no_grad():
             next_value = self._double_next_value(batch, params) if self.double_dqn else None
             target = self.value_estimator.value_estimate(
@@ -433,22 +386,13 @@ class DQNLoss(_QLearningBase):
         values = self._action_values(
             self._state(batch), self.network_params("value_network", params)
         )
-        pred = _action_at(values, self.read(batch, tk.action), self.action_space, tk.action)
+        pred = self._value_at(values, self.read(batch, tk.action), tk.action)
         target = self._target_value(batch, params)
         backend = backend_of(pred)
         td_error = backend.stop_gradient((pred - target) ** 2)[..., None]
         loss = distance_loss(pred, target, self.loss_function)
         loss = self.reduce_loss(loss, batch, weights=self.priority_weight(batch))
         return ArrayDict({"loss": loss, tk.priority: td_error})
-
-
-def _wrapped(network: Any, action_space: Any) -> QValueActor:
-    """A bare network as a ``QValueActor`` over ``"observation"`` (TorchRL's
-    ``ensure_tensordict_compatible``); a spec given as ``action_space`` becomes its
-    ``spec``."""
-    if action_space is None or isinstance(action_space, str):
-        return QValueActor(network, action_space=action_space)
-    return QValueActor(network, spec=action_space)
 
 
 # =========================================================================================
@@ -521,7 +465,7 @@ class DistributionalDQNLoss(_QLearningBase):
         owner = type(self).__name__
         reject_unknown_kwargs(owner, kwargs)
         check_common_args(owner, None, priority_key, "l2", use_prioritized_weights)
-        if _is_bare_network(value_network):
+        if is_bare_network(value_network):
             raise TypeError(
                 f"{owner} needs a DistributionalQValueActor (it holds the support), got a bare "
                 f"{type(value_network).__name__}; wrap it: DistributionalQValueActor(net, "
@@ -585,15 +529,15 @@ class DistributionalDQNLoss(_QLearningBase):
                 f"action values' {tuple(log_probs.shape)} ([*B, atoms, actions])"
             )
         action = xp.broadcast_to(action, shape)
-        return _action_at(log_probs, action, self.action_space, key)
+        return self._value_at(log_probs, action, key)
 
     def _discounts(self, batch: ArrayDict, reward: Any) -> Any:
         """``γⁿ (1 − terminated)``, shaped as ``reward`` (``terminated`` defaults to
         ``done``; ``n`` is ``steps_to_next_obs``, 1 when absent)."""
         tk = self.tensor_keys
         xp = backend_of(reward).xp
-        done = self.read(batch, _next(tk.done))
-        terminated = batch.get(_next(tk.terminated), None)
+        done = self.read(batch, next_key(tk.done))
+        terminated = batch.get(next_key(tk.terminated), None)
         terminated = done if terminated is None else terminated
         alive = 1.0 - xp.astype(_like(terminated, reward, "terminated", xp), reward.dtype)
         steps = batch.get(tk.steps_to_next_obs, None)
@@ -608,11 +552,11 @@ class DistributionalDQNLoss(_QLearningBase):
         ``r + γⁿ (1 − terminated) z`` and projected (:func:`categorical_projection`)."""
         batch = self.working_copy(batch)
         tk = self.tensor_keys
-        reward = self.read(batch, _next(tk.reward))
+        reward = self.read(batch, next_key(tk.reward))
         backend = backend_of(reward)
         if not backend.xp.isdtype(reward.dtype, "real floating"):
             raise TypeError(
-                f"the reward {_next(tk.reward)!r} must be floating (got dtype {reward.dtype}); "
+                f"the reward {next_key(tk.reward)!r} must be floating (got dtype {reward.dtype}); "
                 "cast it, e.g. to the observations' dtype"
             )
         with backend.no_grad():

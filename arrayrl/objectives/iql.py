@@ -36,7 +36,9 @@ from arrayrl._validation import count, flag, hyperparameter
 from arrayrl.backends import backend_of
 from arrayrl.data import ArrayDict
 from arrayrl.modules import Params, flatten_params, map_params, unflatten_params
+from arrayrl.modules.actors import action_value_at
 
+from ._shared import discrete_action_space
 from ._soft import leaves, next_key, output_mode, select
 from .common import LossModule
 from .td3 import check_common_args, read_output
@@ -490,7 +492,9 @@ class DiscreteIQLLoss(IQLLoss):
         scalar_output_mode: str | None = None,
         seed: int | None = None,
     ) -> None:
-        self.action_space = _discrete_action_space(action_space)
+        self.action_space = discrete_action_space(
+            action_space, type(self).__name__, supported=("one_hot", "categorical")
+        )
         super().__init__(
             actor_network,
             qvalue_network,
@@ -521,26 +525,16 @@ class DiscreteIQLLoss(IQLLoss):
         return action[..., 0] if action.ndim and int(action.shape[-1]) == 1 else action
 
     def _chosen(self, values: Any, action: Any, batch: ArrayDict) -> Any:
-        """``Q(s, a)`` from the critic's ``[M, *B, n]``, as ``[M, *B]``."""
-        from arrayrl.modules.distributions._base import gather_last
-
-        xp = backend_of(values).xp
-        batch_shape = tuple(batch.batch_size)
-        if self.action_space == "categorical":
-            index = self._index(action)
-            if tuple(index.shape) != batch_shape:
-                raise ValueError(
-                    f"{type(self).__name__}: a categorical action has shape "
-                    f"{tuple(action.shape)}; expected {batch_shape} (or with a trailing 1)"
-                )
-            return gather_last(values, index[..., None], xp)[..., 0]
-        if tuple(action.shape) != (*batch_shape, int(values.shape[-1])):
-            raise ValueError(
-                f"{type(self).__name__}: a one-hot action has shape {tuple(action.shape)}; "
-                f"the critic gives {int(values.shape[-1])} action values, expected "
-                f"{(*batch_shape, int(values.shape[-1]))}"
-            )
-        return xp.sum(values * xp.astype(action, values.dtype), axis=-1)
+        """``Q(s, a)`` from the critic's ``[M, *B, n]``, as ``[M, *B]``
+        (:func:`action_value_at`)."""
+        return action_value_at(
+            values,
+            action,
+            self.action_space,
+            self.tensor_keys.action,
+            batch_shape=tuple(batch.batch_size),
+            owner=type(self).__name__,
+        )
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -579,30 +573,3 @@ def _join_members(trees: list[Params]) -> Params:
         for path, leaf in flats[0].items()
     }
     return unflatten_params(joined)
-
-
-def _discrete_action_space(action_space: Any) -> str:
-    """``"one_hot"`` or ``"categorical"`` from a name or a spec; ``None`` warns as TorchRL
-    0.14.1 and means one-hot; other spaces raise ``ValueError``."""
-    from arrayrl.modules.actors import _action_space
-
-    if action_space is None:
-        warnings.warn(
-            "DiscreteIQLLoss: no action_space given, so the batch's actions are read as "
-            "one-hot vectors (TorchRL 0.14.1's default, which it plans to remove); pass "
-            "action_space='one-hot' or 'categorical' (or a spec).",
-            UserWarning,
-            stacklevel=3,
-        )
-        action_space = "one-hot"
-    space = (
-        _action_space(action_space, None)
-        if isinstance(action_space, str)
-        else _action_space(None, action_space)
-    )
-    if space not in ("one_hot", "categorical"):
-        raise ValueError(
-            f"DiscreteIQLLoss: action_space={action_space!r} is not supported; pass "
-            "'one-hot' or 'categorical' (or a spec of either kind)"
-        )
-    return space
