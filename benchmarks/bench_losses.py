@@ -1,10 +1,13 @@
-"""Benchmark arrayrl's ClipPPOLoss, SACLoss and TD3Loss against TorchRL 0.14.1's on the CPU.
+"""Benchmark arrayrl's losses against TorchRL 0.14.1's on the CPU.
 
-Run ``python benchmarks/bench_losses.py`` (``--losses ppo,sac,td3`` to choose the losses,
-``--batches 64,256`` for ClipPPOLoss's batch sizes, ``--offpolicy-batches 256,4096`` and
-``--qnets 2,10`` for SACLoss's and TD3Loss's, ``--repeats N`` for the samples per
-measurement, ``--variants precomputed`` to skip the GAE variant, ``--phases`` to profile
-the off-policy steps at batch 256, ``--json PATH`` to dump the raw numbers). On a machine
+The losses: ClipPPOLoss, SACLoss, TD3Loss, TD3BCLoss, CQLLoss, IQLLoss, DQNLoss and
+DistributionalDQNLoss (C51). Run ``python benchmarks/bench_losses.py`` (``--losses
+ppo,sac,td3,td3bc,cql,iql,dqn,c51`` to choose the losses, by default ``ppo,sac,td3``, the
+runs recorded first in RESULTS.md; ``--batches 64,256`` for ClipPPOLoss's batch sizes,
+``--offpolicy-batches 256,4096`` for the others' and ``--qnets 2,10`` for the Q ensemble
+sizes of SAC, TD3, TD3+BC and IQL, ``--repeats N`` for the samples per measurement,
+``--variants precomputed`` to skip the GAE variant, ``--phases`` to profile the
+off-policy steps at batch 256, ``--json PATH`` to dump the raw numbers). On a machine
 shared with other work, pin the thread pools (``OMP_NUM_THREADS=1``, which torch and
 NumPy's OpenBLAS read): their spinning worker threads otherwise stall whenever another
 process holds a core, and the stall lands on whichever competitor runs next.
@@ -84,11 +87,43 @@ TorchRL's order). Every output key, the ``td_error`` priority and the gradient o
 parameter (grouped as actor / Q members / log α, in order) must agree to float32
 tolerance; arrayrl on NumPy must agree with arrayrl on torch, both then drawing with
 NumPy's generator from one seed (``generator_mode = "numpy"``).
+
+TD3BCLoss, CQLLoss, IQLLoss
+---------------------------
+The same networks, batch and competitors: TD3+BC has TD3's (``bounds=(-1, 1)``, α = 2.5),
+CQL and IQL SAC's TanhNormal actor, and IQL a value network ``ValueOperator(MLP(17, 1),
+in_keys=["observation"])`` besides. CQL gets ``target_entropy=-6`` and TorchRL's fixed two
+Q networks (``--qnets`` does not apply), otherwise its defaults: ``num_random`` = 10 (so
+``3 × 10`` proposals per state: uniform on [-1, 1], π(·|s), π(·|s′)), temperature 1,
+``min_q_weight`` 1, deterministic backup, no Lagrange multiplier. The backward pass is
+of ``loss_actor + loss_qvalue + loss_cql + loss_alpha`` (CQL; its ``loss_actor_bc`` is
+only TorchRL's behaviour-cloning warm-up), ``loss_actor + loss_qvalue + loss_value``
+(IQL) and ``loss_actor + loss_qvalue`` (TD3+BC). IQL draws nothing; CQL's draws (the
+next actions, the uniform and policy proposals, the BC and actor draws) are matched as
+SAC's are. arrayrl's ``loss_cql`` is the paper's estimator (the log-sum-exp over the 3K
+proposals of a state), not TorchRL 0.14.1's (over the three groups of each proposal
+index; the recorded deviation ``torchrl-cql-logsumexp-over-groups``): for the check,
+TorchRL's ``loss_cql`` is recomputed from the proposal Q-values and log-probabilities
+its own forward evaluated, with the graph, by the conformance suite's oracle
+(:func:`torchrl_cql_oracle`), so every output and gradient is still compared. The timed
+TorchRL loss is the unpatched one.
+
+DQNLoss and DistributionalDQNLoss
+---------------------------------
+One value network ``MLP(8, 4)`` (DQN, a ``QValueActor``) or ``MLP(8, 51 × 4)`` reshaped
+to ``[51 atoms, 4 actions]`` (C51, a ``DistributionalQValueActor`` with the support
+``linspace(-10, 10, 51)``), two 256-unit ReLU layers, one-hot actions; drawn by arrayrl's
+layers and loaded into TorchRL's modules. DQN: ``action_space="one-hot"``, TD(0) with
+γ = 0.99, l2, mean; C51: ``gamma=0.99``, mean. Both keep a target copy (equal to the
+network at construction in every loss). The batch: observations ~ N(0, 1), the action a
+one-hot of a uniform index, reward ~ N(0, 1), done ~ Bernoulli(0.01), terminated =
+done. Nothing is drawn; the check compares ``loss``, the priority and every gradient.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -97,12 +132,15 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from bench_estimators import cpu_model, fmt_time
+
+from arrayrl.modules import Layer
 
 #: Thread-pool variables (torch reads OMP_NUM_THREADS, NumPy's OpenBLAS reads both).
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -114,14 +152,22 @@ DEFAULT_BATCHES = (64, 256, 4096, 65536)
 GAE_STEPS = 64
 #: Keys that do not depend on the Monte-Carlo entropy sample.
 CHECKED_KEYS = (
-    "loss_objective", "clip_fraction", "loss_critic", "kl_approx", "ESS", "max_ratio",
-    "mean_ratio", "explained_variance",
+    "loss_objective",
+    "clip_fraction",
+    "loss_critic",
+    "kl_approx",
+    "ESS",
+    "max_ratio",
+    "mean_ratio",
+    "explained_variance",
 )
 RTOL, ATOL = 1e-4, 1e-5
 #: Targets of arrayrl / TorchRL fwd+bwd time (issue part 10), by batch size.
 TARGETS = {256: 0.5, 65536: 1.0}
 VARIANTS = ("precomputed", "gae")
-LOSSES = ("ppo", "sac", "td3")
+LOSSES = ("ppo", "sac", "td3", "td3bc", "cql", "iql", "dqn", "c51")
+#: The losses run without ``--losses`` (the earlier recorded runs' default).
+DEFAULT_LOSSES = ("ppo", "sac", "td3")
 
 
 ########################################################################
@@ -212,14 +258,22 @@ def batch_arrays(size: int, variant: str, theirs: Any) -> tuple[dict[str, Any], 
         shape: tuple[int, ...] = (max(1, size // GAE_STEPS), min(size, GAE_STEPS))
         obs = normal(shape[0], shape[1] + 1, OBS_DIM)
         done = rng.random((*shape, 1)) < 0.01
-        arrays = {"observation": np.ascontiguousarray(obs[:, :-1]),
-                  "next": {"observation": np.ascontiguousarray(obs[:, 1:]),
-                           "reward": normal(*shape, 1), "done": done,
-                           "terminated": done.copy()}}
+        arrays = {
+            "observation": np.ascontiguousarray(obs[:, :-1]),
+            "next": {
+                "observation": np.ascontiguousarray(obs[:, 1:]),
+                "reward": normal(*shape, 1),
+                "done": done,
+                "terminated": done.copy(),
+            },
+        }
     else:
         shape = (size,)
-        arrays = {"observation": normal(size, OBS_DIM), "advantage": normal(size, 1),
-                  "value_target": normal(size, 1)}
+        arrays = {
+            "observation": normal(size, OBS_DIM),
+            "advantage": normal(size, 1),
+            "value_target": normal(size, 1),
+        }
     arrays["action"] = rng.uniform(-0.95, 0.95, (*shape, ACT_DIM)).astype(np.float32)
     arrays["action_log_prob"] = behaviour_log_prob(theirs, arrays, shape, rng)
     return arrays, shape
@@ -243,8 +297,9 @@ def to_torch(arrays: dict[str, Any]) -> dict[str, Any]:
     """Torch tensors sharing the memory of a (nested) dict of NumPy arrays."""
     import torch
 
-    return {k: to_torch(v) if isinstance(v, dict) else torch.from_numpy(v)
-            for k, v in arrays.items()}
+    return {
+        k: to_torch(v) if isinstance(v, dict) else torch.from_numpy(v) for k, v in arrays.items()
+    }
 
 
 @dataclass
@@ -276,9 +331,17 @@ def make_case(size: int, variant: str, losses: tuple[Any, Any, Any]) -> Case:
     ours, ours_np, theirs = losses
     arrays, shape = batch_arrays(size, variant, theirs)
     tensors = to_torch(arrays)
-    return Case(variant, math.prod(shape), shape, ours, ours_np, theirs,
-                batch=ArrayDict(tensors, shape), batch_np=ArrayDict(arrays, shape),
-                td=TensorDict(tensors, batch_size=shape))
+    return Case(
+        variant,
+        math.prod(shape),
+        shape,
+        ours,
+        ours_np,
+        theirs,
+        batch=ArrayDict(tensors, shape),
+        batch_np=ArrayDict(arrays, shape),
+        td=TensorDict(tensors, batch_size=shape),
+    )
 
 
 ########################################################################
@@ -374,12 +437,17 @@ def check_case(case: Case) -> dict[str, Any]:
 
     out, grads = deterministic_grads(case.ours, case.batch)
     out_theirs, grads_theirs = deterministic_grads(case.theirs, case.td)
-    check = {"vs_torchrl": compare_outputs(out, out_theirs, case.size),
-             "grad_tol_ratio": grad_error(grads, grads_theirs)}
+    check = {
+        "vs_torchrl": compare_outputs(out, out_theirs, case.size),
+        "grad_tol_ratio": grad_error(grads, grads_theirs),
+    }
     with torch.no_grad():
         check["numpy_vs_torch"] = compare_outputs(case.ours_np(case.batch_np), out, case.size)
-    check["ok"] = (check["vs_torchrl"]["tol_ratio"] <= 1 and check["grad_tol_ratio"] <= 1
-                   and check["numpy_vs_torch"]["tol_ratio"] <= 1)
+    check["ok"] = (
+        check["vs_torchrl"]["tol_ratio"] <= 1
+        and check["grad_tol_ratio"] <= 1
+        and check["numpy_vs_torch"]["tol_ratio"] <= 1
+    )
     return check
 
 
@@ -406,15 +474,19 @@ def interleaved(comps: dict[str, Callable[[], Any]], repeats: int, sample_s: flo
     number = {name: calibrate(comps[name], sample_s) for name in names}
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             fn, n = comps[name], number[name]
             start = time.perf_counter()
             for _ in range(n):
                 fn()
             samples[name].append((time.perf_counter() - start) / n)
     return {
-        name: {"median_s": statistics.median(s), "min_s": min(s),
-               "calls_per_sample": number[name], "samples_s": s}
+        name: {
+            "median_s": statistics.median(s),
+            "min_s": min(s),
+            "calls_per_sample": number[name],
+            "samples_s": s,
+        }
         for name, s in samples.items()
     }
 
@@ -454,8 +526,11 @@ def ratio(row: Row, ours: str, theirs: str) -> float | None:
 def fmt_check(check: dict[str, Any]) -> str:
     """``OK (0.03 / 0.12 / 0.01)``: the worst errors as multiples of the tolerance
     (values vs TorchRL / gradients vs TorchRL / NumPy vs torch)."""
-    parts = (check["vs_torchrl"]["tol_ratio"], check["grad_tol_ratio"],
-             check["numpy_vs_torch"]["tol_ratio"])
+    parts = (
+        check["vs_torchrl"]["tol_ratio"],
+        check["grad_tol_ratio"],
+        check["numpy_vs_torch"]["tol_ratio"],
+    )
     status = "OK" if check["ok"] else "FAIL"
     return f"{status} ({' / '.join(f'{p:.2f}' for p in parts)})"
 
@@ -473,8 +548,11 @@ def table(variant: str, rows: list[Row]) -> str:
         cells += [f"{ratio(row, ours, theirs):.2f}x" for _, ours, theirs in pairs]
         cells.append(fmt_check(row.check))
         lines.append("| " + " | ".join(cells) + " |")
-    title = ("advantage and value target in the batch" if variant == "precomputed"
-             else f"GAE inside the loss, batch = rows x {GAE_STEPS} steps")
+    title = (
+        "advantage and value target in the batch"
+        if variant == "precomputed"
+        else f"GAE inside the loss, batch = rows x {GAE_STEPS} steps"
+    )
     return f"### ClipPPOLoss, {title}\n\n" + "\n".join(lines)
 
 
@@ -487,8 +565,10 @@ def target_lines(rows: list[Row]) -> list[str]:
             continue
         got = ratio(row, "arrayrl fwd+bwd", "TorchRL fwd+bwd")
         verdict = "met" if got <= goal else "MISSED"
-        lines.append(f"target at batch {row.size}: arrayrl/TorchRL fwd+bwd = {got:.2f}x "
-                     f"(<= {goal:g}x): {verdict}")
+        lines.append(
+            f"target at batch {row.size}: arrayrl/TorchRL fwd+bwd = {got:.2f}x "
+            f"(<= {goal:g}x): {verdict}"
+        )
     return lines
 
 
@@ -517,19 +597,22 @@ def machine_info() -> dict[str, Any]:
 def header_text(info: dict[str, Any], args: argparse.Namespace) -> str:
     """The machine block printed above the tables."""
     load = ", ".join(f"{x:.2f}" for x in info["load_avg_start"])
-    return "\n".join([
-        f"CPU: {info['cpu']} ({info['cores']} cores; torch threads {info['torch_threads']}; "
-        + " ".join(f"{k}={v or '(unset)'}" for k, v in info["env"].items()) + ")",
-        f"Python {info['python']}, numpy {info['numpy']}, torch {info['torch']}, "
-        f"torchrl {info['torchrl']}, tensordict {info['tensordict']}",
-        f"Date: {info['date']}   load average at start: {load}",
-        f"Command: {info['command']}",
-        f"Times are medians of {args.repeats} interleaved samples (about {args.sample_s:g} s "
-        "each) per call; ratio = arrayrl / TorchRL, median of the per-round ratios; check = "
-        "worst error as a multiple of the tolerance (ClipPPOLoss: values / gradients vs "
-        "TorchRL / NumPy vs torch; SACLoss, TD3Loss: values / gradients vs TorchRL / "
-        "arrayrl with TorchRL's modules vs TorchRL / NumPy vs torch).",
-    ])
+    return "\n".join(
+        [
+            f"CPU: {info['cpu']} ({info['cores']} cores; torch threads {info['torch_threads']}; "
+            + " ".join(f"{k}={v or '(unset)'}" for k, v in info["env"].items())
+            + ")",
+            f"Python {info['python']}, numpy {info['numpy']}, torch {info['torch']}, "
+            f"torchrl {info['torchrl']}, tensordict {info['tensordict']}",
+            f"Date: {info['date']}   load average at start: {load}",
+            f"Command: {info['command']}",
+            f"Times are medians of {args.repeats} interleaved samples (about {args.sample_s:g} s "
+            "each) per call; ratio = arrayrl / TorchRL, median of the per-round ratios; check = "
+            "worst error as a multiple of the tolerance (ClipPPOLoss: values / gradients vs "
+            "TorchRL / NumPy vs torch; the off-policy losses: values / gradients vs TorchRL / "
+            "arrayrl with TorchRL's modules vs TorchRL / NumPy vs torch).",
+        ]
+    )
 
 
 ########################################################################
@@ -540,34 +623,71 @@ def header_text(info: dict[str, Any], args: argparse.Namespace) -> str:
 OFF_CELLS = (256, 256)
 OFF_BATCHES = (256, 4096)
 QNETS = (2, 10)
-OFF_KINDS = ("sac", "td3")
+OFF_KINDS = ("sac", "td3", "td3bc", "cql", "iql", "dqn", "c51")
+#: The kinds on discrete actions (one value network over the actions, no actor).
+DISCRETE = ("dqn", "c51")
+#: Kinds whose network count is fixed (TorchRL's CQLLoss has two Q networks, DQN and C51
+#: one value network); the others take ``--qnets``.
+FIXED_QNETS = {"cql": 2, "dqn": 1, "c51": 1}
+#: The discrete losses' networks: observation 8 and 4 one-hot actions (LunarLander's
+#: sizes); C51 with 51 atoms evenly spaced on [-10, 10] (the paper's).
+DISCRETE_OBS, N_ACTIONS, ATOMS, V_RANGE = 8, 4, 51, (-10.0, 10.0)
+ACTION_SPACE, C51_GAMMA = "one-hot", 0.99
+#: The seed of IQL's value network.
+VALUE_SEED = 3
 #: The loss's seed (its Q members, drawn once) and the seed of the checked draws.
 LOSS_SEED, DRAW_SEED = 0, 5
-#: Target of arrayrl / TorchRL fwd+bwd time for SACLoss and TD3Loss (issue 9), by batch size.
-OFF_TARGETS = {256: 0.5}
-OFF_TITLES = {"sac": "SACLoss", "td3": "TD3Loss"}
-#: The terms summed for the backward pass.
-OFF_TERMS = {"sac": ("loss_actor", "loss_qvalue", "loss_alpha"),
-             "td3": ("loss_actor", "loss_qvalue")}
+#: Targets of arrayrl / TorchRL fwd+bwd time, by loss and batch size: SACLoss and TD3Loss
+#: (issue 9), CQLLoss (issue 10).
+OFF_TARGETS = {"sac": {256: 0.5}, "td3": {256: 0.5}, "cql": {256: 0.5}}
+#: The class names, the same in ``arrayrl.objectives`` and ``torchrl.objectives``.
+OFF_TITLES = {
+    "sac": "SACLoss",
+    "td3": "TD3Loss",
+    "td3bc": "TD3BCLoss",
+    "cql": "CQLLoss",
+    "iql": "IQLLoss",
+    "dqn": "DQNLoss",
+    "c51": "DistributionalDQNLoss",
+}
+#: The terms summed for the backward pass (what TorchRL's training scripts sum; CQL's
+#: ``loss_actor_bc`` is only its behaviour-cloning warm-up, left out).
+OFF_TERMS = {
+    "sac": ("loss_actor", "loss_qvalue", "loss_alpha"),
+    "td3": ("loss_actor", "loss_qvalue"),
+    "td3bc": ("loss_actor", "loss_qvalue"),
+    "cql": ("loss_actor", "loss_qvalue", "loss_cql", "loss_alpha"),
+    "iql": ("loss_actor", "loss_qvalue", "loss_value"),
+    "dqn": ("loss",),
+    "c51": ("loss",),
+}
 
 
-def offpolicy_networks(kind: str, backend: str) -> tuple[Any, Any]:
-    """arrayrl's actor and Q network for ``kind`` on ``backend``: a TanhNormal
-    ``ProbabilisticActor`` (SAC) or a deterministic ``Actor`` ending in tanh (TD3), and
-    ``ValueOperator(MLP(obs + act, 1), in_keys=["observation", "action"])``; ReLU MLPs."""
+def offpolicy_networks(kind: str, backend: str) -> tuple[Any, ...]:
+    """arrayrl's networks for ``kind`` on ``backend``, in the loss's argument order: a
+    TanhNormal ``ProbabilisticActor`` (SAC, CQL, IQL) or a deterministic ``Actor`` ending
+    in tanh (TD3, TD3+BC), ``ValueOperator(MLP(obs + act, 1), in_keys=["observation",
+    "action"])``, and for IQL ``ValueOperator(MLP(obs, 1))``; ReLU MLPs. DQN and C51:
+    :func:`discrete_networks`."""
     from arrayrl.modules import MLP, DictModule, NormalParamExtractor, Sequential, Tanh
     from arrayrl.modules.actors import Actor, ProbabilisticActor, ValueOperator
     from arrayrl.modules.distributions import TanhNormal
 
-    def mlp(n_in: int, n_out: int, seed: int) -> Any:
-        return MLP(n_in, n_out, list(OFF_CELLS), activation_class="relu", seed=seed,
-                   backend=backend)
+    if kind in DISCRETE:
+        return discrete_networks(kind, backend)
 
-    qvalue = ValueOperator(mlp(OBS_DIM + ACT_DIM, 1, CRITIC_SEED),
-                           in_keys=["observation", "action"])
-    if kind == "td3":
-        return Actor(Sequential(mlp(OBS_DIM, ACT_DIM, ACTOR_SEED), Tanh()),
-                     in_keys=["observation"]), qvalue
+    def mlp(n_in: int, n_out: int, seed: int) -> Any:
+        return MLP(
+            n_in, n_out, list(OFF_CELLS), activation_class="relu", seed=seed, backend=backend
+        )
+
+    qvalue = ValueOperator(
+        mlp(OBS_DIM + ACT_DIM, 1, CRITIC_SEED), in_keys=["observation", "action"]
+    )
+    if kind in ("td3", "td3bc"):
+        return Actor(
+            Sequential(mlp(OBS_DIM, ACT_DIM, ACTOR_SEED), Tanh()), in_keys=["observation"]
+        ), qvalue
     body = Sequential(mlp(OBS_DIM, 2 * ACT_DIM, ACTOR_SEED), NormalParamExtractor())
     actor = ProbabilisticActor(
         DictModule(body, in_keys=["observation"], out_keys=["loc", "scale"]),
@@ -576,23 +696,69 @@ def offpolicy_networks(kind: str, backend: str) -> tuple[Any, Any]:
         distribution_kwargs={"low": -1.0, "high": 1.0},
         return_log_prob=True,
     )
+    if kind == "iql":
+        return actor, qvalue, ValueOperator(mlp(OBS_DIM, 1, VALUE_SEED), in_keys=["observation"])
     return actor, qvalue
 
 
-def torchrl_offpolicy_networks(kind: str, actor: Any, qvalue: Any) -> tuple[Any, Any]:
-    """TorchRL's actor and Q network for ``kind`` holding the weights of arrayrl's."""
+def discrete_networks(kind: str, backend: str) -> tuple[Any]:
+    """arrayrl's value network for DQN (``QValueActor(MLP(obs, actions))``) or C51
+    (``DistributionalQValueActor(MLP(obs, atoms · actions) → [atoms, actions])``), one-hot
+    actions."""
+    from arrayrl.modules import MLP, DistributionalQValueActor, QValueActor, Sequential
+
+    width = N_ACTIONS * (ATOMS if kind == "c51" else 1)
+    mlp = MLP(
+        DISCRETE_OBS,
+        width,
+        list(OFF_CELLS),
+        activation_class="relu",
+        seed=CRITIC_SEED,
+        backend=backend,
+    )
+    if kind == "dqn":
+        return (QValueActor(mlp, action_space=ACTION_SPACE),)
+    support = np.linspace(*V_RANGE, ATOMS, dtype=np.float32)
+    return (
+        DistributionalQValueActor(
+            Sequential(mlp, AtomsByActions()), support=support, action_space=ACTION_SPACE
+        ),
+    )
+
+
+class AtomsByActions(Layer):
+    """``[..., atoms · actions]`` → ``[..., atoms, actions]``, the reshape of TorchRL's
+    ``MLP(out_features=(atoms, actions))``."""
+
+    def apply(self, params: Any, x: Any) -> Any:
+        from arrayrl.backends import backend_of
+
+        return backend_of(x).xp.reshape(x, (*x.shape[:-1], ATOMS, N_ACTIONS))
+
+
+def torchrl_offpolicy_networks(kind: str, *ours: Any) -> tuple[Any, ...]:
+    """TorchRL's networks for ``kind`` holding the weights of arrayrl's ``ours`` (as
+    :func:`offpolicy_networks` returns them)."""
     import torch
     from tensordict.nn import NormalParamExtractor, TensorDictModule
     from torchrl.modules import MLP, Actor, ProbabilisticActor, TanhNormal, ValueOperator
 
-    def mlp(n_in: int, n_out: int) -> Any:
-        return MLP(in_features=n_in, out_features=n_out, num_cells=list(OFF_CELLS),
-                   activation_class=torch.nn.ReLU)
+    if kind in DISCRETE:
+        return torchrl_discrete_networks(kind, *ours)
 
+    def mlp(n_in: int, n_out: int) -> Any:
+        return MLP(
+            in_features=n_in,
+            out_features=n_out,
+            num_cells=list(OFF_CELLS),
+            activation_class=torch.nn.ReLU,
+        )
+
+    actor, qvalue, *value = ours
     q_mlp = mlp(OBS_DIM + ACT_DIM, 1)
     q_mlp.load_state_dict(_state_dict(qvalue.module))
     their_q = ValueOperator(q_mlp, in_keys=["observation", "action"])
-    if kind == "td3":
+    if kind in ("td3", "td3bc"):
         net = torch.nn.Sequential(mlp(OBS_DIM, ACT_DIM), torch.nn.Tanh())
         net.load_state_dict(_state_dict(actor.module))
         return Actor(net, in_keys=["observation"]), their_q
@@ -605,14 +771,55 @@ def torchrl_offpolicy_networks(kind: str, actor: Any, qvalue: Any) -> tuple[Any,
         distribution_kwargs={"low": -1.0, "high": 1.0},
         return_log_prob=True,
     )
-    return their_actor, their_q
+    if kind != "iql":
+        return their_actor, their_q
+    v_mlp = mlp(OBS_DIM, 1)
+    v_mlp.load_state_dict(_state_dict(value[0].module))
+    return their_actor, their_q, ValueOperator(v_mlp, in_keys=["observation"])
+
+
+def torchrl_discrete_networks(kind: str, ours: Any) -> tuple[Any]:
+    """TorchRL's ``QValueActor`` / ``DistributionalQValueActor`` over a TorchRL MLP
+    holding the weights of arrayrl's value network ``ours``."""
+    import torch
+    from torchrl.modules import MLP, DistributionalQValueActor, QValueActor
+
+    out: Any = (ATOMS, N_ACTIONS) if kind == "c51" else N_ACTIONS
+    mlp = MLP(
+        in_features=DISCRETE_OBS,
+        out_features=out,
+        num_cells=list(OFF_CELLS),
+        activation_class=torch.nn.ReLU,
+    )
+    layers = ours.module.module  # the MLP, or Sequential(MLP, AtomsByActions) for C51
+    mlp.load_state_dict(_state_dict(layers[0] if kind == "c51" else layers))
+    if kind == "dqn":
+        return (QValueActor(mlp, in_keys=["observation"], action_space=ACTION_SPACE),)
+    support = torch.linspace(*V_RANGE, ATOMS)
+    return (
+        DistributionalQValueActor(
+            mlp, support=support, in_keys=["observation"], action_space=ACTION_SPACE
+        ),
+    )
 
 
 def offpolicy_kwargs(kind: str, qnets: int) -> dict[str, Any]:
     """The constructor arguments both libraries get (otherwise their defaults)."""
-    if kind == "sac":  # -|A|, what "auto" gives; explicit, the actors carry no spec
-        return {"num_qvalue_nets": qnets, "target_entropy": -float(ACT_DIM)}
+    if kind in ("sac", "cql"):  # -|A|, what "auto" gives; explicit, the actors carry no spec
+        ensemble = {"num_qvalue_nets": qnets} if kind == "sac" else {}
+        return {**ensemble, "target_entropy": -float(ACT_DIM)}
+    if kind == "iql":
+        return {"num_qvalue_nets": qnets}
+    if kind == "dqn":  # TorchRL's DQNLoss cannot read it from a QValueActor without a spec
+        return {"action_space": ACTION_SPACE}
+    if kind == "c51":
+        return {"gamma": C51_GAMMA}
     return {"num_qvalue_nets": qnets, "bounds": (-1.0, 1.0)}
+
+
+def kind_qnets(kind: str, args: argparse.Namespace) -> tuple[int, ...]:
+    """The network counts to measure ``kind`` with: ``--qnets``, or its fixed count."""
+    return (FIXED_QNETS[kind],) if kind in FIXED_QNETS else args.qnets
 
 
 @dataclass
@@ -640,28 +847,33 @@ def offpolicy_losses(kind: str, qnets: int) -> OffLosses:
     """arrayrl's loss on NumPy and on torch (built alike on NumPy, so that the loss's
     generator draws the same members, then one moved to torch), TorchRL's, and arrayrl's
     with TorchRL's modules (the adapted path); TorchRL's and the adapted loss's members and
-    target members are overwritten with arrayrl's."""
+    target members are overwritten with arrayrl's (DQN and C51 have one network, whose
+    target copy starts equal to it in every loss)."""
     import copy
 
     import torchrl.objectives as trl
 
+    import arrayrl.objectives as arl
     from arrayrl.modules import flatten_params
-    from arrayrl.objectives import SACLoss, TD3Loss
 
-    ours_cls, their_cls = (SACLoss, trl.SACLoss) if kind == "sac" else (TD3Loss, trl.TD3Loss)
+    ours_cls, their_cls = getattr(arl, OFF_TITLES[kind]), getattr(trl, OFF_TITLES[kind])
     kwargs = offpolicy_kwargs(kind, qnets)
-    ours_np = ours_cls(*offpolicy_networks(kind, "numpy"), seed=LOSS_SEED, **kwargs)
-    ours = ours_cls(*offpolicy_networks(kind, "numpy"), seed=LOSS_SEED, **kwargs).to("torch")
+    seed = {} if kind in DISCRETE else {"seed": LOSS_SEED}  # DQN and C51 draw nothing
+    ours_np = ours_cls(*offpolicy_networks(kind, "numpy"), **seed, **kwargs)
+    ours = ours_cls(*offpolicy_networks(kind, "numpy"), **seed, **kwargs).to("torch")
     modules = torchrl_offpolicy_networks(kind, *offpolicy_networks(kind, "numpy"))
     theirs = their_cls(*modules, **kwargs)
     adapted = ours_cls(*copy.deepcopy(modules), **kwargs)
+    if kind in DISCRETE:
+        return OffLosses(kind, qnets, ours, ours_np, theirs, adapted)
     members = flatten_params(ours.qvalue_network_params)
     targets = flatten_params(ours.target_qvalue_network_params)
     for loss in (theirs, adapted):
         if loss is theirs:
             online = {".".join(k): v for k, v in theirs.qvalue_network_params.items(True, True)}
-            target = {".".join(k): v
-                      for k, v in theirs.target_qvalue_network_params.items(True, True)}
+            target = {
+                ".".join(k): v for k, v in theirs.target_qvalue_network_params.items(True, True)
+            }
         else:
             online = flatten_params(adapted.qvalue_network_params)
             target = flatten_params(adapted.target_qvalue_network_params)
@@ -670,21 +882,31 @@ def offpolicy_losses(kind: str, qnets: int) -> OffLosses:
     return OffLosses(kind, qnets, ours, ours_np, theirs, adapted)
 
 
-def offpolicy_arrays(size: int) -> dict[str, Any]:
-    """One batch of ``size`` transitions: ``observation`` and next ``observation`` ~
-    N(0, 1), ``action`` ~ U(-0.95, 0.95), ``reward`` ~ N(0, 1), ``done`` ~ Bernoulli(0.01),
+def offpolicy_arrays(kind: str, size: int) -> dict[str, Any]:
+    """One batch of ``size`` transitions for ``kind``: ``observation`` and next
+    ``observation`` ~ N(0, 1), ``action`` ~ U(-0.95, 0.95) (DQN, C51: one-hot, uniform
+    over the actions), ``reward`` ~ N(0, 1), ``done`` ~ Bernoulli(0.01),
     ``terminated`` = ``done``."""
     rng = np.random.default_rng(BATCH_SEED)
+    obs_dim = DISCRETE_OBS if kind in DISCRETE else OBS_DIM
 
     def normal(*shape: int) -> np.ndarray:
         return rng.standard_normal(shape, dtype=np.float32)
 
     done = rng.random((size, 1)) < 0.01
+    if kind in DISCRETE:
+        action = np.eye(N_ACTIONS, dtype=np.int64)[rng.integers(0, N_ACTIONS, size)]
+    else:
+        action = rng.uniform(-0.95, 0.95, (size, ACT_DIM)).astype(np.float32)
     return {
-        "observation": normal(size, OBS_DIM),
-        "action": rng.uniform(-0.95, 0.95, (size, ACT_DIM)).astype(np.float32),
-        "next": {"observation": normal(size, OBS_DIM), "reward": normal(size, 1),
-                 "done": done, "terminated": done.copy()},
+        "observation": normal(size, obs_dim),
+        "action": action,
+        "next": {
+            "observation": normal(size, obs_dim),
+            "reward": normal(size, 1),
+            "done": done,
+            "terminated": done.copy(),
+        },
     }
 
 
@@ -707,12 +929,16 @@ def make_offpolicy_case(losses: OffLosses, size: int) -> OffCase:
 
     from arrayrl.data import ArrayDict
 
-    arrays = offpolicy_arrays(size)
+    arrays = offpolicy_arrays(losses.kind, size)
     tensors = to_torch(arrays)
-    return OffCase(losses, size, batch=ArrayDict(tensors, (size,)),
-                   batch_adapted=ArrayDict(tensors, (size,)),
-                   batch_np=ArrayDict(arrays, (size,)),
-                   td=TensorDict(tensors, batch_size=(size,)))
+    return OffCase(
+        losses,
+        size,
+        batch=ArrayDict(tensors, (size,)),
+        batch_adapted=ArrayDict(tensors, (size,)),
+        batch_np=ArrayDict(arrays, (size,)),
+        td=TensorDict(tensors, batch_size=(size,)),
+    )
 
 
 def offpolicy_step(loss: Any, batch: Any, terms: tuple[str, ...]) -> Callable[[], Any]:
@@ -737,28 +963,37 @@ def offpolicy_competitors(case: OffCase) -> dict[str, Callable[[], Any]]:
     return {
         "arrayrl fwd+bwd": offpolicy_step(ls.ours, case.batch, terms),
         "TorchRL fwd+bwd": offpolicy_step(ls.theirs, case.td, terms),
-        "arrayrl (TorchRL modules) fwd+bwd": offpolicy_step(ls.adapted, case.batch_adapted,
-                                                            terms),
+        "arrayrl (TorchRL modules) fwd+bwd": offpolicy_step(ls.adapted, case.batch_adapted, terms),
         "arrayrl fwd": fwd_no_grad(ls.ours, case.batch),
         "TorchRL fwd": fwd_no_grad(ls.theirs, case.td),
         "arrayrl NumPy fwd": lambda: ls.ours_np(case.batch_np),
     }
 
 
-def _seeded_step(loss: Any, batch: Any, terms: tuple[str, ...], own_seed: bool) -> tuple:
+def _seeded_step(
+    loss: Any,
+    batch: Any,
+    terms: tuple[str, ...],
+    own_seed: bool,
+    outputs: Callable[[Any, Any], Any] | None = None,
+) -> tuple:
     """Outputs, ``td_error`` and gradients (``{group: [grad, ...]}`` by parameter-name
-    prefix, in parameter order) of one step whose draws start from :data:`DRAW_SEED`:
-    ``own_seed`` reseeds the loss's own generator, else torch's default one is reseeded
-    (TorchRL, and arrayrl with TorchRL's modules, draw from it in the same order)."""
+    prefix, in parameter order, trainable parameters only) of one step whose draws start
+    from :data:`DRAW_SEED`: ``own_seed`` reseeds the loss's own generator, else torch's
+    default one is reseeded (TorchRL, and arrayrl with TorchRL's modules, draw from it in
+    the same order). ``outputs(out, batch)``, if given, replaces the outputs before the
+    backward pass (the CQL oracle, :func:`torchrl_cql_oracle`)."""
     import torch
 
-    named = list(loss.named_parameters())
+    named = [(n, p) for n, p in loss.named_parameters() if p.requires_grad]
     for _, p in named:
         p.grad = None
     if own_seed:
         loss.seed = DRAW_SEED
     torch.manual_seed(DRAW_SEED)
     out = loss(batch)
+    if outputs is not None:
+        out = outputs(out, batch)
     sum(out[t] for t in terms).backward()
     grads: dict[str, list[np.ndarray]] = {}
     for name, p in named:
@@ -766,6 +1001,42 @@ def _seeded_step(loss: Any, batch: Any, terms: tuple[str, ...], own_seed: bool) 
         grads.setdefault(name.split(".")[0], []).append(g)
         p.grad = None
     return out, host(batch["td_error"]), grads
+
+
+@contextlib.contextmanager
+def torchrl_cql_oracle(loss: Any) -> Iterator[Callable[[Any, Any], Any]]:
+    """TorchRL's ``CQLLoss`` outputs with ``loss_cql`` recomputed as arrayrl computes it.
+
+    arrayrl's ``loss_cql`` takes the log-sum-exp over the 3K proposals of each state,
+    TorchRL 0.14.1's over the three groups of each proposal index (the deviation
+    ``torchrl-cql-logsumexp-over-groups`` of ``conformance/cql_cases.py``). While the
+    context is open, TorchRL's ensemble call and policy sampling record the proposal
+    Q-values and log-probabilities of its own forward (the conformance suite's
+    ``_record``), and the function yielded, ``(out, batch) → outputs``, replaces
+    ``loss_cql`` by the paper's estimator on them (its ``_fixed_terms``, with the graph),
+    so that every output and gradient is compared on TorchRL's own values. The loss is
+    restored on exit (the timed TorchRL loss is the unpatched one)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.append(root)
+    from conformance.cql_cases import _fixed_terms, _record
+
+    patched = ("_vmap_qvalue_network00", "_get_policy_actions")
+    saved = {name: loss.__dict__[name] for name in patched if name in loss.__dict__}
+    box = ((-1.0,) * ACT_DIM, (1.0,) * ACT_DIM)  # TorchRL's proposal box, [-1, 1]
+    record = _record(loss, box)
+
+    def fixed(out: Any, batch: Any) -> dict[str, Any]:
+        terms = dict(out.items())
+        terms.update(_fixed_terms(loss, record, batch, box))
+        return terms
+
+    try:
+        yield fixed
+    finally:
+        for name in patched:
+            loss.__dict__.pop(name, None)
+        loss.__dict__.update(saved)
 
 
 def compare_all(a: Any, b: Any, keys: Any) -> float:
@@ -795,15 +1066,22 @@ def check_offpolicy(case: OffCase) -> dict[str, Any]:
     import torch
 
     ls, terms = case.losses, OFF_TERMS[case.losses.kind]
-    out_t, prio_t, grads_t = _seeded_step(ls.theirs, case.td, terms, own_seed=False)
+    if ls.kind == "cql":
+        with torchrl_cql_oracle(ls.theirs) as outputs:
+            out_t, prio_t, grads_t = _seeded_step(ls.theirs, case.td, terms, False, outputs)
+    else:
+        out_t, prio_t, grads_t = _seeded_step(ls.theirs, case.td, terms, own_seed=False)
     keys = list(out_t.keys())
     out, prio, grads = _seeded_step(ls.ours, case.batch, terms, own_seed=True)
     out_a, prio_a, grads_a = _seeded_step(ls.adapted, case.batch_adapted, terms, own_seed=False)
     check = {
         "values": max(compare_all(out, out_t, keys), compare_all([prio], [prio_t], [0])),
         "grads": grouped_grad_error(grads, grads_t),
-        "adapted": max(compare_all(out_a, out_t, keys), compare_all([prio_a], [prio_t], [0]),
-                       grouped_grad_error(grads_a, grads_t)),
+        "adapted": max(
+            compare_all(out_a, out_t, keys),
+            compare_all([prio_a], [prio_t], [0]),
+            grouped_grad_error(grads_a, grads_t),
+        ),
     }
     for loss in (ls.ours, ls.ours_np):  # NumPy-drawn noise on both, then back
         loss.generator_mode = "numpy"
@@ -811,8 +1089,10 @@ def check_offpolicy(case: OffCase) -> dict[str, Any]:
     with torch.no_grad():
         out_torch = ls.ours(case.batch)
     out_np = ls.ours_np(case.batch_np)
-    check["numpy"] = max(compare_all(out_np, out_torch, keys),
-                         compare_all([case.batch_np["td_error"]], [case.batch["td_error"]], [0]))
+    check["numpy"] = max(
+        compare_all(out_np, out_torch, keys),
+        compare_all([case.batch_np["td_error"]], [case.batch["td_error"]], [0]),
+    )
     for loss in (ls.ours, ls.ours_np):
         del loss.generator_mode  # the class default ("native") again
         loss.seed = LOSS_SEED
@@ -873,23 +1153,27 @@ def offpolicy_target_lines(rows: list[OffRow]) -> list[str]:
     """One line per cell with a target in :data:`OFF_TARGETS`."""
     lines = []
     for row in rows:
-        goal = OFF_TARGETS.get(row.size)
+        goal = OFF_TARGETS.get(row.kind, {}).get(row.size)
         if goal is None:
             continue
         got = ratio(row, "arrayrl fwd+bwd", "TorchRL fwd+bwd")
         verdict = "met" if got <= goal else "MISSED"
-        lines.append(f"target {OFF_TITLES[row.kind]} batch {row.size}, {row.qnets} Q nets: "
-                     f"arrayrl/TorchRL fwd+bwd = {got:.2f}x (<= {goal:g}x): {verdict}")
+        lines.append(
+            f"target {OFF_TITLES[row.kind]} batch {row.size}, {row.qnets} Q nets: "
+            f"arrayrl/TorchRL fwd+bwd = {got:.2f}x (<= {goal:g}x): {verdict}"
+        )
     return lines
 
 
 def run_offpolicy(kind: str, args: argparse.Namespace) -> list[OffRow]:
     """Every (Q nets, batch) cell of ``kind``, printing the table at the end."""
     rows = []
-    for qnets in args.qnets:
+    for qnets in kind_qnets(kind, args):
         losses = offpolicy_losses(kind, qnets)
-        rows += [bench_offpolicy(make_offpolicy_case(losses, size), args)
-                 for size in args.offpolicy_batches]
+        rows += [
+            bench_offpolicy(make_offpolicy_case(losses, size), args)
+            for size in args.offpolicy_batches
+        ]
     rows.sort(key=lambda r: (r.size, r.qnets))
     print("\n" + offpolicy_table(kind, rows), flush=True)
     return rows
@@ -916,46 +1200,79 @@ def _phase_times(loss: Any, batch: Any, terms: tuple[str, ...], runs: int) -> di
 MATMUL_OPS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")
 
 
-def _op_profile(loss: Any, batch: Any, terms: tuple[str, ...], runs: int) -> dict:
-    """Torch-profiler totals of ``runs`` steps: matmul and element-wise self time, and
-    the five most expensive other ops (self CPU time per step)."""
+def _rows(shapes: list[list[int]]) -> int:
+    """The most rows among an op's operands (an operand's size without its last axis)."""
+    return max((math.prod(shape[:-1]) for shape in shapes if len(shape) >= 2), default=0)
+
+
+def _op_profile(loss: Any, batch: Any, terms: tuple[str, ...], runs: int, rows: int) -> dict:
+    """Torch-profiler totals of ``runs`` steps (self CPU time per step): all ops, the
+    matmuls, the ops with an operand of more than ``rows`` rows (``wide_s``, of which
+    matmuls ``wide_matmul_s``: with ``rows`` = Q nets × batch, the work on the repeated
+    rows, CQL's proposals, or C51's ``[B, atoms, atoms]`` projection), and the five most
+    expensive other ops."""
     from torch.profiler import ProfilerActivity, profile
 
     step = offpolicy_step(loss, batch, terms)
     step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(runs):
             step()
     events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
     total = sum(e.self_cpu_time_total for e in prof.key_averages()) / runs / 1e6
     matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / runs / 1e6
-    others = sorted((e for e in events if e.key not in MATMUL_OPS),
-                    key=lambda e: -e.self_cpu_time_total)[:5]
-    return {"total_s": total, "matmul_s": matmul,
-            "top": [(e.key, e.self_cpu_time_total / runs / 1e6) for e in others]}
+    wide = [
+        e
+        for e in prof.key_averages(group_by_input_shape=True)
+        if e.key.startswith("aten::") and _rows(e.input_shapes) > rows
+    ]
+    others = sorted(
+        (e for e in events if e.key not in MATMUL_OPS), key=lambda e: -e.self_cpu_time_total
+    )[:5]
+    return {
+        "total_s": total,
+        "matmul_s": matmul,
+        "wide_s": sum(e.self_cpu_time_total for e in wide) / runs / 1e6,
+        "wide_matmul_s": sum(e.self_cpu_time_total for e in wide if e.key in MATMUL_OPS)
+        / runs
+        / 1e6,
+        "top": [(e.key, e.self_cpu_time_total / runs / 1e6) for e in others],
+    }
 
 
 def offpolicy_phases(kind: str, args: argparse.Namespace) -> list[str]:
-    """Where a step's time goes at the target batch sizes: forward / backward thread time
-    and the profiler's matmul share, for arrayrl, TorchRL and the adapted path."""
-    lines = [f"\n### {OFF_TITLES[kind]}: phases (thread time per step, median of "
-             f"{args.phase_runs}) and torch-profiler self time\n",
-             "| batch | Q nets | competitor | forward | backward | profiled step | matmuls "
-             "| largest other ops (per step) |", "|---|---|---|---|---|---|---|---|"]
-    for qnets in args.qnets:
+    """Where a step's time goes at the target batch sizes (the smallest batch for a loss
+    without a target): forward / backward thread time, the profiler's matmul share and
+    the share of the ops on more rows than Q nets × batch, for arrayrl, TorchRL and the
+    adapted path."""
+    lines = [
+        f"\n### {OFF_TITLES[kind]}: phases (thread time per step, median of "
+        f"{args.phase_runs}) and torch-profiler self time\n",
+        "| batch | Q nets | competitor | forward | backward | profiled step | matmuls "
+        "| ops on > Q nets × batch rows (matmuls) | largest other ops (per step) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    targets = OFF_TARGETS.get(kind, {})
+    sizes = [b for b in args.offpolicy_batches if b in targets] or [min(args.offpolicy_batches)]
+    for qnets in kind_qnets(kind, args):
         losses = offpolicy_losses(kind, qnets)
-        for size in [b for b in args.offpolicy_batches if b in OFF_TARGETS]:
+        for size in sizes:
             case = make_offpolicy_case(losses, size)
-            pairs = (("arrayrl", losses.ours, case.batch), ("TorchRL", losses.theirs, case.td),
-                     ("arrayrl (TorchRL modules)", losses.adapted, case.batch_adapted))
+            pairs = (
+                ("arrayrl", losses.ours, case.batch),
+                ("TorchRL", losses.theirs, case.td),
+                ("arrayrl (TorchRL modules)", losses.adapted, case.batch_adapted),
+            )
             for name, loss, batch in pairs:
                 ph = _phase_times(loss, batch, OFF_TERMS[kind], args.phase_runs)
-                prof = _op_profile(loss, batch, OFF_TERMS[kind], args.phase_runs)
+                prof = _op_profile(loss, batch, OFF_TERMS[kind], args.phase_runs, qnets * size)
                 top = ", ".join(f"{k[6:]} {v * 1e3:.2f}" for k, v in prof["top"])
                 lines.append(
                     f"| {size} | {qnets} | {name} | {ph['fwd_s'] * 1e3:.2f} ms | "
                     f"{ph['bwd_s'] * 1e3:.2f} ms | {prof['total_s'] * 1e3:.2f} ms | "
-                    f"{prof['matmul_s'] * 1e3:.2f} ms | {top} ms |")
+                    f"{prof['matmul_s'] * 1e3:.2f} ms | {prof['wide_s'] * 1e3:.2f} ms "
+                    f"({prof['wide_matmul_s'] * 1e3:.2f} ms) | {top} ms |"
+                )
     return lines
 
 
@@ -971,24 +1288,51 @@ def parse_batches(text: str) -> tuple[int, ...]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    p.add_argument("--batches", type=parse_batches, default=DEFAULT_BATCHES,
-                   help="comma-separated batch sizes (default 64,256,4096,65536)")
-    p.add_argument("--repeats", type=int, default=11,
-                   help="interleaved samples per competitor (default 11)")
-    p.add_argument("--sample-s", type=float, default=0.05,
-                   help="seconds per sample, sets the calls per sample (default 0.05)")
-    p.add_argument("--variants", default=",".join(VARIANTS),
-                   help="comma-separated subset of precomputed,gae (default both)")
-    p.add_argument("--losses", default=",".join(LOSSES),
-                   help="comma-separated subset of ppo,sac,td3 (default all)")
-    p.add_argument("--offpolicy-batches", type=parse_batches, default=OFF_BATCHES,
-                   help="batch sizes of SACLoss and TD3Loss (default 256,4096)")
-    p.add_argument("--qnets", type=parse_batches, default=QNETS,
-                   help="Q ensemble sizes of SACLoss and TD3Loss (default 2,10)")
-    p.add_argument("--phases", action="store_true",
-                   help="also profile SACLoss / TD3Loss steps at batch 256 (fwd / bwd / ops)")
-    p.add_argument("--phase-runs", type=int, default=7,
-                   help="steps per phase measurement (default 7)")
+    p.add_argument(
+        "--batches",
+        type=parse_batches,
+        default=DEFAULT_BATCHES,
+        help="comma-separated batch sizes (default 64,256,4096,65536)",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=11, help="interleaved samples per competitor (default 11)"
+    )
+    p.add_argument(
+        "--sample-s",
+        type=float,
+        default=0.05,
+        help="seconds per sample, sets the calls per sample (default 0.05)",
+    )
+    p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated subset of precomputed,gae (default both)",
+    )
+    p.add_argument(
+        "--losses",
+        default=",".join(DEFAULT_LOSSES),
+        help=f"comma-separated subset of {','.join(LOSSES)} (default {','.join(DEFAULT_LOSSES)})",
+    )
+    p.add_argument(
+        "--offpolicy-batches",
+        type=parse_batches,
+        default=OFF_BATCHES,
+        help="batch sizes of the off-policy losses (default 256,4096)",
+    )
+    p.add_argument(
+        "--qnets",
+        type=parse_batches,
+        default=QNETS,
+        help="Q ensemble sizes of SAC, TD3, TD3+BC and IQL (default 2,10)",
+    )
+    p.add_argument(
+        "--phases",
+        action="store_true",
+        help="also profile the off-policy steps at batch 256 (fwd / bwd / ops)",
+    )
+    p.add_argument(
+        "--phase-runs", type=int, default=7, help="steps per phase measurement (default 7)"
+    )
     p.add_argument("--json", metavar="PATH", default=None, help="dump the raw numbers")
     args = p.parse_args(argv)
     args.variants = tuple(v for v in args.variants.split(",") if v)
@@ -1012,8 +1356,9 @@ def main(argv: list[str] | None = None) -> int:
         ours = arrayrl_loss("torch")
         losses = (ours, arrayrl_loss("numpy"), torchrl_loss(ours))
         for variant in args.variants:
-            results[variant] = [bench_case(make_case(size, variant, losses), args)
-                                for size in args.batches]
+            results[variant] = [
+                bench_case(make_case(size, variant, losses), args) for size in args.batches
+            ]
             print("\n" + table(variant, results[variant]), flush=True)
     lines = target_lines(results.get("precomputed", []))
     off_results = {kind: run_offpolicy(kind, args) for kind in OFF_KINDS if kind in args.losses}
@@ -1023,12 +1368,19 @@ def main(argv: list[str] | None = None) -> int:
         for kind in off_results:
             print("\n".join(offpolicy_phases(kind, args)), flush=True)
     info["load_avg_end"] = os.getloadavg()
-    print("\n" + "\n".join([*lines, "load average at end: "
-                            + ", ".join(f"{x:.2f}" for x in info["load_avg_end"])]))
+    print(
+        "\n"
+        + "\n".join(
+            [*lines, "load average at end: " + ", ".join(f"{x:.2f}" for x in info["load_avg_end"])]
+        )
+    )
     if args.json:
-        dump = {"machine": info, "args": {k: v for k, v in vars(args).items() if k != "json"},
-                "results": {k: [vars(r) for r in v] for k, v in results.items()},
-                "offpolicy": {k: [vars(r) for r in v] for k, v in off_results.items()}}
+        dump = {
+            "machine": info,
+            "args": {k: v for k, v in vars(args).items() if k != "json"},
+            "results": {k: [vars(r) for r in v] for k, v in results.items()},
+            "offpolicy": {k: [vars(r) for r in v] for k, v in off_results.items()},
+        }
         with open(args.json, "w") as f:
             json.dump(dump, f, indent=1)
     checks = [r.check["ok"] for rows in (*results.values(), *off_results.values()) for r in rows]
