@@ -124,6 +124,19 @@ class Backend:
         total = xp.log(xp.sum(xp.exp(x - top), axis=axis, keepdims=True))
         return xp.squeeze(top + total, axis=axis)
 
+    def scatter_add(self, size: int, index: Any, values: Any) -> Any:
+        """``out[..., k] = Σ_{j: index[..., j] = k} values[..., j]``: ``values`` (``[..., m]``)
+        added into ``size`` zeros along the last axis at the integer ``index`` (same
+        shape, entries in ``[0, size)``, not checked). Differentiable in ``values``.
+
+        This generic form compares every index with every slot (``m·size`` work): the
+        array API has no scatter. NumPy, CuPy and torch override it with their scatter.
+        """
+        xp = self.xp
+        slots = xp.arange(size, device=self.device)
+        hit = index[..., None] == slots  # [..., m, size]
+        return xp.sum(xp.where(hit, values[..., None], xp.zeros_like(values[..., None])), axis=-2)
+
     def zero_with_gradient(self, x: Any) -> Any:
         """Zeros shaped like ``x`` whose gradient with respect to ``x`` is the identity
         (``x - stop_gradient(x)``), and a plain zero where ``x`` is not finite."""
@@ -273,3 +286,13 @@ def _host_copy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach()
     return np.asarray(x)
+
+
+def bincount_scatter_add(xp: Any, size: int, index: Any, values: Any) -> Any:
+    """:meth:`Backend.scatter_add` through ``xp.bincount`` over flattened rows (NumPy,
+    CuPy): row ``r`` adds into bins ``r·size ... r·size + size - 1``."""
+    batch = index.shape[:-1]
+    rows = xp.arange(int(np.prod(batch, dtype=np.int64)), dtype=xp.int64)
+    flat = (xp.reshape(index, (-1, index.shape[-1])) + rows[:, None] * size).ravel()
+    total = xp.bincount(flat, weights=values.ravel(), minlength=rows.shape[0] * size)
+    return xp.reshape(total.astype(values.dtype, copy=False), (*batch, size))

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ._base import Backend, ScanKernels
+from ._base import Backend, ScanKernels, bincount_scatter_add
 
 
 class CupyBackend(Backend):
@@ -33,6 +33,11 @@ class CupyBackend(Backend):
 
     def to_numpy(self, x: Any) -> np.ndarray:
         return x.get()
+
+    def scatter_add(self, size: int, index: Any, values: Any) -> Any:
+        import cupy
+
+        return bincount_scatter_add(cupy, size, index.astype(cupy.int64, copy=False), values)
 
     def rng(self, seed: int) -> Any:
         import cupy

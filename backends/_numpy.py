@@ -7,7 +7,7 @@ from typing import Any
 import array_api_compat.numpy as xp_numpy
 import numpy as np
 
-from ._base import Backend, ScanKernels
+from ._base import Backend, ScanKernels, bincount_scatter_add
 
 
 def _identity(x: Any) -> Any:
@@ -36,6 +36,9 @@ class NumpyBackend(Backend):
             raise ValueError(f"shape mismatch: {src.shape} into {dst.shape}")
         np.copyto(dst, src, casting="unsafe")
         return dst
+
+    def scatter_add(self, size: int, index: Any, values: Any) -> Any:
+        return bincount_scatter_add(np, size, np.asarray(index, np.int64), values)
 
     def zero_with_gradient(self, x: Any) -> Any:
         return np.zeros_like(x)  # no autograd: nothing to carry

@@ -144,6 +144,10 @@ class TorchBackend(Backend):
     def smooth_l1(self, v1: Any, v2: Any) -> Any:
         return torch.nn.functional.smooth_l1_loss(v1, v2, reduction="none")
 
+    def scatter_add(self, size: int, index: Any, values: Any) -> Any:
+        zeros = values.new_zeros((*values.shape[:-1], size))
+        return zeros.scatter_add(-1, index.to(torch.int64), values)  # out of place: autograd
+
     def logsumexp(self, x: Any, axis: int) -> Any:
         return torch.logsumexp(x, dim=axis)
 

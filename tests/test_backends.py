@@ -95,3 +95,38 @@ def test_numpy_estimator_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- scatter_add -------------------------------------------------------------------------------
+_SCATTER_BACKENDS = ["numpy", "torch", "array_api_strict"]
+
+
+@pytest.mark.parametrize("name", _SCATTER_BACKENDS)
+@pytest.mark.parametrize("batch", [(), (5,), (3, 4)])
+def test_scatter_add_matches_numpy_add_at(name, batch):
+    """Every backend's scatter adds like ``np.add.at`` row by row, repeated indices
+    included, in the values' dtype."""
+    pytest.importorskip(name)
+    backend = get_backend(name)
+    rng = np.random.default_rng(len(batch))
+    size, m = 6, 9
+    index = rng.integers(0, size, (*batch, m))
+    values = rng.normal(size=(*batch, m))
+    expected = np.zeros((*batch, size))
+    for row in np.ndindex(*batch):
+        np.add.at(expected[row], index[row], values[row])
+    out = backend.scatter_add(size, backend.from_numpy(index), backend.from_numpy(values))
+    result = backend.to_numpy(out)
+    assert result.shape == (*batch, size) and result.dtype == np.float64
+    np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_torch_scatter_add_is_differentiable_in_the_values():
+    torch = pytest.importorskip("torch")
+    backend = get_backend("torch")
+    index = torch.tensor([[0, 2, 2], [1, 1, 0]])
+    values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], requires_grad=True)
+    weights = torch.tensor([[1.0, 10.0, 100.0], [1000.0, 1e4, 1e5]])
+    (backend.scatter_add(3, index, values) * weights).sum().backward()
+    # d/d values[r, j] = weights[r, index[r, j]]
+    assert values.grad.tolist() == [[1.0, 100.0, 100.0], [1e4, 1e4, 1000.0]]

@@ -80,19 +80,20 @@ def categorical_projection(probs: Any, rewards: Any, discounts: Any, support: An
     and lands whole on :math:`b_j` when it is an atom (TorchRL's ``l == u`` adjustment):
     the "triangle" weight :math:`\max(0, 1 - |b_j - i|)` is exactly those two shares.
 
-    Why this form. The array API has no scatter-add, which the index form
-    (``index_add_`` at ``l`` and ``u``) needs; the triangle kernel writes the same
-    scatter as one dense contraction over :math:`(i, j)`, so it is one code path on every
-    backend, with no integer index arithmetic, no special case for integer :math:`b_j`,
-    no data-dependent shapes and no host synchronisation (the support's ends are read as
-    arrays, never as Python floats). It costs :math:`N^2` multiply-adds and
-    :math:`N^2` temporary elements per sample (2601 for :math:`N = 51`, small beside the
-    network's forward pass). :math:`b_j` is computed as
-    :math:`(N - 1)(\hat T z_j - v_{\min}) / (v_{\max} - v_{\min})`, so that the ends of
-    the support land exactly on :math:`0` and :math:`N - 1` (TorchRL's
-    :math:`(v_{\max} - v_{\min}) / \Delta z` can round above :math:`N - 1`, and its
-    scatter then writes into index :math:`N`: the next sample's first atom, or out of
-    range for the last sample). The result is linear in ``probs``
+    How. Each :math:`p_j` goes to :math:`l_j = \lfloor b_j \rfloor` with weight
+    :math:`1 - f_j` and to :math:`l_j + 1` with weight :math:`f_j = b_j - l_j`: two
+    scatter-adds along the atom axis (``Backend.scatter_add``: torch's ``scatter_add``,
+    a ``bincount`` on NumPy and CuPy, a compare-and-sum over :math:`N^2` pairs on other
+    array-API libraries, which have no scatter). An integer :math:`b_j` has
+    :math:`f_j = 0`, so it lands whole on its atom with no special case (TorchRL's
+    ``l == u`` adjustment), and :math:`l_j + 1` is clipped to :math:`N - 1`, where its
+    weight is 0. Any batch shape, no data-dependent shape, no host synchronisation (the
+    support's ends are read as arrays, never as Python floats). :math:`b_j` is computed
+    as :math:`(N - 1)(\hat T z_j - v_{\min}) / (v_{\max} - v_{\min})`, clipped to
+    :math:`[0, N - 1]`, so that the ends of the support land exactly on :math:`0` and
+    :math:`N - 1` (TorchRL's :math:`(v_{\max} - v_{\min}) / \Delta z` can round above
+    :math:`N - 1`, and its scatter then writes into index :math:`N`: the next sample's
+    first atom, or out of range for the last sample). The result is linear in ``probs``
     and continuous (piecewise linear) in ``rewards`` and ``discounts``, so autograd
     backends differentiate it with respect to all three. NaN inputs give NaN (TorchRL
     raises instead, after a host read).
@@ -126,9 +127,15 @@ def categorical_projection(probs: Any, rewards: Any, discounts: Any, support: An
     moved = xp.minimum(xp.maximum(rewards + discounts * z, low), high)
     # b = (Tz - v_min) / Δz, written so that v_min and v_max land exactly on 0 and N - 1
     b = xp.clip((moved - low) / (high - low) * last, 0.0, last)  # [*B, N]
-    grid = xp.arange(z.shape[0], dtype=dtype, device=backend.device)
-    weights = xp.clip(1.0 - xp.abs(b[..., None, :] - grid[:, None]), 0.0, 1.0)  # [*B, i, j]
-    return xp.sum(weights * probs[..., None, :], axis=-1)
+    lower = xp.floor(backend.stop_gradient(b))
+    upper_share = b - lower  # f_j in [0, 1), differentiable in b
+    finite = xp.isfinite(lower)  # a NaN input must not become an index
+    index = xp.astype(xp.where(finite, lower, xp.zeros_like(lower)), xp.int64)
+    size = z.shape[0]
+    below = backend.scatter_add(size, index, probs * (1.0 - upper_share))
+    above = backend.scatter_add(size, xp.clip(index + 1, max=size - 1), probs * upper_share)
+    poison = 0.0 * xp.sum(upper_share, axis=-1, keepdims=True)  # NaN spreads to the row
+    return below + above + poison
 
 
 def _check_projection_inputs(probs: Any, rewards: Any, support: Any, xp: Any) -> tuple:
