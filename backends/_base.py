@@ -101,6 +101,14 @@ class Backend:
         y = x @ self.xp.matrix_transpose(weight)
         return y if bias is None else y + bias
 
+    def batched_linear(self, x: Any, weight: Any, bias: Any = None) -> Any:
+        """``x[e] @ weight[e].T + bias[e]`` for every member ``e``: ``x`` is ``(E|1, N,
+        in)``, ``weight`` ``(E, out, in)``, ``bias`` ``(E, out)`` or None."""
+        y = x @ self.xp.matrix_transpose(weight)
+        if bias is None:
+            return y
+        return y + self.xp.reshape(bias, (bias.shape[0], 1, bias.shape[1]))
+
     def relu(self, x: Any) -> Any:
         """``max(x, 0)`` element-wise."""
         return self.xp.clip(x, min=0.0)

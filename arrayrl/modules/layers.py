@@ -99,11 +99,11 @@ class Linear(Layer):
         weight = params["weight"]
         backend = backend_of(x, weight=weight)
         if weight.ndim == 3:
-            return stacked_linear(x, weight, params.get("bias"), xp=backend.xp)
+            return stacked_linear(x, weight, params.get("bias"), backend=backend)
         return backend.linear(x, weight, params.get("bias"))
 
 
-def stacked_linear(x: Any, weight: Any, bias: Any, *, xp: Any) -> Any:
+def stacked_linear(x: Any, weight: Any, bias: Any, *, backend: Backend) -> Any:
     """``E`` linear maps at once: ``y[e] = x[e] W[e]ᵀ + b[e]``.
 
     Parameters
@@ -112,8 +112,8 @@ def stacked_linear(x: Any, weight: Any, bias: Any, *, xp: Any) -> Any:
         Member ``e``'s input is ``x[e]``; a leading axis of size 1 is shared by all.
     weight : array, shape ``(E, out, in)``
     bias : array, shape ``(E, out)``, or None
-    xp : namespace
-        The Array API namespace of the arrays.
+    backend : Backend
+        The arrays' backend (its ``batched_linear``: torch fuses the bias).
 
     Returns
     -------
@@ -128,11 +128,10 @@ def stacked_linear(x: Any, weight: Any, bias: Any, *, xp: Any) -> Any:
             f"shape ({members} or 1, ..., {fan_in}) with the member axis first, got "
             f"{tuple(x.shape)}; give a shared input a leading axis of size 1 (x[None])"
         )
+    xp = backend.xp
     batch = tuple(x.shape[1:-1])
     flat = xp.reshape(x, (x.shape[0], math.prod(batch), fan_in))
-    y = flat @ xp.matrix_transpose(weight)
-    if bias is not None:
-        y = y + xp.reshape(bias, (members, 1, fan_out))
+    y = backend.batched_linear(flat, weight, bias)
     return xp.reshape(y, (members, *batch, fan_out))
 
 
