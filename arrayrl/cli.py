@@ -124,11 +124,11 @@ tau 0.005, exploration noise 0.1 (times the action half-width), MSE critic loss,
 
 
 _DQN_SETTINGS = """\
-DQN (DQNLoss over a QValueActor, TD(0), target copies) with RL Baselines3 Zoo's tuned
-CartPole-v1 settings: ReLU MLP [256, 256], Adam 2.3e-3 with the gradient norm clipped
-at 10, batches of 64, gamma 0.99, Huber (smooth L1) TD loss, 100k replay, 1,000
-warm-up frames, half a gradient step per frame, epsilon-greedy from 1 to 0.04 over the
-first 16 % of the frames, the target copied every 64 gradient steps."""
+DQN (DQNLoss over a QValueActor, double DQN, TD(0)): ReLU MLP [256, 256], Adam 1e-3
+decayed linearly to 0, the gradient norm clipped at 10, batches of 64, gamma 0.99,
+Huber (smooth L1) TD loss, 100k replay, 1,000 warm-up frames, half a gradient step per
+frame, epsilon-greedy from 1 to 0.04 over the first 16 % of the frames, the target
+soft-updated (tau 0.005) after every gradient step."""
 
 _OFFLINE_EPILOG = """\
 No environment frames are collected: every gradient step draws a minibatch of the
@@ -136,8 +136,9 @@ dataset's transitions (the offline extra reads it: pip install 'arrayrl[offline]
 SAC's networks (TanhNormal actor, two critics with soft-updated targets; IQL adds a
 state-value network), ReLU MLPs [256, 256], Adam 3e-4, batches of 256, gamma 0.99,
 tau 0.005. IQL: expectile 0.7, temperature 3. CQL: min_q_weight 5, 10 proposals per
-state, learned SAC temperature. The learning curve's "frames" column counts gradient
-steps; its return is the deterministic policy's mean over --eval-episodes episodes.
+state, learned SAC temperature, the actor trained by behaviour cloning (loss_actor_bc)
+for the first 2,000 steps. The learning curve's "frames" column counts gradient steps;
+its return is the deterministic policy's mean over --eval-episodes episodes.
 
 examples:
   arrayrl train sac --out runs/sac                      # a behaviour policy

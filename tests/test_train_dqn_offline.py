@@ -255,3 +255,34 @@ def test_offline_config_errors():
         make_offline_config("bcq")
     with pytest.raises(TypeError, match="unknown IQL settings"):
         make_offline_config("iql", min_q_weight=1.0)
+
+
+@needs_offline
+def test_cql_clones_the_behaviour_for_its_first_bc_steps(tiny_dataset, monkeypatch):
+    """The actor term of each step: ``loss_actor_bc`` for ``bc_steps`` steps, then
+    ``loss_actor`` (the other terms throughout)."""
+    from arrayrl.train import make_offline_config
+    from arrayrl.train.offline import OfflineTrainer
+    from arrayrl.train.rollout import make_vector_env
+
+    config = make_offline_config(
+        "cql", dataset="pendulum/tiny-v0", root=str(tiny_dataset), env_id="Pendulum-v1",
+        num_cells=(8,), batch_size=8, num_random=2, bc_steps=2,
+    )  # fmt: skip
+    env = make_vector_env("Pendulum-v1", 1)
+    try:
+        trainer = OfflineTrainer(config, env)
+        summed = []
+        real_loss = trainer.loss
+
+        def loss(batch):
+            out = real_loss(batch)
+            summed.append(trainer._actor_term())
+            return out
+
+        monkeypatch.setattr(trainer, "loss", loss)
+        for _ in range(4):
+            trainer.update()
+    finally:
+        env.close()
+    assert summed == ["loss_actor_bc", "loss_actor_bc", "loss_actor", "loss_actor"]

@@ -1,17 +1,20 @@
 """DQN on Gymnasium environments with discrete actions, with arrayrl's ``DQNLoss``.
 
 Mnih et al. 2015 (https://doi.org/10.1038/nature14236), with the double-DQN target of
-van Hasselt et al. 2016 (https://arxiv.org/abs/1509.06461) as an option. The network is
-an arrayrl module on torch: ``QValueActor(MLP(obs, n, [256, 256], relu),
+van Hasselt et al. 2016 (https://arxiv.org/abs/1509.06461). The network is an arrayrl
+module on torch: ``QValueActor(MLP(obs, n, [256, 256], relu),
 action_space="categorical")``, whose greedy action is the argmax of the action values;
 ``DQNLoss`` keeps a target copy of it.
 
-Hyper-parameters (RL Baselines3 Zoo's tuned CartPole-v1 DQN, adapted to a per-frame
-update schedule): replay of 100k transitions, batches of 64, γ = 0.99, Adam 2.3e-3 with
-the gradient norm clipped at 10, a Huber (``smooth_l1``) TD loss, 1,000 frames of uniform
-random actions before learning, then half a gradient step per frame; ε-greedy
-exploration from ε = 1 down to 0.04 linearly over the first 16 % of the frames; the
-target network copied from the online one every 64 gradient steps (``HardUpdate``).
+Hyper-parameters (RL Baselines3 Zoo's tuned CartPole-v1 DQN for the replay, batch,
+exploration and warm-up, with a soft-updated target and an annealed rate, which kept
+the policy from collapsing after it first solved the task in this repository's runs):
+replay of 100k transitions, batches of 64, γ = 0.99, Adam 1e-3 decayed linearly to 0
+over the run with the gradient norm clipped at 10, a Huber (``smooth_l1``) TD loss,
+double DQN, 1,000 frames of uniform random actions before learning, then half a gradient
+step per frame; ε-greedy exploration from ε = 1 down to 0.04 linearly over the first
+16 % of the frames; the target moved by ``SoftUpdate`` with τ = 0.005 after every
+gradient step.
 
 >>> from arrayrl.train.dqn import make_dqn_config, train_dqn   # doctest: +SKIP
 >>> print(train_dqn(make_dqn_config("CartPole-v1", frames=100_000)).summary())  # doctest: +SKIP
@@ -60,6 +63,8 @@ class DQNConfig(OffPolicyConfig):
         a copy, as ``HardUpdate``; CleanRL's rule).
     double_dqn : bool
         The double-DQN target (action from the online network, value from the target).
+    anneal_lr : bool
+        Decay the learning rate linearly to 0 over the run's gradient steps.
     """
 
     env_id: str = "CartPole-v1"
@@ -69,14 +74,15 @@ class DQNConfig(OffPolicyConfig):
     learning_starts: int = 1_000
     utd_ratio: float = 0.5
     loss_function: str = "smooth_l1"
-    lr: float = 2.3e-3
+    lr: float = 1e-3
     max_grad_norm: float = 10.0
     epsilon_start: float = 1.0
     epsilon_end: float = 0.04
     exploration_fraction: float = 0.16
-    target_update_interval: int = 64
-    tau: float = 1.0
-    double_dqn: bool = False
+    target_update_interval: int = 1
+    tau: float = 0.005
+    double_dqn: bool = True
+    anneal_lr: bool = True
 
     algorithm = "dqn"
 
@@ -155,6 +161,11 @@ class DQNTrainer(OffPolicyTrainer):
                                    config)  # fmt: skip
         self.parameters = [leaf for _, leaf in self.loss.named_parameters()]
         self.optimizer = torch.optim.Adam(self.parameters, lr=config.lr)
+        total_updates = max(1.0, (config.total_frames - config.learning_starts) * config.utd_ratio)
+        decay = (lambda step: max(0.0, 1.0 - step / total_updates)) if config.anneal_lr else None
+        self.scheduler = (
+            None if decay is None else torch.optim.lr_scheduler.LambdaLR(self.optimizer, decay)
+        )
         self.updater = SoftUpdate(self.loss, tau=config.tau)
         self.actor = self.policy = self.loss.value_network
         self._greedy_value: Any = torch.tensor(float("nan"))
@@ -179,6 +190,8 @@ class DQNTrainer(OffPolicyTrainer):
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
         self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
         if (self.updates + 1) % self.config.target_update_interval == 0:
             self.updater.step()
         epsilon = torch.tensor(self.config.epsilon(self.collector.frames))

@@ -20,7 +20,8 @@ state-value ``MLP(obs, 1, [256, 256], relu)``. Adam 3e-4 for every network, batc
 - CQL (Kumar et al. 2020, https://arxiv.org/abs/2006.04779): ``CQLLoss`` with its
   uniform and policy action proposals drawn in the action spec's box, ``min_q_weight``
   5 (the paper's α for locomotion) and a learned SAC temperature; one step on
-  ``loss_actor + loss_qvalue + loss_cql + loss_alpha``.
+  ``loss_actor + loss_qvalue + loss_cql + loss_alpha``, the actor term being
+  ``loss_actor_bc`` for the first ``bc_steps`` (2,000) steps.
 
 >>> from arrayrl.train.offline import make_offline_config, train_offline  # doctest: +SKIP
 >>> config = make_offline_config("iql", dataset="pendulum/sac-v0")  # doctest: +SKIP
@@ -172,12 +173,16 @@ class IQLConfig(OfflineConfig):
 class CQLConfig(OfflineConfig):
     """CQL's settings: :class:`OfflineConfig`'s and ``min_q_weight`` (α of the
     conservative penalty), ``num_random`` (action proposals per state), ``temperature``
-    (of its log-sum-exp) and ``alpha_lr`` (the SAC temperature's Adam rate)."""
+    (of its log-sum-exp), ``alpha_lr`` (the SAC temperature's Adam rate) and
+    ``bc_steps``: the first gradient steps train the actor on ``loss_actor_bc`` (behaviour
+    cloning with the entropy term) instead of ``loss_actor`` (TorchRL's example calls it
+    ``policy_eval_start``)."""
 
     min_q_weight: float = 5.0
     num_random: int = 10
     temperature: float = 1.0
     alpha_lr: float = 3e-4
+    bc_steps: int = 2_000
 
     algorithm = "cql"
 
@@ -347,6 +352,13 @@ class OfflineTrainer:
         self.collector = Evaluation(env, self.policy, self.backend, config.seed + 100)
         self.terms = self.STEP_TERMS[config.algorithm]
         self.rng = np.random.default_rng([config.seed, 2025])
+        self.steps = 0  # gradient steps taken
+
+    def _actor_term(self) -> str:
+        """The actor's loss term of this step: CQL's ``loss_actor_bc`` during its first
+        ``bc_steps`` steps, else ``loss_actor``."""
+        warm_up = self.steps < getattr(self.config, "bc_steps", 0)
+        return "loss_actor_bc" if warm_up else "loss_actor"
 
     def update(self) -> Any:
         """One Adam step on the sum of :attr:`terms` over a fresh minibatch; a target
@@ -356,7 +368,9 @@ class OfflineTrainer:
         from arrayrl.data.minari import sample_transitions
 
         out = self.loss(sample_transitions(self.data, self.config.batch_size, self.rng))
-        total = sum(out[name] for name in self.terms)
+        total = sum(out[self._actor_term() if name == "loss_actor" else name]
+                    for name in self.terms)  # fmt: skip
+        self.steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
