@@ -173,7 +173,8 @@ class IQLConfig(OfflineConfig):
 class CQLConfig(OfflineConfig):
     """CQL's settings: :class:`OfflineConfig`'s and ``min_q_weight`` (α of the
     conservative penalty), ``num_random`` (action proposals per state), ``temperature``
-    (of its log-sum-exp), ``alpha_lr`` (the SAC temperature's Adam rate) and
+    (of its log-sum-exp), ``alpha_init`` and ``alpha_lr`` (the SAC temperature's start
+    and Adam rate) and
     ``bc_steps``: the first gradient steps train the actor on ``loss_actor_bc`` (behaviour
     cloning with the entropy term) instead of ``loss_actor`` (TorchRL's example calls it
     ``policy_eval_start``)."""
@@ -181,6 +182,7 @@ class CQLConfig(OfflineConfig):
     min_q_weight: float = 5.0
     num_random: int = 10
     temperature: float = 1.0
+    alpha_init: float = 1.0
     alpha_lr: float = 3e-4
     bc_steps: int = 2_000
 
@@ -282,7 +284,7 @@ def build_offline_loss(observation_space: Any, action_space: Any, config: Offlin
         loss = CQLLoss(actor, critic, action_spec=Bounded(low, high, shape=low.shape),
                        loss_function="l2", min_q_weight=config.min_q_weight,
                        num_random=config.num_random, temperature=config.temperature,
-                       seed=config.seed + 2)  # fmt: skip
+                       alpha_init=config.alpha_init, seed=config.seed + 2)  # fmt: skip
     loss.make_value_estimator(ValueEstimators.TD0, gamma=config.gamma)
     return loss
 
