@@ -9,8 +9,10 @@ writes them as JSON.
 ``ClipPPOLoss`` and GAE (torch backend), shows a progress bar on stderr, writes the
 learning curve as CSV and PNG and prints a summary line. ``arrayrl train sac`` and
 ``arrayrl train td3`` do the same off-policy, with ``SACLoss`` / ``TD3Loss`` and a
-replay buffer, on environments with continuous actions (Pendulum-v1 by default). Every
-training run saves its policy as <out>/policy.npz.
+replay buffer, on environments with continuous actions (Pendulum-v1 by default);
+``arrayrl train dqn`` with ``DQNLoss`` on discrete actions (CartPole-v1); ``arrayrl
+train iql`` and ``arrayrl train cql`` offline, from a Minari dataset. Every training
+run saves its policy as <out>/policy.npz.
 
 ``arrayrl collect`` runs a saved policy in its environment and records the episodes as
 a Minari dataset (the ``offline`` extra), for the offline losses.
