@@ -24,6 +24,7 @@ from arrayrl.backends import Backend, backend_of
 from arrayrl.data import ArrayDict
 from arrayrl.modules import Module, Params, flatten_params, map_params
 
+from ._soft import next_key
 from .common import LossModule
 from .td3 import act, check_common_args, forward_estimator_keys
 from .utils import ValueEstimators, distance_loss
@@ -139,9 +140,9 @@ class DDPGLoss(LossModule):
         """The batch keys the loss reads, sorted as TorchRL's ``in_keys``."""
         tk = self.tensor_keys
         actor_keys, value_keys = self.actor_network.in_keys, self.value_network.in_keys
-        keys = {_next(k) for k in (tk.reward, tk.done, tk.terminated)}
+        keys = {next_key(k) for k in (tk.reward, tk.done, tk.terminated)}
         keys |= {_key(k) for k in (*actor_keys, *value_keys)}
-        keys |= {_next(k) for k in (*actor_keys, *value_keys)}
+        keys |= {next_key(k) for k in (*actor_keys, *value_keys)}
         if self.use_prioritized_weights:
             keys.add(_key(tk.priority_weight))
         return sorted(keys, key=str)
@@ -234,7 +235,7 @@ class DDPGLoss(LossModule):
             ``target_value``, ``pred_value_max``, ``target_value_max``.
         """
         batch = self.working_copy(batch)
-        self.check_batch_backend(batch, _next(self.tensor_keys.reward))
+        self.check_batch_backend(batch, next_key(self.tensor_keys.reward))
         loss_value, info = self.loss_value(batch, params)
         loss_actor, _ = self.loss_actor(batch, params)
         out = ArrayDict({"loss_actor": loss_actor, "loss_value": loss_value})
@@ -289,7 +290,3 @@ class ActorCritic(Module):
 def _key(key: Any) -> Any:
     """A key in one spelling: a 1-tuple as its string."""
     return key[0] if isinstance(key, tuple) and len(key) == 1 else key
-
-
-def _next(key: Any) -> tuple[str, ...]:
-    return ("next", *(key if isinstance(key, tuple) else (key,)))

@@ -26,6 +26,7 @@ from arrayrl.data import ArrayDict
 from arrayrl.modules import Params, flatten_params
 from arrayrl.specs import Bounded, bounds_from
 
+from ._soft import as_tuple, next_key
 from .common import LossModule
 from .utils import ValueEstimators, distance_loss
 
@@ -205,8 +206,8 @@ class TD3Loss(LossModule):
         """The batch keys the loss reads (TorchRL's ``in_keys``, in a stable order)."""
         tk = self.tensor_keys
         actor_keys = self.actor_network.in_keys
-        keys = [tk.action, *(_next(k) for k in (tk.reward, tk.done, tk.terminated))]
-        keys += [*actor_keys, *(_next(k) for k in actor_keys), *self.qvalue_network.in_keys]
+        keys = [tk.action, *(next_key(k) for k in (tk.reward, tk.done, tk.terminated))]
+        keys += [*actor_keys, *(next_key(k) for k in actor_keys), *self.qvalue_network.in_keys]
         return list(dict.fromkeys(keys))
 
     def _forward_value_estimator_keys(self) -> None:
@@ -368,9 +369,9 @@ def next_state(batch: ArrayDict, keys: list[Any], action_key: Any) -> ArrayDict:
     the root when ``"next"`` lacks it (``step_mdp`` keeps the other root entries)."""
     state = ArrayDict(batch_size=batch.batch_size)
     for key in dict.fromkeys(keys):
-        if _as_tuple(key) == _as_tuple(action_key):
+        if as_tuple(key) == as_tuple(action_key):
             continue
-        value = batch.get(_next(key), None)
+        value = batch.get(next_key(key), None)
         value = batch.get(key, None) if value is None else value
         if value is not None:
             state.set(key, value)
@@ -380,18 +381,9 @@ def next_state(batch: ArrayDict, keys: list[Any], action_key: Any) -> ArrayDict:
 def read_output(outputs: Mapping[Any, Any], key: Any, owner: str) -> Any:
     """``outputs[key]``, or a ``KeyError`` naming the critic's outputs and ``set_keys``."""
     for out_key, value in outputs.items():
-        if _as_tuple(out_key) == _as_tuple(key):
+        if as_tuple(out_key) == as_tuple(key):
             return value
     raise KeyError(
         f"{owner}: the critic writes {list(outputs)}, not {key!r}; "
         "set_keys(state_action_value=...) names its output"
     )
-
-
-def _as_tuple(key: Any) -> tuple[str, ...]:
-    return key if isinstance(key, tuple) else (key,)
-
-
-def _next(key: Any) -> tuple[str, ...]:
-    return ("next", *_as_tuple(key))
-
