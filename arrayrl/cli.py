@@ -254,24 +254,11 @@ def _add_train_parser(commands: Any) -> None:
     )
     ppo.add_argument("--env", default="CartPole-v1", help="Gymnasium id (default CartPole-v1)")
     ppo.add_argument("--frames", type=int, help="total env frames (default: the preset's)")
-    ppo.add_argument("--seed", type=int, default=0, help="seed of everything (default 0)")
-    ppo.add_argument(
-        "--backend",
-        default="torch",
-        choices=("torch", "numpy"),
-        help="array backend; only torch trains (NumPy has no autograd)",
-    )
-    ppo.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
-    ppo.add_argument("--out", metavar="DIR", help="output folder (default runs/ppo-<env>-<seed>)")
+    _add_run_options(ppo)
+    _add_out_option(ppo, "ppo")
     ppo.add_argument("--num-envs", type=int, help="parallel environments")
     ppo.add_argument("--lr", type=float, help="Adam learning rate")
-    ppo.add_argument(
-        "--save-every",
-        type=float,
-        metavar="SECONDS",
-        help="rewrite the curve every SECONDS while training (default 30)",
-    )
-    ppo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_progress_options(ppo)
     _add_offpolicy_parser(algorithms, "sac", "SAC (SACLoss, learned temperature)", _SAC_SETTINGS)
     _add_offpolicy_parser(algorithms, "td3", "TD3 (TD3Loss, delayed policy updates)", _TD3_SETTINGS)
     _add_offpolicy_parser(
@@ -306,17 +293,8 @@ def _add_offpolicy_parser(
     )
     parser.add_argument("--env", default=env, help=f"Gymnasium id (default {env})")
     parser.add_argument("--frames", type=int, help=f"total env frames (default {frames})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of everything (default 0)")
-    parser.add_argument(
-        "--backend",
-        default="torch",
-        choices=("torch", "numpy"),
-        help="array backend; only torch trains (NumPy has no autograd)",
-    )
-    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
-    parser.add_argument(
-        "--out", metavar="DIR", help=f"output folder (default runs/{name}-<env>-<seed>)"
-    )
+    _add_run_options(parser)
+    _add_out_option(parser, name)
     parser.add_argument("--num-envs", type=int, help="parallel environments (default 1)")
     parser.add_argument(
         "--learning-starts", type=int, metavar="FRAMES",
@@ -330,13 +308,7 @@ def _add_offpolicy_parser(
     parser.add_argument(
         "--log-every", type=int, metavar="FRAMES", help="frames per curve row (default 1000)"
     )
-    parser.add_argument(
-        "--save-every",
-        type=float,
-        metavar="SECONDS",
-        help="rewrite the curve every SECONDS while training (default 30)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_progress_options(parser)
 
 
 def _add_offline_parser(algorithms: Any, name: str, what: str) -> None:
@@ -356,17 +328,8 @@ def _add_offline_parser(algorithms: Any, name: str, what: str) -> None:
     parser.add_argument("--root", metavar="DIR", help="Minari root for dataset ids")
     parser.add_argument("--env", help="Gymnasium id to evaluate on (default: the dataset's)")
     parser.add_argument("--steps", type=int, help="gradient steps (default 20,000)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of everything (default 0)")
-    parser.add_argument(
-        "--backend",
-        default="torch",
-        choices=("torch", "numpy"),
-        help="array backend; only torch trains (NumPy has no autograd)",
-    )
-    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
-    parser.add_argument(
-        "--out", metavar="DIR", help=f"output folder (default runs/{name}-<env>-<seed>)"
-    )
+    _add_run_options(parser)
+    _add_out_option(parser, name)
     parser.add_argument("--batch-size", type=int, help="minibatch size (default 256)")
     parser.add_argument(
         "--eval-every", type=int, metavar="STEPS",
@@ -375,6 +338,30 @@ def _add_offline_parser(algorithms: Any, name: str, what: str) -> None:
     parser.add_argument(
         "--eval-episodes", type=int, metavar="N", help="episodes per evaluation (default 5)"
     )
+    _add_progress_options(parser)
+
+
+def _add_run_options(parser: Any) -> None:
+    """``--seed``, ``--backend`` and ``--device``, as every training command has them."""
+    parser.add_argument("--seed", type=int, default=0, help="seed of everything (default 0)")
+    parser.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", "numpy"),
+        help="array backend; only torch trains (NumPy has no autograd)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
+
+
+def _add_out_option(parser: Any, name: str) -> None:
+    """``--out``, defaulting to ``runs/<name>-<env>-<seed>``."""
+    parser.add_argument(
+        "--out", metavar="DIR", help=f"output folder (default runs/{name}-<env>-<seed>)"
+    )
+
+
+def _add_progress_options(parser: Any) -> None:
+    """``--save-every`` and ``--no-progress``, as every training command has them."""
     parser.add_argument(
         "--save-every",
         type=float,

@@ -1012,23 +1012,23 @@ def torchrl_cql_oracle(loss: Any) -> Iterator[Callable[[Any, Any], Any]]:
     ``torchrl-cql-logsumexp-over-groups`` of ``conformance/cql_cases.py``). While the
     context is open, TorchRL's ensemble call and policy sampling record the proposal
     Q-values and log-probabilities of its own forward (the conformance suite's
-    ``_record``), and the function yielded, ``(out, batch) → outputs``, replaces
-    ``loss_cql`` by the paper's estimator on them (its ``_fixed_terms``, with the graph),
+    ``record_torchrl_proposals``), and the function yielded, ``(out, batch) → outputs``, replaces
+    ``loss_cql`` by the paper's estimator on them (its ``paper_cql_terms``, with the graph),
     so that every output and gradient is compared on TorchRL's own values. The loss is
     restored on exit (the timed TorchRL loss is the unpatched one)."""
     root = str(Path(__file__).resolve().parent.parent)
     if root not in sys.path:
         sys.path.append(root)
-    from conformance.cql_cases import _fixed_terms, _record
+    from arrayrl.conformance.cql_cases import paper_cql_terms, record_torchrl_proposals
 
     patched = ("_vmap_qvalue_network00", "_get_policy_actions")
     saved = {name: loss.__dict__[name] for name in patched if name in loss.__dict__}
     box = ((-1.0,) * ACT_DIM, (1.0,) * ACT_DIM)  # TorchRL's proposal box, [-1, 1]
-    record = _record(loss, box)
+    record = record_torchrl_proposals(loss, box)
 
     def fixed(out: Any, batch: Any) -> dict[str, Any]:
         terms = dict(out.items())
-        terms.update(_fixed_terms(loss, record, batch, box))
+        terms.update(paper_cql_terms(loss, record, batch, box))
         return terms
 
     try:

@@ -136,13 +136,13 @@ class CQLCase(OffPolicyCase):
             params.update(_load_members(loss, inputs))
             _load_targets(loss, mlps, inputs)
             params.update({n: p for n, p in loss.named_parameters() if n.startswith("log_")})
-            record = _record(loss, self.box)
+            record = record_torchrl_proposals(loss, self.box)
             batch = TensorDict(_to_torch(inputs.batch), batch_size=inputs.batch_size)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(LOSS_SEED)
                 out = loss(batch)
         terms = {_key_name(k): v for k, v in out.items(include_nested=True, leaves_only=True)}
-        terms.update(_fixed_terms(loss, record, batch, self.box))
+        terms.update(paper_cql_terms(loss, record, batch, self.box))
         outputs = {key: value.detach().numpy() for key, value in terms.items()}
         outputs[PRIORITY_OUTPUT] = batch.get(loss.tensor_keys.priority).detach().numpy()
         return Evaluation(outputs, torch_gradients(terms, params))
@@ -165,7 +165,7 @@ def _evaluate_arrayrl(
     return evaluate_prepared_loss(case, loss, params, inputs, backend, device)
 
 
-def _record(loss: Any, box: Any) -> dict[str, Any]:
+def record_torchrl_proposals(loss: Any, box: Any) -> dict[str, Any]:
     """Wrap TorchRL's ensemble call of the proposals and its policy sampling to record
     the proposal Q-values and log-probabilities; with a ``box``, the uniform group's
     actions (the first two of the six stacked evaluations) are mapped into it first."""
@@ -195,7 +195,7 @@ def _record(loss: Any, box: Any) -> dict[str, Any]:
     return record
 
 
-def _fixed_terms(loss: Any, record: Mapping[str, Any], td: Any, box: Any) -> dict[str, Any]:
+def paper_cql_terms(loss: Any, record: Mapping[str, Any], td: Any, box: Any) -> dict[str, Any]:
     """``loss_cql`` (and ``loss_alpha_prime``) from TorchRL's proposal values with the
     log-sum-exp over the ``3K`` proposals of each state, the Lagrange multiplier weighing
     the CQL term and the box's log-density (arrayrl's fixes), reduced by TorchRL."""

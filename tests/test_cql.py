@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
+from arrayrl.conformance.cql_cases import paper_cql_terms, record_torchrl_proposals
 
 from arrayrl.data import ArrayDict
 from arrayrl.modules import MLP, DictModule, NormalParamExtractor, ProbabilisticActor, Sequential
@@ -82,48 +83,6 @@ def _batch(shape, dtype, mask=False, seed=1):
     return TensorDict(data, shape)
 
 
-def _instrument(loss):
-    """Record TorchRL's proposal Q-values and policy log-probabilities in its forward."""
-    record = {"log_prob": []}
-    evaluate, policy = loss._vmap_qvalue_network00, loss._get_policy_actions
-
-    def recorded_evaluate(td, params):
-        out = evaluate(td, params)
-        record["q"] = out.get(loss.tensor_keys.state_action_value)
-        return out
-
-    def recorded_policy(*args, **kwargs):
-        td, log_prob = policy(*args, **kwargs)
-        record["log_prob"].append(log_prob)
-        return td, log_prob
-
-    loss._vmap_qvalue_network00, loss._get_policy_actions = recorded_evaluate, recorded_policy
-    return record
-
-
-def _paper_terms(loss, record, td):
-    """``loss_cql`` (and ``loss_alpha_prime``) from TorchRL's own proposal Q-values and
-    log-probabilities with the log-sum-exp over the ``3K`` proposals of each state and
-    the Lagrange multiplier weighing the CQL term (arrayrl's fixes)."""
-    torch = pytest.importorskip("torch")
-    k, shape = loss.num_random, tuple(td.batch_size)
-    q = record["q"][..., 0].reshape(3, 2, *shape, k)  # uniform, π(s), π(s') × members
-    log_current, log_next = (x.detach().reshape(*shape, k) for x in record["log_prob"][-2:])
-    pred = torch.stack([td["pred_q1"][..., 0], td["pred_q2"][..., 0]])
-    proposals = torch.cat([q[0] - math.log(0.5**ACT), q[2] - log_next, q[1] - log_current], -1)
-    t, w = loss.temperature, loss.min_q_weight
-    cql = w * t * torch.logsumexp(proposals / t, -1) - w * pred
-    if not loss.with_lagrange:
-        return {"loss_cql": loss._reduce_loss(cql.sum(0), tensordict=td)}
-    alpha_prime = loss.log_alpha_prime.exp().clamp_max(1e6)
-    gap = cql - loss.target_action_gap
-    means = sum(loss._reduce_loss(g, tensordict=td, reduction="mean") for g in gap.detach())
-    return {
-        "loss_cql": loss._reduce_loss(alpha_prime.detach() * gap.sum(0), tensordict=td),
-        "loss_alpha_prime": -0.5 * alpha_prime * means,
-    }
-
-
 def _grouped(named):
     groups: dict[str, list] = {}
     for name, leaf in named:
@@ -188,14 +147,14 @@ def test_cql_matches_torchrl(case, dtype):
     torch.manual_seed(3)
     mine = _quiet(lambda: CQLLoss(actor, qvalue, **CQL_CASES[case]))
     assert mine.out_keys == theirs.out_keys
-    record = _instrument(theirs)
+    record = record_torchrl_proposals(theirs, None)
     b_theirs, b_mine = (_batch(shape, dtype, mask="mask" in case) for _ in range(2))
     torch.manual_seed(7)
     out_theirs = _quiet(lambda: theirs(b_theirs))
     torch.manual_seed(7)
     out_mine = mine(b_mine)
     expected = {k: out_theirs[k] for k in out_theirs.keys()}
-    expected.update(_paper_terms(theirs, record, b_theirs))
+    expected.update(paper_cql_terms(theirs, record, b_theirs, None))
     assert sorted(out_mine.keys()) == sorted(expected)
     for key, value in expected.items():
         assert out_mine[key].dtype == value.dtype, key

@@ -298,13 +298,6 @@ class CQLLoss(TemperatureMixin, LossModule):
         ]
         return [*keys, "loss_alpha_prime"] if self.with_lagrange else keys
 
-    def _forward_value_estimator_keys(self) -> None:
-        if self._value_estimator is not None:
-            tk = self.tensor_keys
-            self._value_estimator.set_keys(
-                value=tk.value, reward=tk.reward, done=tk.done, terminated=tk.terminated
-            )
-
     def _value_estimator_networks(self, value_type: ValueEstimators) -> dict[str, Any]:
         """No network: the loss gives the estimator the next-state value itself."""
         return {"value_network": None}
@@ -667,13 +660,6 @@ class DiscreteCQLLoss(LossModule):
             *(next_key(k) for k in network),
         }
         return sorted(keys, key=str)
-
-    def _forward_value_estimator_keys(self) -> None:
-        if self._value_estimator is not None:
-            tk = self.tensor_keys
-            self._value_estimator.set_keys(
-                value=tk.value, reward=tk.reward, done=tk.done, terminated=tk.terminated
-            )
 
     def _value_estimator_networks(self, value_type: ValueEstimators) -> dict[str, Any]:
         """No network: the loss gives the estimator ``max_b Q̄(s′, b)`` itself."""

@@ -41,7 +41,7 @@ import numpy as np
 from .curve import OFFLINE_PANELS
 from .offpolicy import adam_groups, box_bounds, scalar_terms
 from .runner import TrainResult, check_device, run_training
-from .sac import build_tanh_normal_actor
+from .sac import build_q_critic, build_tanh_normal_actor
 
 __all__ = [
     "CQLConfig",
@@ -260,20 +260,15 @@ def build_offline_loss(observation_space: Any, action_space: Any, config: Offlin
     from arrayrl.specs import Bounded
 
     backend = get_backend(config.backend, config.device)
-    obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
-    cells = list(config.num_cells)
     actor = build_tanh_normal_actor(observation_space, action_space, config)
-    critic = ValueOperator(
-        MLP(obs_dim + act_dim, 1, cells, activation_class="relu", seed=config.seed + 1),
-        in_keys=["observation", "action"],
-    ).to(backend)
+    critic = build_q_critic(observation_space, action_space, config)
     if isinstance(config, IQLConfig):
         from arrayrl.objectives import IQLLoss
 
-        value = ValueOperator(
-            MLP(obs_dim, 1, cells, activation_class="relu", seed=config.seed + 3),
-            in_keys=["observation"],
-        ).to(backend)
+        cells = list(config.num_cells)
+        network = MLP(observation_space.shape[0], 1, cells, activation_class="relu",
+                      seed=config.seed + 3)  # fmt: skip
+        value = ValueOperator(network, in_keys=["observation"]).to(backend)
         loss = IQLLoss(actor, critic, value, num_qvalue_nets=2, loss_function="l2",
                        expectile=config.expectile, temperature=config.temperature,
                        seed=config.seed + 2)  # fmt: skip

@@ -108,20 +108,28 @@ def build_tanh_normal_actor(observation_space: Any, action_space: Any, config: A
     ).to(backend)  # fmt: skip
 
 
-def build_sac_loss(observation_space: Any, action_space: Any, config: SACConfig) -> Any:
-    """``SACLoss`` (v2, two critics, learned α) over a fresh actor and critic."""
+def build_q_critic(observation_space: Any, action_space: Any, config: Any) -> Any:
+    """A fresh ``ValueOperator(MLP(obs + act, 1, num_cells, relu), in_keys=["observation",
+    "action"])`` (seed ``config.seed + 1``): the Q critic of SAC, TD3 and the offline
+    trainers, which their losses expand into an ensemble."""
     from arrayrl.backends import get_backend
     from arrayrl.modules import MLP, ValueOperator
+
+    inputs = observation_space.shape[0] + action_space.shape[0]
+    network = MLP(inputs, 1, list(config.num_cells), activation_class="relu",
+                  seed=config.seed + 1)  # fmt: skip
+    return ValueOperator(network, in_keys=["observation", "action"]).to(
+        get_backend(config.backend, config.device)
+    )
+
+
+def build_sac_loss(observation_space: Any, action_space: Any, config: SACConfig) -> Any:
+    """``SACLoss`` (v2, two critics, learned α) over a fresh actor and critic."""
     from arrayrl.objectives import SACLoss, ValueEstimators
 
-    backend = get_backend(config.backend, config.device)
-    obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
-    cells = list(config.num_cells)
+    act_dim = action_space.shape[0]
     actor = build_tanh_normal_actor(observation_space, action_space, config)
-    critic = ValueOperator(
-        MLP(obs_dim + act_dim, 1, cells, activation_class="relu", seed=config.seed + 1),
-        in_keys=["observation", "action"],
-    ).to(backend)
+    critic = build_q_critic(observation_space, action_space, config)
     loss = SACLoss(
         actor,
         critic,

@@ -42,6 +42,7 @@ from .offpolicy import (
     scalar_or_array,
 )
 from .runner import TrainResult, run_training
+from .sac import build_q_critic
 
 __all__ = ["TD3Config", "build_td3_loss", "exploration_noise", "make_td3_config", "train_td3"]
 
@@ -100,7 +101,7 @@ def build_td3_loss(observation_space: Any, action_space: Any, config: TD3Config)
     A box with different half-widths per dimension uses their mean.
     """
     from arrayrl.backends import get_backend
-    from arrayrl.modules import MLP, DictModule, ProbabilisticActor, ValueOperator
+    from arrayrl.modules import MLP, DictModule, ProbabilisticActor
     from arrayrl.modules.distributions import TanhDelta
     from arrayrl.objectives import TD3Loss, ValueEstimators
 
@@ -117,10 +118,7 @@ def build_td3_loss(observation_space: Any, action_space: Any, config: TD3Config)
                              "high": scalar_or_array(high, backend)},
         default_interaction_type="deterministic",
     ).to(backend)  # fmt: skip
-    critic = ValueOperator(
-        MLP(obs_dim + act_dim, 1, cells, activation_class="relu", seed=config.seed + 1),
-        in_keys=["observation", "action"],
-    ).to(backend)
+    critic = build_q_critic(observation_space, action_space, config)
     scale = float(np.mean((high - low) / 2))
     loss = TD3Loss(
         actor,
