@@ -46,7 +46,7 @@ from .loss_cases import (
     NetSpec,
     torch_gradients,
 )
-from .loss_oracle import LossDeviation
+from .loss_oracle import LossDeviation, call_torchrl, output_terms
 from .offpolicy_cases import (
     PRIORITY_OUTPUT,
     OffPolicyCase,
@@ -117,10 +117,8 @@ class CQLCase(OffPolicyCase):
         recomputed from its own proposal values (see the module docstring)."""
         import torch
         import torchrl.objectives as objectives
-        from tensordict import TensorDict
         from torchrl.data import Bounded
 
-        from .loss_oracle import _to_torch
         from .offpolicy_oracle import _load_members, _load_targets, _mlps, _networks
 
         def bounded(low: Any, high: Any) -> Any:
@@ -137,11 +135,8 @@ class CQLCase(OffPolicyCase):
             _load_targets(loss, mlps, inputs)
             params.update({n: p for n, p in loss.named_parameters() if n.startswith("log_")})
             record = record_torchrl_proposals(loss, self.box)
-            batch = TensorDict(_to_torch(inputs.batch), batch_size=inputs.batch_size)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(LOSS_SEED)
-                out = loss(batch)
-        terms = {_key_name(k): v for k, v in out.items(include_nested=True, leaves_only=True)}
+            batch, out = call_torchrl(loss, inputs)
+        terms = output_terms(out)
         terms.update(paper_cql_terms(loss, record, batch, self.box))
         outputs = {key: value.detach().numpy() for key, value in terms.items()}
         outputs[PRIORITY_OUTPUT] = batch.get(loss.tensor_keys.priority).detach().numpy()

@@ -31,11 +31,10 @@ from .loss_cases import (
     NetSpec,
     torch_gradients,
 )
-from .loss_oracle import LossDeviation
+from .loss_oracle import LossDeviation, call_torchrl, output_terms
 from .offpolicy_cases import (
     PRIORITY_OUTPUT,
     OffPolicyCase,
-    _key_name,
     arrayrl_offpolicy_networks,
     evaluate_prepared_loss,
     prepare_offpolicy_loss,
@@ -86,19 +85,11 @@ class IQLCase(OffPolicyCase):
 
     def evaluate_torchrl(self, inputs: LossInputs, dtype: str) -> Evaluation:
         """TorchRL's outputs, the priority it sets in the batch and the gradients."""
-        import torch
-        from tensordict import TensorDict
-
-        from .loss_oracle import _to_torch
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             loss, params = _torchrl_loss(self, inputs, dtype)
-            batch = TensorDict(_to_torch(inputs.batch), batch_size=inputs.batch_size)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(LOSS_SEED)
-                out = loss(batch)
-        terms = {_key_name(k): v for k, v in out.items(include_nested=True, leaves_only=True)}
+            batch, out = call_torchrl(loss, inputs)
+        terms = output_terms(out)
         outputs = {key: value.detach().numpy() for key, value in terms.items()}
         if "entropy" in out.keys() and "entropy" not in outputs:  # scalar_output_mode="non_tensor"
             outputs["entropy"] = out.get_non_tensor("entropy").detach().numpy()

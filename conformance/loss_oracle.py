@@ -272,8 +272,6 @@ def torchrl_loss(case: LossCase, inputs: LossInputs, dtype: str) -> tuple[Any, d
 
 def torchrl_loss_evaluation(case: LossCase, inputs: LossInputs, dtype: str) -> Evaluation:
     """TorchRL's outputs and ``loss_*`` gradients on the case's inputs (CPU)."""
-    import torch
-    from tensordict import TensorDict
 
     if hasattr(case, "evaluate_torchrl"):  # a family with its own networks and batch
         return case.evaluate_torchrl(inputs, dtype)
@@ -284,15 +282,31 @@ def torchrl_loss_evaluation(case: LossCase, inputs: LossInputs, dtype: str) -> E
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loss, params = torchrl_loss(case, inputs, dtype)
-        batch = TensorDict(_to_torch(inputs.batch), batch_size=inputs.batch_size)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(LOSS_SEED)
-            out = loss(batch)
-    terms = {_key_name(k): v for k, v in out.items(include_nested=True, leaves_only=True)}
+        _, out = call_torchrl(loss, inputs)
+    terms = output_terms(out)
     outputs = {key: value.detach().numpy() for key, value in terms.items()}
     if case.loss == "KLPENPPOLoss":
         outputs["beta"] = loss.beta.detach().numpy()
     return Evaluation(outputs, torch_gradients(terms, params))
+
+
+def call_torchrl(loss: Any, inputs: LossInputs) -> tuple[Any, Any]:
+    """Run a TorchRL ``loss`` on the case's batch (a ``TensorDict``) after
+    ``torch.manual_seed(LOSS_SEED)``, inside ``fork_rng`` (the global generator is left
+    as it was); returns the batch (which TorchRL may have written into) and the output."""
+    import torch
+    from tensordict import TensorDict
+
+    batch = TensorDict(_to_torch(inputs.batch), batch_size=inputs.batch_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(LOSS_SEED)
+        out = loss(batch)
+    return batch, out
+
+
+def output_terms(out: Any) -> dict[str, Any]:
+    """Every tensor leaf of a TorchRL output by flat name (``"next.state_value"``)."""
+    return {_key_name(k): v for k, v in out.items(include_nested=True, leaves_only=True)}
 
 
 def _key_name(key: Any) -> str:

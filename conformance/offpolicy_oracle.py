@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .loss_cases import ACT, LOSS_SEED, Evaluation, LossInputs, torch_gradients
+from .loss_cases import ACT, Evaluation, LossInputs, torch_gradients
+from .loss_oracle import call_torchrl, output_terms
 from .offpolicy_cases import PRIORITY_OUTPUT, RENORM, OffPolicyCase
 
 
@@ -171,19 +172,13 @@ def torchrl_offpolicy_evaluation(case: OffPolicyCase, inputs: LossInputs, dtype:
                                  ) -> Evaluation:
     """TorchRL's outputs, the priority it sets in the batch, CrossQ's running
     statistics, and the ``loss_*`` gradients, on the case's inputs (CPU)."""
-    import torch
-    from tensordict import TensorDict
 
-    from .loss_oracle import _key_name, _to_torch
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loss, params = torchrl_offpolicy_loss(case, inputs, dtype)
-        batch = TensorDict(_to_torch(inputs.batch), batch_size=inputs.batch_size)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(LOSS_SEED)
-            out = loss(batch)
-    terms = {_key_name(k): v for k, v in out.items(include_nested=True, leaves_only=True)}
+        batch, out = call_torchrl(loss, inputs)
+    terms = output_terms(out)
     outputs = {key: value.detach().numpy() for key, value in terms.items()}
     outputs[PRIORITY_OUTPUT] = batch.get(loss.tensor_keys.priority).detach().numpy()
     if case.loss == "CrossQLoss":
