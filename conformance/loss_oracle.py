@@ -65,6 +65,15 @@ def _weighted(loss: str) -> Any:
     return lambda case, dtype: case.loss == loss and getattr(case, "priority_weights", False)
 
 
+#: The losses whose ``ESS`` / ``explained_variance`` follow arrayrl's all-batch-dims rule.
+_PPO_FAMILY = ("PPOLoss", "ClipPPOLoss", "KLPENPPOLoss", "MAPPOLoss", "IPPOLoss")
+
+
+def _multi_dim_ppo_batch(case: Any, dtype: str) -> bool:
+    """A PPO-family case whose batch has more than one dim (``[B, T]``, ``[B, T, agents]``)."""
+    return getattr(case, "loss", None) in _PPO_FAMILY and len(getattr(case, "batch_shape", ())) > 1
+
+
 def _inexact_td3_bounds(case: LossCase, dtype: str) -> bool:
     """TD3 on float64 with bounds that float32 does not hold exactly."""
     bounds = case.config.get("bounds", ())
@@ -135,6 +144,40 @@ LOSS_DEVIATIONS: tuple[LossDeviation, ...] = (
             "arrayrl clamps at the bound given. Targets and losses move by ~1e-8."
         ),
         tolerance=1e-5,
+    ),
+    LossDeviation(
+        key="torchrl-ppo-diagnostics-first-dim",
+        applies=_multi_dim_ppo_batch,
+        reason=(
+            "TorchRL 0.14.1's PPO losses reduce only dim 0 of the batch for two "
+            "diagnostics: ClipPPOLoss's ESS is logsumexp over dim 0 (shape [T] for a [B, T] "
+            "batch, [T, agents] for MAPPO's [B, T, agents]) and explained_variance is "
+            "torch.var(..., dim=0) (shape [T, 1], [T, agents, 1]), so a logged number depends "
+            "on how the batch is laid out. arrayrl reduces over every batch dim: ESS = "
+            "exp(2 LSE(log w) - LSE(2 log w)) / N over all N samples (a scalar) and "
+            "explained_variance = 1 - Var(target - V) / (Var(target) + eps) with the "
+            "variances over every dim but the last (shape [1]). Both agree on a 1-D batch; "
+            "on multi-dim batches these two keys are not compared here (tests/test_ppo.py "
+            "checks them against the flat float64 NumPy formulas). No "
+            "TorchRL issue reports it (searched); pytorch/rl PR #3936 changes ESS's dims for "
+            "singleton minibatches only."
+        ),
+        tolerance=None,
+        covers=("ESS", "explained_variance"),
+    ),
+    LossDeviation(
+        key="torchrl-value-norm-empty-batch",
+        applies=lambda case, dtype: False,
+        reason=(
+            "An advantage_norm (or MAPPO value_norm) update on a batch whose rows are all "
+            "masked out: TorchRL 0.14.1's PopArtValueNorm and RunningValueNorm fold in the "
+            "NaN mean and variance of the empty selection, so every later scale() is NaN; "
+            "its PercentileValueNorm raises in torch.quantile. arrayrl's normalisers leave "
+            "their statistics as they were (an empty batch carries no information). No case "
+            "here masks a whole batch; tests/test_advantage_norm.py shows both behaviours. "
+            "No TorchRL issue reports it (searched)."
+        ),
+        tolerance=None,
     ),
     LossDeviation(
         key="torchrl-analytic-entropy-finiteness-fallback",

@@ -630,7 +630,7 @@ def test_unknown_set_keys_name_raises(name) -> None:
         ({"samples_mc_entropy": 0}, ValueError, "samples_mc_entropy"),
         ({"gamma": 0.9}, TypeError, "make_value_estimator"),
         ({"functional": False}, NotImplementedError, "functional"),
-        ({"advantage_norm": object()}, NotImplementedError, "advantage_norm"),
+        ({"advantage_norm": object()}, TypeError, "advantage_norm must be an arrayrl ValueNorm"),
         ({"advantage_key": "adv"}, RuntimeError, "set_keys"),
         ({"entropy_coef": 0.1}, TypeError, "entropy_coeff"),
         ({"critic_coef": 0.1}, TypeError, "critic_coeff"),

@@ -246,3 +246,50 @@ def test_klpen_beta_follows_the_adaptive_rule() -> None:
     assert loss.beta == 1.0
     loss.beta = 0.3
     assert loss.state_dict()["beta"] == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("lead", [(B, T), (B, T, 3)], ids=["B,T", "B,T,agents"])
+def test_ess_and_explained_variance_reduce_over_every_batch_dim(lead) -> None:
+    """A ``[B, T]`` or ``[B, T, agents]`` batch gives a scalar ``ESS`` and an
+    ``explained_variance`` of shape ``[1]``, equal to the float64 NumPy formulas over the
+    flattened batch (TorchRL 0.14.1 reduces dim 0 only: deviation
+    ``torchrl-ppo-diagnostics-first-dim``)."""
+    from arrayrl.modules.distributions import TanhNormal
+
+    rng = np.random.default_rng(11)
+    obs = rng.standard_normal((*lead, OBS))
+    action = np.tanh(rng.standard_normal((*lead, ACT)))
+    batch = ArrayDict(
+        {
+            "observation": obs,
+            "action": action,
+            "action_log_prob": rng.standard_normal(lead) - 1.0,
+            "advantage": rng.standard_normal((*lead, 1)),
+            "value_target": rng.standard_normal((*lead, 1)),
+        },
+        list(lead),
+    )
+    actor_net = DictModule(
+        Sequential(MLP(OBS, 2 * ACT, [16], seed=1, dtype=np.float64), NormalParamExtractor()),
+        in_keys=["observation"],
+        out_keys=["loc", "scale"],
+    )
+    actor = ProbabilisticActor(
+        actor_net,
+        in_keys=["loc", "scale"],
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": -1.0, "high": 1.0},
+        return_log_prob=True,
+    )
+    critic = ValueOperator(MLP(OBS, 1, [16], seed=2, dtype=np.float64), in_keys=["observation"])
+    out = ClipPPOLoss(actor, critic, entropy_bonus=False)(batch)
+    assert out["ESS"].shape == () and out["explained_variance"].shape == (1,)
+
+    # the flat computation, by hand in float64
+    log_w = actor.get_dist(batch.clone(recurse=False)).log_prob(action) - batch["action_log_prob"]
+    w = np.exp(log_w.reshape(-1))
+    np.testing.assert_allclose(out["ESS"], w.sum() ** 2 / (w**2).sum() / w.size, rtol=1e-10)
+    value = critic(batch.clone(recurse=False))["state_value"].reshape(-1)
+    target = batch["value_target"].reshape(-1)
+    explained = 1.0 - np.var(target - value) / (np.var(target) + np.finfo(np.float64).eps)
+    np.testing.assert_allclose(out["explained_variance"], [explained], rtol=1e-10)

@@ -10,11 +10,14 @@ message saying what to pass instead.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .dict_module import Module
 
-__all__ = ["as_module", "is_torch_object"]
+if TYPE_CHECKING:
+    from .value_norm import ValueNorm
+
+__all__ = ["as_module", "as_value_norm", "is_torch_object"]
 
 _TORCH_PACKAGES = ("torch", "tensordict", "torchrl")
 
@@ -69,3 +72,57 @@ def as_module(obj: Any, name: str, *, owner: str) -> Module:
         f"(ProbabilisticActor, ValueOperator, TensorDictModule, ...); got "
         f"{type(obj).__module__}.{type(obj).__name__}"
     )
+
+
+#: TorchRL 0.14.1's normalisers (``torchrl.modules.value_norm``) and the arguments each
+#: one's constructor takes, read back from its attributes.
+_TORCHRL_VALUE_NORMS = {
+    "PopArtValueNorm": ("shape", "beta", "epsilon"),
+    "RunningValueNorm": ("shape", "epsilon"),
+    "PercentileValueNorm": ("shape", "quantiles", "rate", "min_scale", "center", "epsilon"),
+}
+
+
+def as_value_norm(obj: Any, name: str, owner: str) -> ValueNorm:
+    """``obj`` as an arrayrl :class:`~arrayrl.modules.value_norm.ValueNorm`.
+
+    An arrayrl normaliser is returned as it is (the loss shares it with the caller). A
+    TorchRL ``PopArtValueNorm``, ``RunningValueNorm`` or ``PercentileValueNorm`` becomes
+    the arrayrl class of the same name with the same hyper-parameters and a copy of its
+    current statistics, on torch, on their device and in their dtype. The loss owns
+    that copy (``loss.<name>``, in ``loss.state_dict()`` and moved by ``loss.to``), as a
+    TorchRL loss owns its sub-module; the TorchRL object given is not updated
+    afterwards: read the statistics from ``loss.<name>``.
+
+    Raises
+    ------
+    TypeError
+        For anything else (a subclass of TorchRL's included: its maths is unknown
+        here), naming what to pass instead.
+    """
+    from .value_norm import ValueNorm
+
+    if isinstance(obj, ValueNorm):
+        return obj
+    cls = type(obj)
+    if cls.__name__ in _TORCHRL_VALUE_NORMS and cls.__module__.startswith("torchrl."):
+        return _from_torchrl_value_norm(obj)
+    raise TypeError(
+        f"{owner}: {name} must be an arrayrl ValueNorm (arrayrl.modules.value_norm."
+        "PopArtValueNorm, RunningValueNorm, PercentileValueNorm) or TorchRL's class of "
+        f"that name; got {cls.__module__}.{cls.__qualname__}"
+    )
+
+
+def _from_torchrl_value_norm(obj: Any) -> ValueNorm:
+    """The arrayrl copy of TorchRL normaliser ``obj`` (hyper-parameters and statistics)."""
+    from . import value_norm
+
+    cls_name = type(obj).__name__
+    kwargs = {arg: getattr(obj, arg) for arg in _TORCHRL_VALUE_NORMS[cls_name]}
+    state = {key: value.detach().clone() for key, value in obj.state_dict().items()}
+    device = next(iter(state.values())).device
+    norm = getattr(value_norm, cls_name)(**kwargs).to("torch", device)
+    norm.load_state_dict(state)  # checks the names and shapes
+    norm._stats = {key: state[key] for key in norm._stats}  # in TorchRL's dtype
+    return norm

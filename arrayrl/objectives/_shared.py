@@ -23,6 +23,7 @@ from typing import Any
 from arrayrl.backends import backend_of
 from arrayrl.data import ArrayDict
 from arrayrl.modules import Params, flatten_params, map_params
+from arrayrl.modules.adapt import as_value_norm
 
 from .utils import ValueEstimators, distance_loss
 
@@ -143,10 +144,50 @@ class CriticLossMixin:
         return networks
 
     def _advantage(self, batch: ArrayDict, params: Mapping[str, Params] | None) -> Any:
-        """The batch's advantage, computed by the value estimator when it is missing."""
-        if batch.get(self.tensor_keys.advantage, None) is None:
+        """The batch's advantage, computed by the value estimator when it is missing,
+        then divided by ``advantage_norm.scale()`` when the loss has one."""
+        computed = batch.get(self.tensor_keys.advantage, None) is None
+        if computed:
             self._estimate_advantage(batch, params)
-        return self.read(batch, self.tensor_keys.advantage)
+        advantage = self.read(batch, self.tensor_keys.advantage)
+        if getattr(self, "advantage_norm", None) is None:
+            return advantage
+        return self._scale_advantage(advantage, batch, update=computed)
+
+    def set_advantage_norm(self, advantage_norm: Any) -> None:
+        """Hold ``advantage_norm`` (an arrayrl or TorchRL ``ValueNorm``, or ``None``) as
+        ``self.advantage_norm``, its state in :meth:`state_dict` (TorchRL's
+        ``advantage_norm.*`` names); a TorchRL normaliser is copied
+        (:func:`arrayrl.modules.adapt.as_value_norm`)."""
+        if advantage_norm is None:
+            self.advantage_norm = None
+            return
+        norm = as_value_norm(advantage_norm, "advantage_norm", owner=type(self).__name__)
+        self.register_state("advantage_norm", norm)
+
+    def _scale_advantage(self, advantage: Any, batch: ArrayDict, *, update: bool) -> Any:
+        """``A / advantage_norm.scale()`` (no re-centring: the value baseline centres
+        ``A``), after folding the batch's value targets into the statistics when
+        ``update`` (the loss computed the advantage) and the loss is in training mode.
+        Rows the validity masks mark invalid are left out of the update (TorchRL's
+        ``_valid_value_target_rows``)."""
+        norm = self.advantage_norm.match_backend(advantage)
+        if update and self.training:
+            target = self.read(batch, self.tensor_keys.value_target, what="value_target")
+            norm.update(self._valid_rows(target, batch, len(norm.shape)))
+        return advantage / norm.scale()
+
+    def _valid_rows(self, value: Any, batch: ArrayDict, value_ndim: int) -> Any:
+        """The entries of ``value`` (shape ``[*B, *value_shape]``, ``value_ndim`` trailing
+        dims) at the batch positions every validity mask of the batch keeps, as
+        ``[n, *value_shape]``; ``value`` itself when the batch has no mask."""
+        backend = backend_of(value)
+        xp = backend.xp
+        lead = tuple(value.shape[: max(value.ndim - value_ndim, 0)])
+        mask = self._batch_mask(batch, xp.zeros(lead, dtype=xp.bool, device=backend.device))
+        if mask is None:
+            return value
+        return value[xp.astype(mask, xp.bool)]
 
     def _estimate_advantage(self, batch: ArrayDict, params: Mapping[str, Params] | None) -> None:
         """Run the value estimator on ``batch`` (it writes the advantage and value
@@ -180,17 +221,28 @@ class CriticLossMixin:
         With ``clip_value = c`` the distance is ``max(d(V_target, V), d(V_target, V'))``
         where ``V' = V_old + clip(V − V_old, −c, c)`` and ``V_old`` is the value stored
         in the batch (Schulman et al. 2017's value clipping as in OpenAI baselines). The
-        critic writes its output into ``batch``.
+        critic writes its output into ``batch``. The three values pass through
+        :meth:`_critic_loss_inputs` first, so the distance, the clipping and the
+        returned ``V_target`` / ``V_φ(s)`` (PPO's ``explained_variance``) are on its scale.
         """
         target = self.read(batch, self.tensor_keys.value_target, what="value_target")
         old_value = self.read(batch, self.tensor_keys.value) if self.clip_value else None
         self.critic_network(batch, self._critic_params(params))
         value = self.read(batch, self.tensor_keys.value)
+        target, value, old_value = self._critic_loss_inputs(target, value, old_value)
         loss = distance_loss(target, value, self.loss_critic_type)
         if not self.clip_value:
             return loss, None, target, value
         loss, clip_fraction = self._clip_value_loss(old_value, value, target, loss)
         return loss, clip_fraction, target, value
+
+    def _critic_loss_inputs(
+        self, target_return: Any, state_value: Any, old_state_value: Any
+    ) -> tuple[Any, Any, Any]:
+        """``(V_target, V_φ(s), V_old)`` as the critic distance sees them: the identity
+        here; TorchRL's hook, which MAPPO overrides to compare normalised values
+        (``value_norm``). ``old_state_value`` is ``None`` without ``clip_value``."""
+        return target_return, state_value, old_state_value
 
     def _clip_value_loss(self, old: Any, value: Any, target: Any, loss: Any) -> tuple[Any, Any]:
         """The pessimistic (larger) of the plain and the clipped value losses, and the

@@ -39,6 +39,7 @@ from .utils import ValueEstimators
 
 __all__ = ["A2CLoss"]
 
+
 class A2CLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
     """The A2C loss (see the module docstring).
 
@@ -69,10 +70,17 @@ class A2CLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         Seed of the loss's own generator (Monte-Carlo entropy). ``None`` (default): seed 0
         for arrayrl networks; with TorchRL / torch networks, torch's default generator in
         TorchRL's order, so ``torch.manual_seed`` reproduces TorchRL's numbers.
+    advantage_norm : ValueNorm, optional
+        Divide the advantage by ``advantage_norm.scale()`` without re-centring. In
+        training mode the statistics are first updated with the value targets when the
+        loss computes the advantage itself, leaving out rows the validity masks mark
+        invalid; with a precomputed advantage call ``advantage_norm.update(value_target)``
+        once per rollout yourself. A TorchRL normaliser is copied
+        (:func:`arrayrl.modules.adapt.as_value_norm`): the loss owns
+        ``loss.advantage_norm`` (in ``state_dict()``, moved by ``to()``).
 
-    ``functional`` must be ``True``; ``advantage_norm`` (a ``ValueNorm``) is not
-    supported; ``gamma`` and the ``*_key`` arguments raise as in TorchRL (use
-    ``make_value_estimator`` / ``set_keys``).
+    ``functional`` must be ``True``; ``gamma`` and the ``*_key`` arguments raise as in
+    TorchRL (use ``make_value_estimator`` / ``set_keys``).
 
     Notes
     -----
@@ -130,12 +138,13 @@ class A2CLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         critic_network = critic if critic is not None else critic_network
         if actor_network is None or critic_network is None:
             raise TypeError("Missing positional arguments actor_network or critic_network.")
-        _reject_unsupported(gamma, advantage_norm, functional, advantage_key, value_target_key)
+        _reject_unsupported(gamma, functional, advantage_key, value_target_key)
         samples_mc_entropy = _check_settings(loss_critic_type, samples_mc_entropy)
         super().__init__()
         self.convert_to_functional(actor_network, "actor_network")
         self.convert_to_functional(critic_network, "critic_network")
         self.separate_losses = separate_losses
+        self.set_advantage_norm(advantage_norm)
         self.samples_mc_entropy = samples_mc_entropy
         self.loss_critic_type = loss_critic_type
         self.reduction = reduction

@@ -21,6 +21,7 @@ from arrayrl.data import ArrayDict, as_arraydict, is_tensordict
 from arrayrl.modules import Module, Params, convert_params, flatten_params, map_params
 from arrayrl.modules._params import unflatten_params
 from arrayrl.modules.adapt import as_module, is_torch_object
+from arrayrl.modules.batchrenorm import _holders
 from arrayrl.modules.ensemble import apply_ensemble, expand_params, stack_params
 
 from .utils import ValueEstimators, default_value_kwargs
@@ -73,6 +74,10 @@ class LossModule:
         #: (``compare_against``): not trained through this network, not listed.
         self._shared_paths: dict[str, frozenset[str]] = {}
         self._own_params: dict[str, Any] = {}
+        #: Stateful sub-objects (value normalisers) by name: see :meth:`register_state`.
+        self._states: dict[str, Any] = {}
+        #: TorchRL's (``nn.Module``'s) mode flag: see :meth:`train`.
+        self.training = True
 
     @property
     def functional(self) -> bool:
@@ -410,6 +415,20 @@ class LossModule:
         self._own_params[name] = value
         return value
 
+    def register_state(self, name: str, obj: Any) -> Any:
+        """Hold ``obj``, a stateful sub-object (a value normaliser), as ``self.<name>``.
+
+        ``obj`` offers ``state_dict()``, ``load_state_dict(state)`` and
+        ``to(backend, device)`` (and may offer ``train(mode)``). Its state is saved by
+        :meth:`state_dict` under ``"<name>.<entry>"`` (TorchRL's names for a sub-module's
+        buffers: ``advantage_norm.low``, ``value_norm.running_mean``), restored by
+        :meth:`load_state_dict` and moved by :meth:`to`; :meth:`train` passes the mode
+        on. It is not trained (no parameters). Returns ``obj``.
+        """
+        self._states[name] = obj
+        object.__setattr__(self, name, obj)
+        return obj
+
     def parameters(self) -> Iterator[Any]:
         """The trainable arrays (what ``torch.optim`` takes on torch)."""
         return (leaf for _, leaf in self.named_parameters())
@@ -441,6 +460,8 @@ class LossModule:
             if self._owns_target[name]:
                 state.update(flatten_params(self._target_params[name], f"target_{name}_params"))
         state.update(self._own_params)
+        for name, obj in self._states.items():
+            state.update({f"{name}.{key}": value for key, value in obj.state_dict().items()})
         backend = self.backend
         for coeff, (value, _) in self._coeffs.items():
             if value is not None:
@@ -474,6 +495,9 @@ class LossModule:
             self._load_tree(name, arrays)
         for name, leaf in self._own_params.items():
             self._own_params[name] = backend_of(leaf).write_into(leaf, arrays[name])
+        for name, obj in self._states.items():
+            own = obj.state_dict()
+            obj.load_state_dict({key: arrays[f"{name}.{key}"] for key in own})
         return self
 
     def _load_tree(self, name: str, state: Mapping[str, Any]) -> None:
@@ -512,6 +536,8 @@ class LossModule:
         self._relink_shared()
         for name, leaf in self._own_params.items():
             self._own_params[name] = convert_params({name: leaf}, backend, device)[name]
+        for obj in self._states.values():
+            obj.to(backend, device)
         return self
 
     def _relink_shared(self) -> None:
@@ -522,6 +548,31 @@ class LossModule:
             self._params[name] = module.params
             if not self._owns_target[name]:
                 self._refresh_target(name)
+
+    # -- mode -------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> LossModule:
+        """Training (``True``) or evaluation mode, as ``torch.nn.Module.train``; returns
+        ``self``.
+
+        Sets :attr:`training` and passes the mode on to the networks' mode-dependent
+        parts (``BatchRenorm1d`` layers, the torch modules of adapted TorchRL networks)
+        and to the registered states. In evaluation mode the losses update no running
+        statistics (``advantage_norm``), as TorchRL's.
+        """
+        if not isinstance(mode, bool):
+            raise ValueError("training mode is expected to be boolean")
+        self.training = mode
+        for module in self._networks.values():
+            for _, holder in _holders(module):
+                holder.train(mode)
+        for obj in self._states.values():
+            if callable(getattr(obj, "train", None)):
+                obj.train(mode)
+        return self
+
+    def eval(self) -> LossModule:
+        """Evaluation mode: ``train(False)``; returns ``self``."""
+        return self.train(False)
 
     # -- value estimator ----------------------------------------------------------------
     @property

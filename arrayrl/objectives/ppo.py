@@ -85,6 +85,19 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         the valid entries of ``"shifted_valid"`` when the batch has one.
     normalize_advantage_exclude_dims : tuple of int, default ()
         Dimensions kept independent by the standardisation (e.g. an agent dim).
+    advantage_norm : ValueNorm, optional
+        Divide the advantage by ``advantage_norm.scale()``, without re-centring (the
+        value baseline already centres it): e.g. a
+        :class:`~arrayrl.modules.value_norm.PercentileValueNorm` for DreamerV3's return
+        normalisation. In training mode (:meth:`train`) the statistics are first
+        updated with the value targets when the loss computes the advantage itself
+        (the batch has none), leaving out rows that the validity masks
+        (:attr:`loss_mask_key`) mark invalid; with a precomputed advantage call
+        ``advantage_norm.update(value_target)`` once per rollout yourself. A TorchRL
+        normaliser is copied (:func:`arrayrl.modules.adapt.as_value_norm`): the loss
+        owns ``loss.advantage_norm``, saved in ``state_dict()`` and moved by ``to()``.
+        Mutually exclusive with ``normalize_advantage`` (``ValueError``).
+
     separate_losses : bool, default False
         Train the parameters the critic shares with the actor (a shared trunk) on the
         policy loss only, and cut the critic loss's gradient to the batch.
@@ -101,8 +114,8 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         for arrayrl networks; with TorchRL / torch networks, torch's default generator in
         TorchRL's order, so ``torch.manual_seed`` reproduces TorchRL's numbers.
 
-    ``functional`` must be ``True``; ``advantage_norm`` is not supported. ``gamma`` and the
-    ``*_key`` arguments raise as in TorchRL (use ``make_value_estimator`` / ``set_keys``).
+    ``functional`` must be ``True``. ``gamma`` and the ``*_key`` arguments raise as in
+    TorchRL (use ``make_value_estimator`` / ``set_keys``).
     """
 
     @dataclasses.dataclass
@@ -158,8 +171,8 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         _reject_kwargs(type(self).__name__, kwargs)
         actor_network = actor if actor is not None else actor_network
         critic_network = critic if critic is not None else critic_network
-        _reject_unsupported(gamma, advantage_norm, functional, advantage_key,
-                            value_target_key, value_key)
+        _reject_unsupported(gamma, functional, advantage_key, value_target_key, value_key)
+        _check_advantage_norm(advantage_norm, normalize_advantage)
         critic_coeff = _resolve_critic_coeff(critic_coeff, critic_network)
         if actor_network is None or (critic_network is None and critic_coeff is not None):
             raise TypeError("Missing positional arguments actor_network or critic_network.")
@@ -182,14 +195,16 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         self.loss_critic_type = loss_critic_type
         self.normalize_advantage = normalize_advantage
         self.normalize_advantage_exclude_dims = exclude_dims
+        self.set_advantage_norm(advantage_norm)
         self.separate_losses = separate_losses
         self.reduction = reduction
         self.seed = seed
         self._entropy_coeff_map = _entropy_coeff_map(entropy_coeff)
         if self._entropy_coeff_map is not None:
             entropy_coeff = 0.0  # the scalar is unused then, as TorchRL's buffer
-        self.register_coeff("entropy_coeff", 0.01 if entropy_coeff is None else entropy_coeff,
-                            _non_negative)
+        self.register_coeff(
+            "entropy_coeff", 0.01 if entropy_coeff is None else entropy_coeff, _non_negative
+        )
         self.register_coeff("critic_coeff", critic_coeff, _non_negative)
         self.register_coeff("clip_value", clip_value, _positive)
         self.register_coeff("max_importance_ratio", max_importance_ratio, _positive)
@@ -231,9 +246,11 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
 
     # -- pieces of the objective -------------------------------------------------------
     def _advantage(self, batch: ArrayDict, params: Mapping[str, Params] | None) -> Any:
-        """The batch's advantage, computed by the value estimator when it is missing."""
+        """The batch's advantage, computed by the value estimator when it is missing,
+        then divided by ``advantage_norm.scale()`` or standardised, as configured."""
         advantage = batch.get(self.tensor_keys.advantage, None)
-        if advantage is None:
+        computed = advantage is None
+        if computed:
             if self.critic_network is None:
                 raise KeyError(
                     f"the batch has no {self.tensor_keys.advantage!r} and the loss has no "
@@ -241,6 +258,8 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
                 )
             self._estimate_advantage(batch, params)
             advantage = self.read(batch, self.tensor_keys.advantage)
+        if self.advantage_norm is not None:
+            return self._scale_advantage(advantage, batch, update=computed)
         if self.normalize_advantage and math.prod(advantage.shape) > 1:
             advantage = self._standardize(advantage, batch)
         return advantage
@@ -379,12 +398,19 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
 
     @staticmethod
     def _explained_variance(target: Any, value: Any) -> Any:
-        """``1 − Var₀(target − value) / (Var₀(target) + eps)`` over dim 0, no gradient."""
+        """``1 − Var(target − value) / (Var(target) + eps)``, no gradient.
+
+        The (population) variances are over every dim but the last, so a value of shape
+        ``[*B, 1]`` gives shape ``[1]`` whatever the batch dims. TorchRL 0.14.1 reduces
+        dim 0 only (``[T, 1]`` for a ``[B, T]`` batch, ``[T, agents, 1]`` for MAPPO's);
+        both agree on one batch dim (deviation ``torchrl-ppo-diagnostics-first-dim``).
+        """
         backend = backend_of(value)
         xp = backend.xp
         target, value = backend.stop_gradient(target), backend.stop_gradient(value)
         eps = xp.finfo(target.dtype).eps
-        return 1.0 - xp.var(target - value, axis=0) / (xp.var(target, axis=0) + eps)
+        axes = tuple(range(target.ndim - 1))
+        return 1.0 - xp.var(target - value, axis=axes) / (xp.var(target, axis=axes) + eps)
 
     def _critic_terms(self, batch: ArrayDict, params: Mapping[str, Params] | None) -> dict:
         if not self._has_critic:
@@ -438,9 +464,9 @@ class ClipPPOLoss(PPOLoss):
         As :class:`PPOLoss`.
 
     Diagnostics: ``clip_fraction`` (share of clipped ratios), ``ESS`` (effective sample
-    size of the behaviour ratios over dim 0, divided by its length), ``kl_approx``,
-    ``max_ratio``, ``mean_ratio``, ``entropy``, ``explained_variance``,
-    ``value_clip_fraction``.
+    size of the behaviour ratios over the whole batch, divided by its size: a scalar),
+    ``kl_approx``, ``max_ratio``, ``mean_ratio``, ``entropy``, ``explained_variance``
+    (shape ``[1]``), ``value_clip_fraction``.
     """
 
     def __init__(
@@ -490,6 +516,7 @@ class ClipPPOLoss(PPOLoss):
     def forward(self, batch: Any, params: Mapping[str, Params] | None = None) -> ArrayDict:
         """``loss_objective = −min(r·A, clip(r)·A)`` plus entropy, critic and diagnostics."""
         batch, advantage = self._prepare(batch, params)
+        batch_ndim = advantage.ndim - 1  # the advantage is [*B, 1]
         advantage, log_weight, dist, kl_approx, log_is = self._ratio(batch, advantage, params)
         backend = backend_of(advantage)
         xp = backend.xp
@@ -504,7 +531,7 @@ class ClipPPOLoss(PPOLoss):
         out["kl_approx"] = backend.stop_gradient(xp.mean(kl_approx))
         out.update(self._entropy_terms(dist, advantage))
         out.update(self._critic_terms(batch, params))
-        out.update(_ratio_diagnostics(backend.stop_gradient(log_behav)))
+        out.update(_ratio_diagnostics(backend.stop_gradient(log_behav), batch_ndim))
         return self._finish(out, batch)
 
 
@@ -596,10 +623,19 @@ class KLPENPPOLoss(PPOLoss):
         self.beta = self._beta_init
 
 
-def _ratio_diagnostics(log_behav: Any) -> dict[str, Any]:
-    """ESS (over dim 0, per sample), max and mean of the behaviour ratio."""
+def _ratio_diagnostics(log_behav: Any, batch_ndim: int) -> dict[str, Any]:
+    """The effective sample size of the behaviour ratios ``w = exp(log_behav)`` over the
+    ``N`` samples of the batch (its first ``batch_ndim`` dims, all of them), per sample,
+    ``ESS = (Σ w)² / (Σ w²) / N`` (computed as ``exp(2·LSE(log w) − LSE(2·log w)) / N``):
+    a scalar, or one per action dim of an element-wise log-ratio ``[*B, A, 1]``; and the
+    max and mean ratio.
+
+    TorchRL 0.14.1 reduces dim 0 only (``ESS`` of shape ``[T]`` for a ``[B, T]`` batch);
+    both agree on one batch dim (deviation ``torchrl-ppo-diagnostics-first-dim``).
+    """
     xp = backend_of(log_behav).xp
     lw = log_behav[..., 0]
+    lw = xp.reshape(lw, (math.prod(lw.shape[:batch_ndim]), *lw.shape[batch_ndim:]))
     ess = xp.exp(2 * _logsumexp(lw) - _logsumexp(2 * lw))
     ratio = xp.exp(log_behav)
     return {"ESS": ess / lw.shape[0], "max_ratio": xp.max(ratio), "mean_ratio": xp.mean(ratio)}
@@ -608,6 +644,15 @@ def _ratio_diagnostics(log_behav: Any) -> dict[str, Any]:
 def _logsumexp(x: Any) -> Any:
     """``log Σ exp(x)`` over dim 0, shifted by the max for stability (one call on torch)."""
     return backend_of(x).logsumexp(x, axis=0)
+
+
+def _check_advantage_norm(advantage_norm: Any, normalize_advantage: bool) -> None:
+    """TorchRL's ``ValueError`` when both advantage rescalings are asked for."""
+    if advantage_norm is not None and normalize_advantage:
+        raise ValueError(
+            "normalize_advantage=True and advantage_norm are mutually exclusive: pass "
+            "either the mean/std standardization flag or a ValueNorm instance, not both."
+        )
 
 
 def _advantage_like(advantage: Any, log_weight: Any) -> Any:
@@ -638,6 +683,7 @@ def _advantage_like(advantage: Any, log_weight: Any) -> Any:
     extra = len(lw_shape) - len(adv_shape)
     spread = xp.reshape(advantage, (*batch, *(1,) * extra, 1))
     return xp.broadcast_to(spread, lw_shape)
+
 
 def _clip_pair(clip_epsilon: Any) -> tuple[Any, Any]:
     """``(ε_low, ε_high)`` as given (``register_coeff`` checks each value)."""
@@ -709,13 +755,11 @@ def _resolve_critic_coeff(critic_coeff: float | None, critic_network: Any) -> fl
     return None if critic_coeff == 0 else critic_coeff
 
 
-def _reject_unsupported(gamma: Any, advantage_norm: Any, functional: bool, *keys: Any) -> None:
+def _reject_unsupported(gamma: Any, functional: bool, *keys: Any) -> None:
     if gamma is not None:
         raise TypeError(
             "gamma is not a loss argument; use loss.make_value_estimator(value_type, gamma=...)"
         )
-    if advantage_norm is not None:
-        raise NotImplementedError("advantage_norm (ValueNorm) is not supported by arrayrl")
     if not functional:
         raise NotImplementedError("functional=False is not supported")
     if any(key is not None for key in keys):

@@ -112,7 +112,7 @@ class ReinforceLoss(CriticLossMixin, LossModule):
         critic_network = critic if critic is not None else critic_network
         if actor_network is None or critic_network is None:
             raise TypeError("Missing positional arguments actor_network or critic_network.")
-        _reject_unsupported(gamma, None, functional, advantage_key, value_target_key)
+        _reject_unsupported(gamma, functional, advantage_key, value_target_key)
         if loss_critic_type not in _CRITIC_LOSSES:
             raise ValueError(
                 f"unknown loss_critic_type {loss_critic_type!r}; expected one of {_CRITIC_LOSSES}"
