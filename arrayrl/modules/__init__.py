@@ -21,11 +21,13 @@ from .actors import (
     ValueOperator,
     as_layer,
 )
-from .adapt import as_module
+from .adapt import as_module, as_value_norm
 from .batchrenorm import BatchRenorm1d
 from .dict_module import DictModule, Module
 from .ensemble import Ensemble, ensemble_params, stack_params, unstack_params
 from .layers import ELU, MLP, Identity, Layer, Linear, NormalParamExtractor, ReLU, Sequential, Tanh
+from .multiagent import Mixer, MultiAgentMLP, QMixer, VDNMixer
+from .value_norm import PercentileValueNorm, PopArtValueNorm, RunningValueNorm, ValueNorm
 
 _TORCH_ADAPTER = ("TorchDictModule", "TorchLayer", "from_torch")
 
@@ -41,20 +43,29 @@ __all__ = [
     "Identity",
     "Layer",
     "Linear",
+    "Mixer",
     "Module",
+    "MultiAgentMLP",
     "NormalParamExtractor",
     "Params",
+    "PercentileValueNorm",
+    "PopArtValueNorm",
     "ProbabilisticActor",
+    "QMixer",
     "QValueActor",
     "QValueModule",
     "ReLU",
+    "RunningValueNorm",
     "Sequential",
     "Tanh",
     "TorchDictModule",
     "TorchLayer",
+    "VDNMixer",
+    "ValueNorm",
     "ValueOperator",
     "as_layer",
     "as_module",
+    "as_value_norm",
     "convert_params",
     "ensemble_params",
     "flatten_params",

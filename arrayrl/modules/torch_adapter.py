@@ -5,8 +5,11 @@
   :class:`~arrayrl.modules.dict_module.Module`;
 - :func:`from_torch` picks the right one.
 
-Both compute with ``torch.func.functional_call``, so the parameters used are the tree
-passed in (a target network, a gradient-tracked copy), never silently the module's own.
+Both compute with the parameters of the tree passed in (a target network, a
+gradient-tracked copy), never silently the module's own: through
+``torch.func.functional_call``, or, for a module holding a ``tensordict.nn.TensorDictParams``
+(TorchRL's ``MultiAgentMLP``, which ``functional_call`` cannot swap), through
+tensordict's own ``TensorDict.to_module`` (:func:`call_with_params`).
 The tree is nested by the dotted parameter names (``{"0": {"weight": w, "bias": b}}``
 for ``"0.weight"``, ``"0.bias"``), as arrayrl's own layers: a TorchRL ``MLP`` and an
 arrayrl :class:`~arrayrl.modules.layers.MLP` of the same sizes have trees of the same
@@ -20,7 +23,9 @@ level; it is imported lazily, when a torch module is first wrapped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,12 +38,15 @@ from .dict_module import Module, NestedKey, as_key_list, read_key
 from .layers import Layer
 
 __all__ = [
+    "SwapPlan",
     "TorchDictModule",
     "TorchLayer",
     "as_distribution_class",
     "as_distribution_kwargs",
+    "call_with_params",
     "from_torch",
     "from_torchrl",
+    "swap_plan",
 ]
 
 
@@ -57,6 +65,107 @@ def _flat_checked(params: Mapping[str, Any], names: frozenset[str], owner: str) 
             f"(missing {missing}, unexpected {unexpected})"
         )
     return flat
+
+
+@dataclass(frozen=True)
+class SwapPlan:
+    """How :func:`call_with_params` puts a parameter tree in a module (see
+    :func:`swap_plan`).
+
+    Attributes
+    ----------
+    tensordict_params : bool
+        The module holds a ``tensordict.nn.TensorDictParams``: swap with tensordict's
+        ``to_module``, not ``torch.func.functional_call``.
+    attributes : tuple of (torch.nn.Module, str)
+        Sub-modules' plain ``TensorDict`` attributes holding parameters, which their
+        ``forward`` puts in place itself (TorchRL's ``MultiAgentMLP(use_td_params=False)``
+        keeps them in ``params``): swapped for the call too.
+    """
+
+    tensordict_params: bool
+    attributes: tuple[tuple[torch.nn.Module, str], ...]
+
+
+def swap_plan(module: torch.nn.Module) -> SwapPlan:
+    """Where ``module`` keeps its parameters besides its registered ``Parameter`` slots."""
+    own = {id(param) for param in module.parameters()}
+    holders = [sub for sub in module.modules() if _has_base(sub, "TensorDictParams")]
+    attributes = []
+    for sub in module.modules():
+        if sub in holders:  # its own storage: swapped by to_module
+            continue
+        for attr, value in vars(sub).items():
+            if _is_tensordict(value) and not isinstance(value, torch.nn.Module):
+                if any(id(leaf) in own for leaf in value.values(True, True)):
+                    attributes.append((sub, attr))
+    return SwapPlan(tensordict_params=bool(holders), attributes=tuple(attributes))
+
+
+def _replaced(td: Any, name_of: Mapping[int, str], flat: Mapping[str, Any]) -> Any:
+    """A shallow copy of ``td`` whose entries holding one of the module's parameters
+    (by identity; a tied parameter at each of its paths) are ``flat``'s tensors."""
+    copy = td.clone(False)
+    for path, value in td.items(include_nested=True, leaves_only=True):
+        name = name_of.get(id(value))
+        if name is not None:
+            copy.set(path, flat[name])
+    return copy
+
+
+@contextlib.contextmanager
+def _swapped_attributes(
+    attributes: tuple[tuple[torch.nn.Module, str], ...],
+    name_of: Mapping[int, str],
+    flat: Mapping[str, Any],
+) -> Iterator[None]:
+    """The ``TensorDict`` attributes holding parameters replaced for the block."""
+    saved = [(sub, attr, getattr(sub, attr)) for sub, attr in attributes]
+    try:
+        for sub, attr, td in saved:
+            setattr(sub, attr, _replaced(td, name_of, flat))
+        yield
+    finally:
+        for sub, attr, td in saved:
+            setattr(sub, attr, td)
+
+
+def call_with_params(
+    module: torch.nn.Module,
+    flat: Mapping[str, torch.Tensor],
+    args: tuple[Any, ...],
+    *,
+    plan: SwapPlan | None = None,
+) -> Any:
+    """``module(*args)`` computed with the parameters ``flat`` (dotted names as in
+    ``module.named_parameters()`` → tensors) in place of the module's own, which are
+    left as they were afterwards.
+
+    ``torch.func.functional_call`` for most modules. A module holding a
+    ``TensorDictParams`` (TorchRL's ``MultiAgentMLP`` and anything wrapping one) keeps its
+    parameters in a locked ``TensorDict``, which ``functional_call`` cannot swap
+    ("Cannot unlock a tensordict that is part of a locked graph"); it runs under
+    tensordict's own swap instead: the module's tensors as a ``TensorDict``
+    (``TensorDict.from_module``, buffers included), a shallow copy with ``flat``'s
+    tensors in place of the parameters, put in the module for the call by
+    ``to_module``. Plain ``TensorDict`` attributes holding parameters (``plan``'s
+    ``attributes``) are swapped as well. Every path keeps the autograd graph to
+    ``flat``'s tensors.
+
+    ``plan`` is :func:`swap_plan`'s for ``module`` (computed if ``None``).
+    """
+    plan = swap_plan(module) if plan is None else plan
+    if not plan.tensordict_params and not plan.attributes:
+        return functional_call(module, dict(flat), args)
+    name_of = {id(param): name for name, param in module.named_parameters()}
+    with _swapped_attributes(plan.attributes, name_of, flat):
+        if not plan.tensordict_params:
+            return functional_call(module, dict(flat), args)
+        from tensordict import TensorDict
+
+        swapped = _replaced(TensorDict.from_module(module, as_module=False), name_of, flat)
+        with swapped.to_module(module, preserve_module_state=False):
+            return module(*args)
 
 
 def _torch_device(backend: Any, device: Any) -> torch.device:
@@ -126,11 +235,12 @@ class TorchLayer(Layer):
         super().__init__()
         self.module = module
         self._names = frozenset(name for name, _ in module.named_parameters())
+        self._plan = swap_plan(module)
         self.params = _module_params(module)
 
     def apply(self, params: Params, *inputs: Any) -> Any:
         flat = _flat_checked(params, self._names, type(self.module).__name__)
-        return functional_call(self.module, flat, inputs)
+        return call_with_params(self.module, flat, inputs, plan=self._plan)
 
     def to(self, backend: str | Backend | torch.device, device: Any = None) -> TorchLayer:
         """Move the module and the tree to a torch device (``to("torch", "cuda")``,
@@ -206,14 +316,16 @@ class TorchDictModule(Module):
         self.in_keys = as_key_list(list(module.in_keys), "in_keys")
         self.out_keys = as_key_list(list(module.out_keys), "out_keys")
         self._names = frozenset(name for name, _ in module.named_parameters())
+        self._plan = swap_plan(module)
         self._params = _module_params(module)
 
     def forward(self, batch: Any, params: Params) -> Any:
         owner = type(self.module).__name__
         flat = _flat_checked(params, self._names, owner)
         if _is_tensordict(batch):
-            return functional_call(self.module, flat, (batch,))
-        out = functional_call(self.module, flat, (_tensordict_view(batch, self.in_keys, owner),))
+            return call_with_params(self.module, flat, (batch,), plan=self._plan)
+        view = _tensordict_view(batch, self.in_keys, owner)
+        out = call_with_params(self.module, flat, (view,), plan=self._plan)
         for key in self.out_keys:
             batch.set(key, out.get(key))
         return batch
@@ -324,6 +436,11 @@ def _interaction_name(interaction: Any) -> str:
     return str(value).lower()
 
 
+def _last(key: NestedKey) -> str:
+    """A key's last part: ``("agents", "loc")`` → ``"loc"``."""
+    return key[-1] if isinstance(key, tuple) else key
+
+
 def _probabilistic_actor(actor: Any, owner: str) -> Module:
     """TorchRL's ``ProbabilisticActor`` (any ``ProbabilisticTensorDictSequential``) as
     arrayrl's: its parameter modules run through torch, the distribution is arrayrl's."""
@@ -338,7 +455,8 @@ def _probabilistic_actor(actor: Any, owner: str) -> Module:
     sample_keys = list(head.dist_sample_keys)
     return ProbabilisticActor(
         TorchDictModule(params_net),
-        in_keys=dict(zip(head.dist_keys, head.in_keys)),
+        # a nested dist key names the argument by its last part (tensordict's rule)
+        in_keys={_last(arg): key for arg, key in zip(head.dist_keys, head.in_keys)},
         out_keys=sample_keys,
         distribution_class=cls,
         distribution_kwargs=as_distribution_kwargs(
