@@ -14,7 +14,14 @@ import importlib
 from types import ModuleType
 
 #: the family modules of this package, in report order
-FAMILY_MODULES: tuple[str, ...] = ("dqn_cases", "cql_cases", "iql_cases", "td3_bc_cases")
+FAMILY_MODULES: tuple[str, ...] = (
+    "dqn_cases",
+    "cql_cases",
+    "iql_cases",
+    "td3_bc_cases",
+    "mappo_cases",
+    "qmixer_cases",
+)
 
 
 def family_modules() -> list[ModuleType]:

@@ -47,8 +47,9 @@ _OFF_POLICY = (
 )
 _Q_LEARNING = ("DQNLoss", "DistributionalDQNLoss")
 _OFFLINE = ("CQLLoss", "DiscreteCQLLoss", "IQLLoss", "DiscreteIQLLoss", "TD3BCLoss", "BCLoss")
+_MULTI_AGENT = ("MAPPOLoss", "IPPOLoss", "QMixerLoss")
 _LOSSES = ("PPOLoss", "ClipPPOLoss", "KLPENPPOLoss", "A2CLoss", "ReinforceLoss", *_OFF_POLICY,
-           *_Q_LEARNING, *_OFFLINE)  # fmt: skip
+           *_Q_LEARNING, *_OFFLINE, *_MULTI_AGENT)  # fmt: skip
 
 #: family -> (the functions or loss classes it selects, other names it is known by).
 #: Names are compared after :func:`normalize` (case, ``-``, ``_``, spaces, brackets).
@@ -85,6 +86,10 @@ FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "td3bc": (("TD3BCLoss",), ("td3+bc",)),
     "bc": (("BCLoss",), ("behavior-cloning", "behaviour-cloning")),
     "offline": (_OFFLINE, ("offline-rl",)),
+    "mappo": (("MAPPOLoss",), ("multi-agent-ppo",)),
+    "ippo": (("IPPOLoss",), ("independent-ppo",)),
+    "qmixer": (("QMixerLoss",), ("qmix", "vdn", "q-mixer")),
+    "multiagent": (_MULTI_AGENT, ("multi-agent", "marl")),
     "estimators": (_ESTIMATORS, ("values", "value-estimators")),
     "losses": (_LOSSES, ("objectives",)),
 }

@@ -13,6 +13,7 @@ from .crossq import CrossQLoss
 from .ddpg import DDPGLoss
 from .dqn import DistributionalDQNLoss, DQNLoss, categorical_projection
 from .iql import DiscreteIQLLoss, IQLLoss, expectile_loss
+from .multiagent import IPPOLoss, MAPPOLoss, QMixerLoss
 from .ppo import ClipPPOLoss, KLPENPPOLoss, PPOLoss
 from .redq import REDQLoss
 from .reinforce import ReinforceLoss
@@ -36,10 +37,13 @@ __all__ = [
     "DiscreteSACLoss",
     "DistributionalDQNLoss",
     "HardUpdate",
+    "IPPOLoss",
     "IQLLoss",
     "KLPENPPOLoss",
     "LossModule",
+    "MAPPOLoss",
     "PPOLoss",
+    "QMixerLoss",
     "REDQLoss",
     "ReinforceLoss",
     "SACLoss",

@@ -135,6 +135,7 @@ class PPOLoss(EntropyBonusMixin, CriticLossMixin, LossModule):
         ValueEstimators.TD1,
         ValueEstimators.TDLambda,
         ValueEstimators.GAE,
+        ValueEstimators.MAGAE,
         ValueEstimators.VTrace,
     )
 
