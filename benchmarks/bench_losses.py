@@ -1,9 +1,10 @@
 """Benchmark arrayrl's losses against TorchRL 0.14.1's on the CPU.
 
-The losses: ClipPPOLoss, SACLoss, TD3Loss, TD3BCLoss, CQLLoss, IQLLoss, DQNLoss and
-DistributionalDQNLoss (C51). Run ``python benchmarks/bench_losses.py`` (``--losses
-ppo,sac,td3,td3bc,cql,iql,dqn,c51`` to choose the losses, by default ``ppo,sac,td3``, the
-runs recorded first in RESULTS.md; ``--batches 64,256`` for ClipPPOLoss's batch sizes,
+The losses: ClipPPOLoss, SACLoss, TD3Loss, TD3BCLoss, CQLLoss, IQLLoss, DQNLoss,
+DistributionalDQNLoss (C51) and MAPPOLoss. Run ``python benchmarks/bench_losses.py``
+(``--losses ppo,sac,td3,td3bc,cql,iql,dqn,c51,mappo`` to choose the losses, by default
+``ppo,sac,td3``, the runs recorded first in RESULTS.md; ``--variants`` also chooses
+MAPPOLoss's; ``--batches 64,256`` for ClipPPOLoss's batch sizes,
 ``--offpolicy-batches 256,4096`` for the others' and ``--qnets 2,10`` for the Q ensemble
 sizes of SAC, TD3, TD3+BC and IQL, ``--repeats N`` for the samples per measurement,
 ``--variants precomputed`` to skip the GAE variant, ``--phases`` to profile the
@@ -118,6 +119,27 @@ layers and loaded into TorchRL's modules. DQN: ``action_space="one-hot"``, TD(0)
 network at construction in every loss). The batch: observations ~ N(0, 1), the action a
 one-hot of a uniform index, reward ~ N(0, 1), done ~ Bernoulli(0.01), terminated =
 done. Nothing is drawn; the check compares ``loss``, the priority and every gradient.
+
+MAPPOLoss
+---------
+TorchRL's multi-agent PPO tutorial at its size: 600 vectorised environments x 10 steps
+x 3 agents (6000 frames; VMAS navigation: observation 18, action 2 per agent). The actor
+is a decentralised ``MultiAgentMLP(18, 2 x 2, 3, share_params=True, depth=2,
+num_cells=256)`` (Tanh) → ``NormalParamExtractor`` → TanhNormal on [-1, 1]; the critic a
+centralised ``MultiAgentMLP(18, 1, 3, share_params=True, depth=2, num_cells=256)``.
+arrayrl's layers draw the weights, TorchRL's ``MultiAgentMLP`` s load them (the parameter
+names are the same). Both losses keep MAPPO's defaults (multi-agent GAE with γ = 0.99,
+λ = 0.95, advantage standardised per agent, ε = 0.2, entropy 0.01 with one Monte-Carlo
+sample, smooth-L1 critic) and ``set_keys`` the nested ``("agents", ...)`` keys. The
+batch: observations ~ N(0, 1), actions drawn by the actor, their log-probabilities plus
+N(0, 0.2) noise, a team reward ~ N(0, 1) and ``done`` ~ Bernoulli(0.01) under
+``"next"``; ``precomputed`` adds per-agent advantages and value targets ~ N(0, 1), ``gae``
+lets the loss run its multi-agent GAE. Competitors (``fwd+bwd``, the backward of
+``loss_objective + loss_critic + loss_entropy``): arrayrl on its own modules, TorchRL,
+and arrayrl on TorchRL's modules (the drop-in). The check compares the outputs that do
+not depend on the entropy draw (ESS and explained_variance are reduced over every batch
+dim by arrayrl, over dim 0 by TorchRL 0.14.1) and the gradients of ``loss_objective +
+loss_critic`` by parameter name.
 """
 
 from __future__ import annotations
@@ -165,7 +187,7 @@ RTOL, ATOL = 1e-4, 1e-5
 #: Targets of arrayrl / TorchRL fwd+bwd time (issue part 10), by batch size.
 TARGETS = {256: 0.5, 65536: 1.0}
 VARIANTS = ("precomputed", "gae")
-LOSSES = ("ppo", "sac", "td3", "td3bc", "cql", "iql", "dqn", "c51")
+LOSSES = ("ppo", "sac", "td3", "td3bc", "cql", "iql", "dqn", "c51", "mappo")
 #: The losses run without ``--losses`` (the earlier recorded runs' default).
 DEFAULT_LOSSES = ("ppo", "sac", "td3")
 
@@ -1280,6 +1302,285 @@ def offpolicy_phases(kind: str, args: argparse.Namespace) -> list[str]:
 # Command line
 
 
+########################################################################
+# MAPPOLoss at the size of TorchRL's multi-agent PPO tutorial
+
+
+#: 600 vectorised environments x 10 steps x 3 agents (6000 frames), VMAS navigation's
+#: per-agent observation and action sizes
+MA_ENVS, MA_STEPS, MA_AGENTS, MA_OBS, MA_ACT = 600, 10, 3, 18, 2
+MA_DEPTH, MA_CELLS = 2, 256
+#: The keys of TorchRL's multi-agent layout, by ``set_keys`` name.
+MA_KEYS = {
+    "value": ("agents", "state_value"),
+    "action": ("agents", "action"),
+    "sample_log_prob": ("agents", "action_log_prob"),
+    "advantage": ("agents", "advantage"),
+    "value_target": ("agents", "value_target"),
+}
+#: The outputs that neither depend on the entropy's Monte-Carlo draw nor are reduced
+#: differently (TorchRL 0.14.1 keeps ESS and explained_variance per [T, agents]).
+MA_CHECKED = ("loss_objective", "clip_fraction", "loss_critic", "kl_approx", "max_ratio")
+
+
+def mappo_networks(backend: str) -> tuple[Any, Any, dict[str, Any]]:
+    """arrayrl's tutorial networks on ``backend``: a decentralised shared-parameter
+    ``MultiAgentMLP`` TanhNormal actor and a centralised shared-parameter critic."""
+    from arrayrl.modules import DictModule, NormalParamExtractor, Sequential
+    from arrayrl.modules.actors import ProbabilisticActor, ValueOperator
+    from arrayrl.modules.distributions import TanhNormal
+    from arrayrl.modules.multiagent import MultiAgentMLP
+
+    def net(outputs: int, centralized: bool, seed: int) -> Any:
+        return MultiAgentMLP(
+            MA_OBS,
+            outputs,
+            MA_AGENTS,
+            centralized=centralized,
+            share_params=True,
+            depth=MA_DEPTH,
+            num_cells=MA_CELLS,
+            seed=seed,
+            backend=backend,
+        )
+
+    nets = {"actor": net(2 * MA_ACT, False, ACTOR_SEED), "critic": net(1, True, CRITIC_SEED)}
+    loc_scale = [("agents", "loc"), ("agents", "scale")]
+    actor = ProbabilisticActor(
+        DictModule(
+            Sequential(nets["actor"], NormalParamExtractor()),
+            in_keys=[("agents", "observation")],
+            out_keys=loc_scale,
+        ),
+        in_keys=loc_scale,
+        out_keys=[MA_KEYS["action"]],
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": -1.0, "high": 1.0},
+        return_log_prob=True,
+        log_prob_key=MA_KEYS["sample_log_prob"],
+    )
+    critic = ValueOperator(
+        nets["critic"], in_keys=[("agents", "observation")], out_keys=[MA_KEYS["value"]]
+    )
+    return actor, critic, nets
+
+
+def torchrl_mappo_networks(ours: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    """TorchRL's tutorial networks holding the weights of arrayrl's ``ours`` (the
+    parameter names are the same)."""
+    import torch
+    from tensordict.nn import NormalParamExtractor, TensorDictModule
+    from torchrl.modules import MultiAgentMLP, ProbabilisticActor, TanhNormal
+
+    nets = {}
+    for role, mine in ours.items():
+        net = MultiAgentMLP(
+            n_agent_inputs=MA_OBS,
+            n_agent_outputs=mine.n_agent_outputs,
+            n_agents=MA_AGENTS,
+            centralized=mine.centralized,
+            share_params=True,
+            depth=MA_DEPTH,
+            num_cells=MA_CELLS,
+            activation_class=torch.nn.Tanh,
+        )
+        weights = _state_dict(mine)
+        with torch.no_grad():
+            for name, p in net.named_parameters():
+                p.copy_(weights[name])
+        nets[role] = net
+    loc_scale = [("agents", "loc"), ("agents", "scale")]
+    actor = ProbabilisticActor(
+        TensorDictModule(
+            torch.nn.Sequential(nets["actor"], NormalParamExtractor()),
+            in_keys=[("agents", "observation")],
+            out_keys=loc_scale,
+        ),
+        in_keys=loc_scale,
+        out_keys=[MA_KEYS["action"]],
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": -1.0, "high": 1.0},
+        return_log_prob=True,
+        log_prob_key=MA_KEYS["sample_log_prob"],
+    )
+    critic = TensorDictModule(
+        nets["critic"], in_keys=[("agents", "observation")], out_keys=[MA_KEYS["value"]]
+    )
+    return actor, critic, nets
+
+
+def mappo_loss(cls: Any, actor: Any, critic: Any) -> Any:
+    """``cls`` (arrayrl's or TorchRL's MAPPOLoss) with its defaults and the nested keys."""
+    loss = cls(actor, critic)
+    loss.set_keys(**MA_KEYS)
+    return loss
+
+
+def mappo_arrays(variant: str, actor_np: Any) -> dict[str, Any]:
+    """A ``[envs, steps]`` batch in VMAS's layout (float32 NumPy): observations, actions
+    drawn by arrayrl's actor, their log-probabilities plus N(0, 0.2) noise, team reward
+    and flags under ``"next"``; ``precomputed`` adds per-agent advantages and value
+    targets ~ N(0, 1)."""
+    from arrayrl.data import ArrayDict
+    from arrayrl.random import make_generator
+
+    rng = np.random.default_rng(BATCH_SEED)
+    shape, agents = (MA_ENVS, MA_STEPS), (MA_ENVS, MA_STEPS, MA_AGENTS)
+    obs = rng.standard_normal((MA_ENVS, MA_STEPS + 1, MA_AGENTS, MA_OBS), dtype=np.float32)
+    done = rng.random((*shape, 1)) < 0.01
+    rollout = ArrayDict({"agents": {"observation": np.ascontiguousarray(obs[:, :-1])}}, shape)
+    actor_np(rollout, rng=make_generator(BATCH_SEED))
+    log_prob = np.asarray(rollout.get(MA_KEYS["sample_log_prob"]))
+    noise = rng.standard_normal(log_prob.shape, dtype=np.float32) * np.float32(0.2)
+    arrays: dict[str, Any] = {
+        "agents": {
+            "observation": np.asarray(rollout.get(("agents", "observation"))),
+            "action": np.asarray(rollout.get(MA_KEYS["action"])),
+            "action_log_prob": log_prob + noise,
+        },
+        "next": {
+            "agents": {"observation": np.ascontiguousarray(obs[:, 1:])},
+            "reward": rng.standard_normal((*shape, 1), dtype=np.float32),
+            "done": done,
+            "terminated": done.copy(),
+        },
+    }
+    if variant == "precomputed":
+        arrays["agents"]["advantage"] = rng.standard_normal((*agents, 1), dtype=np.float32)
+        arrays["agents"]["value_target"] = rng.standard_normal((*agents, 1), dtype=np.float32)
+    return arrays
+
+
+@dataclass
+class MACase:
+    """One variant: the three losses and their views of one batch."""
+
+    variant: str
+    losses: dict[str, Any]
+    batches: dict[str, Any]
+    params: dict[str, dict[str, Any]]
+
+
+def make_mappo_case(variant: str) -> MACase:
+    """arrayrl's loss on its own modules, TorchRL's loss and arrayrl's loss on TorchRL's
+    modules (the drop-in), with the same weights, on one batch (shared memory)."""
+    from tensordict import TensorDict
+    from torchrl.objectives.multiagent import MAPPOLoss as TorchRLMAPPOLoss
+
+    from arrayrl.data import ArrayDict
+    from arrayrl.objectives.multiagent.mappo import MAPPOLoss
+
+    actor, critic, ours = mappo_networks("torch")
+    actor_np, _, _ = mappo_networks("numpy")
+    t_actor, t_critic, theirs = torchrl_mappo_networks(ours)
+    tensors = to_torch(mappo_arrays(variant, actor_np))
+    td = TensorDict(tensors, batch_size=[MA_ENVS, MA_STEPS])
+    for key in ("agents", ("next", "agents")):
+        td[key].batch_size = [MA_ENVS, MA_STEPS, MA_AGENTS]
+    named = {
+        "ours": {
+            f"{r}.{n}": p for r, net in ours.items() for n, p in net.named_parameters().items()
+        },
+        "theirs": {f"{r}.{n}": p for r, net in theirs.items() for n, p in net.named_parameters()},
+    }
+    named["adapted"] = named["theirs"]
+    return MACase(
+        variant,
+        losses={
+            "ours": mappo_loss(MAPPOLoss, actor, critic),
+            "theirs": mappo_loss(TorchRLMAPPOLoss, t_actor, t_critic),
+            "adapted": mappo_loss(MAPPOLoss, t_actor, t_critic),
+        },
+        batches={"ours": ArrayDict(tensors, [MA_ENVS, MA_STEPS]), "theirs": td, "adapted": td},
+        params=named,
+    )
+
+
+MA_COMPETITORS = {
+    "arrayrl fwd+bwd": "ours",
+    "TorchRL fwd+bwd": "theirs",
+    "arrayrl (TorchRL modules) fwd+bwd": "adapted",
+}
+
+
+def check_mappo(case: MACase) -> dict[str, Any]:
+    """Values of :data:`MA_CHECKED` and the gradients of ``loss_objective + loss_critic``
+    by parameter name, arrayrl (own modules, and TorchRL's) against TorchRL, as multiples
+    of the tolerance."""
+    results = {}
+    for who in ("ours", "theirs", "adapted"):
+        params = case.params[who]
+        for p in params.values():
+            p.grad = None
+        out = case.losses[who](case.batches[who])
+        (out["loss_objective"] + out["loss_critic"]).backward()
+        grads = {name: host(p.grad) for name, p in params.items()}
+        results[who] = ({k: host(out[k]) for k in MA_CHECKED}, grads)
+        for p in params.values():
+            p.grad = None
+    ref_values, ref_grads = results["theirs"]
+
+    def tol_ratio(a: dict[str, Any], b: dict[str, Any]) -> float:
+        return max(
+            float(np.max(np.abs(a[k] - b[k]))) / (ATOL + RTOL * float(np.max(np.abs(b[k]))))
+            for k in b
+        )
+
+    check = {
+        "values": tol_ratio(results["ours"][0], ref_values),
+        "grads": tol_ratio(results["ours"][1], ref_grads),
+        "adapted": max(
+            tol_ratio(results["adapted"][0], ref_values),
+            tol_ratio(results["adapted"][1], ref_grads),
+        ),
+    }
+    check["ok"] = all(v <= 1 for v in check.values())
+    return check
+
+
+def mappo_table(rows: list[Row]) -> str:
+    """The Markdown table of the MAPPO variants: times, ratios, check."""
+    names = list(MA_COMPETITORS)
+    header = ["batch", *names, "ratio fwd+bwd", "ratio fwd+bwd, TorchRL modules", "check"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in rows:
+        check = row.check
+        parts = " / ".join(f"{check[k]:.2f}" for k in ("values", "grads", "adapted"))
+        cells = [
+            f"{row.label}, {row.variant}",
+            *(fmt_time(row.times[n]) for n in names),
+            f"{ratio(row, names[0], names[1]):.2f}x",
+            f"{ratio(row, names[2], names[1]):.2f}x",
+            f"{'OK' if check['ok'] else 'FAIL'} ({parts})",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    title = (
+        f"### MAPPOLoss, TorchRL's multi-agent PPO tutorial ({MA_AGENTS} agents, obs {MA_OBS}, "
+        f"action {MA_ACT}, MultiAgentMLP depth {MA_DEPTH} x {MA_CELLS} Tanh, shared "
+        "parameters, centralised critic, TanhNormal)"
+    )
+    return title + "\n\n" + "\n".join(lines)
+
+
+def run_mappo(args: argparse.Namespace) -> list[Row]:
+    """Both variants (``precomputed``: advantage in the batch; ``gae``: the loss's
+    multi-agent GAE), checked then timed; prints the table."""
+    rows = []
+    for variant in args.variants:
+        case = make_mappo_case(variant)
+        label = f"{MA_ENVS} x {MA_STEPS} x {MA_AGENTS}"
+        row = Row(variant, MA_ENVS * MA_STEPS * MA_AGENTS, label)
+        row.check = check_mappo(case)
+        comps = {
+            name: fwd_bwd(case.losses[who], case.batches[who])
+            for name, who in MA_COMPETITORS.items()
+        }
+        row.times = interleaved(comps, args.repeats, args.sample_s)
+        rows.append(row)
+    print("\n" + mappo_table(rows), flush=True)
+    return rows
+
+
 def parse_batches(text: str) -> tuple[int, ...]:
     """Parse ``"64,256"`` into ``(64, 256)``."""
     return tuple(int(item) for item in text.split(","))
@@ -1362,6 +1663,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n" + table(variant, results[variant]), flush=True)
     lines = target_lines(results.get("precomputed", []))
     off_results = {kind: run_offpolicy(kind, args) for kind in OFF_KINDS if kind in args.losses}
+    mappo_rows = run_mappo(args) if "mappo" in args.losses else []
     for rows in off_results.values():
         lines += offpolicy_target_lines(rows)
     if args.phases:
@@ -1380,10 +1682,12 @@ def main(argv: list[str] | None = None) -> int:
             "args": {k: v for k, v in vars(args).items() if k != "json"},
             "results": {k: [vars(r) for r in v] for k, v in results.items()},
             "offpolicy": {k: [vars(r) for r in v] for k, v in off_results.items()},
+            "mappo": [vars(r) for r in mappo_rows],
         }
         with open(args.json, "w") as f:
             json.dump(dump, f, indent=1)
-    checks = [r.check["ok"] for rows in (*results.values(), *off_results.values()) for r in rows]
+    all_rows = (*results.values(), *off_results.values(), mappo_rows)
+    checks = [r.check["ok"] for rows in all_rows for r in rows]
     return 0 if all(checks) else 1
 
 
