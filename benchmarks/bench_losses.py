@@ -1310,109 +1310,47 @@ def offpolicy_phases(kind: str, args: argparse.Namespace) -> list[str]:
 #: per-agent observation and action sizes
 MA_ENVS, MA_STEPS, MA_AGENTS, MA_OBS, MA_ACT = 600, 10, 3, 18, 2
 MA_DEPTH, MA_CELLS = 2, 256
-#: The keys of TorchRL's multi-agent layout, by ``set_keys`` name.
-MA_KEYS = {
-    "value": ("agents", "state_value"),
-    "action": ("agents", "action"),
-    "sample_log_prob": ("agents", "action_log_prob"),
-    "advantage": ("agents", "advantage"),
-    "value_target": ("agents", "value_target"),
-}
 #: The outputs that neither depend on the entropy's Monte-Carlo draw nor are reduced
 #: differently (TorchRL 0.14.1 keeps ESS and explained_variance per [T, agents]).
 MA_CHECKED = ("loss_objective", "clip_fraction", "loss_critic", "kl_approx", "max_ratio")
 
 
+def mappo_sizes() -> Any:
+    """The tutorial's actor-critic sizes: shared-parameter ``MultiAgentMLP`` s, a
+    decentralised actor and a centralised critic (conformance/mappo_cases.py's networks)."""
+    from arrayrl.conformance.mappo_cases import AgentNetworks
+
+    return AgentNetworks(
+        obs=MA_OBS, act=MA_ACT, agents=MA_AGENTS, depth=MA_DEPTH, num_cells=MA_CELLS
+    )
+
+
 def mappo_networks(backend: str) -> tuple[Any, Any, dict[str, Any]]:
-    """arrayrl's tutorial networks on ``backend``: a decentralised shared-parameter
-    ``MultiAgentMLP`` TanhNormal actor and a centralised shared-parameter critic."""
-    from arrayrl.modules import DictModule, NormalParamExtractor, Sequential
-    from arrayrl.modules.actors import ProbabilisticActor, ValueOperator
-    from arrayrl.modules.distributions import TanhNormal
-    from arrayrl.modules.multiagent import MultiAgentMLP
+    """arrayrl's tutorial networks on ``backend``: a TanhNormal actor on [-1, 1] and the
+    critic, and their ``MultiAgentMLP`` s by role."""
+    from arrayrl.conformance.mappo_cases import agent_modules
 
-    def net(outputs: int, centralized: bool, seed: int) -> Any:
-        return MultiAgentMLP(
-            MA_OBS,
-            outputs,
-            MA_AGENTS,
-            centralized=centralized,
-            share_params=True,
-            depth=MA_DEPTH,
-            num_cells=MA_CELLS,
-            seed=seed,
-            backend=backend,
-        )
-
-    nets = {"actor": net(2 * MA_ACT, False, ACTOR_SEED), "critic": net(1, True, CRITIC_SEED)}
-    loc_scale = [("agents", "loc"), ("agents", "scale")]
-    actor = ProbabilisticActor(
-        DictModule(
-            Sequential(nets["actor"], NormalParamExtractor()),
-            in_keys=[("agents", "observation")],
-            out_keys=loc_scale,
-        ),
-        in_keys=loc_scale,
-        out_keys=[MA_KEYS["action"]],
-        distribution_class=TanhNormal,
-        distribution_kwargs={"low": -1.0, "high": 1.0},
-        return_log_prob=True,
-        log_prob_key=MA_KEYS["sample_log_prob"],
-    )
-    critic = ValueOperator(
-        nets["critic"], in_keys=[("agents", "observation")], out_keys=[MA_KEYS["value"]]
-    )
-    return actor, critic, nets
+    seeds = {"actor": ACTOR_SEED, "critic": CRITIC_SEED}
+    nets = mappo_sizes().mlps("arrayrl", seeds=seeds, backend=backend)
+    return (*agent_modules(nets, "TanhNormal", low=-1.0, high=1.0), nets)
 
 
 def torchrl_mappo_networks(ours: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
     """TorchRL's tutorial networks holding the weights of arrayrl's ``ours`` (the
     parameter names are the same)."""
-    import torch
-    from tensordict.nn import NormalParamExtractor, TensorDictModule
-    from torchrl.modules import MultiAgentMLP, ProbabilisticActor, TanhNormal
+    from arrayrl.conformance.mappo_cases import agent_modules
 
-    nets = {}
-    for role, mine in ours.items():
-        net = MultiAgentMLP(
-            n_agent_inputs=MA_OBS,
-            n_agent_outputs=mine.n_agent_outputs,
-            n_agents=MA_AGENTS,
-            centralized=mine.centralized,
-            share_params=True,
-            depth=MA_DEPTH,
-            num_cells=MA_CELLS,
-            activation_class=torch.nn.Tanh,
-        )
-        weights = _state_dict(mine)
-        with torch.no_grad():
-            for name, p in net.named_parameters():
-                p.copy_(weights[name])
-        nets[role] = net
-    loc_scale = [("agents", "loc"), ("agents", "scale")]
-    actor = ProbabilisticActor(
-        TensorDictModule(
-            torch.nn.Sequential(nets["actor"], NormalParamExtractor()),
-            in_keys=[("agents", "observation")],
-            out_keys=loc_scale,
-        ),
-        in_keys=loc_scale,
-        out_keys=[MA_KEYS["action"]],
-        distribution_class=TanhNormal,
-        distribution_kwargs={"low": -1.0, "high": 1.0},
-        return_log_prob=True,
-        log_prob_key=MA_KEYS["sample_log_prob"],
-    )
-    critic = TensorDictModule(
-        nets["critic"], in_keys=[("agents", "observation")], out_keys=[MA_KEYS["value"]]
-    )
-    return actor, critic, nets
+    weights = {role: _state_dict(net) for role, net in ours.items()}
+    nets = mappo_sizes().mlps("torchrl", weights)
+    return (*agent_modules(nets, "TanhNormal", torchrl=True, low=-1.0, high=1.0), nets)
 
 
 def mappo_loss(cls: Any, actor: Any, critic: Any) -> Any:
     """``cls`` (arrayrl's or TorchRL's MAPPOLoss) with its defaults and the nested keys."""
+    from arrayrl.conformance.mappo_cases import AGENT_KEYS
+
     loss = cls(actor, critic)
-    loss.set_keys(**MA_KEYS)
+    loss.set_keys(**AGENT_KEYS)
     return loss
 
 
@@ -1421,6 +1359,8 @@ def mappo_arrays(variant: str, actor_np: Any) -> dict[str, Any]:
     drawn by arrayrl's actor, their log-probabilities plus N(0, 0.2) noise, team reward
     and flags under ``"next"``; ``precomputed`` adds per-agent advantages and value
     targets ~ N(0, 1)."""
+    from arrayrl.conformance.mappo_cases import AGENT_KEYS
+
     from arrayrl.data import ArrayDict
     from arrayrl.random import make_generator
 
@@ -1430,12 +1370,12 @@ def mappo_arrays(variant: str, actor_np: Any) -> dict[str, Any]:
     done = rng.random((*shape, 1)) < 0.01
     rollout = ArrayDict({"agents": {"observation": np.ascontiguousarray(obs[:, :-1])}}, shape)
     actor_np(rollout, rng=make_generator(BATCH_SEED))
-    log_prob = np.asarray(rollout.get(MA_KEYS["sample_log_prob"]))
+    log_prob = np.asarray(rollout.get(AGENT_KEYS["sample_log_prob"]))
     noise = rng.standard_normal(log_prob.shape, dtype=np.float32) * np.float32(0.2)
     arrays: dict[str, Any] = {
         "agents": {
             "observation": np.asarray(rollout.get(("agents", "observation"))),
-            "action": np.asarray(rollout.get(MA_KEYS["action"])),
+            "action": np.asarray(rollout.get(AGENT_KEYS["action"])),
             "action_log_prob": log_prob + noise,
         },
         "next": {
@@ -1464,7 +1404,7 @@ class MACase:
 def make_mappo_case(variant: str) -> MACase:
     """arrayrl's loss on its own modules, TorchRL's loss and arrayrl's loss on TorchRL's
     modules (the drop-in), with the same weights, on one batch (shared memory)."""
-    from tensordict import TensorDict
+    from arrayrl.conformance.mappo_cases import agents_tensordict, parameters_by_role
     from torchrl.objectives.multiagent import MAPPOLoss as TorchRLMAPPOLoss
 
     from arrayrl.data import ArrayDict
@@ -1474,15 +1414,8 @@ def make_mappo_case(variant: str) -> MACase:
     actor_np, _, _ = mappo_networks("numpy")
     t_actor, t_critic, theirs = torchrl_mappo_networks(ours)
     tensors = to_torch(mappo_arrays(variant, actor_np))
-    td = TensorDict(tensors, batch_size=[MA_ENVS, MA_STEPS])
-    for key in ("agents", ("next", "agents")):
-        td[key].batch_size = [MA_ENVS, MA_STEPS, MA_AGENTS]
-    named = {
-        "ours": {
-            f"{r}.{n}": p for r, net in ours.items() for n, p in net.named_parameters().items()
-        },
-        "theirs": {f"{r}.{n}": p for r, net in theirs.items() for n, p in net.named_parameters()},
-    }
+    td = agents_tensordict(tensors, [MA_ENVS, MA_STEPS], agents=MA_AGENTS)
+    named = {"ours": parameters_by_role(ours), "theirs": parameters_by_role(theirs)}
     named["adapted"] = named["theirs"]
     return MACase(
         variant,

@@ -50,6 +50,7 @@ from .loss_cases import (
     _host,
     _mlp_weights,
     _perturbed,
+    _some_valid,
     arrayrl_batch,
     torch_gradients,
 )
@@ -62,21 +63,24 @@ VAR_NUMS = (2, 3)
 #: the priority the loss sets in the caller's batch, recorded under this name
 PRIORITY_OUTPUT = "batch:td_error"
 _LOSSES = ("DQNLoss", "DistributionalDQNLoss")
+#: the network DQN and C51 learn (and keep a target copy of)
+_VALUE_NETWORK = ("value_network",)
 
 
 @dataclass(frozen=True)
-class QLearningCase(LossCase):
-    """One DQN or C51 configuration (see the module docstring).
+class PriorityLossCase(LossCase):
+    """A loss with one output, ``loss``, that writes its priority in the caller's batch
+    (DQN, C51, QMixer).
 
-    ``actor`` is the action space; ``config`` the loss's keyword arguments;
-    ``estimator`` DQN's value estimator (TorchRL's name) and its hyper-parameters
-    besides ``gamma``; ``priority_weights`` puts ``priority_weight`` in the batch;
-    ``steps`` puts C51's ``steps_to_next_obs`` (1 to 3) in it.
+    Each evaluation records ``loss``, the priority (:data:`PRIORITY_OUTPUT`) and, on
+    torch, the gradient of ``loss`` with respect to every weight (``"loss/<role>.<param>"``).
+    A subclass builds both libraries' losses: ``_arrayrl_loss(inputs, backend, device)``
+    and ``_torchrl_loss(inputs, torch_dtype)`` return the loss and its trainable arrays by
+    canonical name. ``estimator`` is the value estimator (TorchRL's name) and its
+    hyper-parameters besides ``gamma``.
     """
 
     estimator: tuple[str, tuple[tuple[str, float], ...]] = ("TD0", ())
-    priority_weights: bool = False
-    steps: bool = False
 
     @property
     def continuous(self) -> bool:
@@ -84,16 +88,98 @@ class QLearningCase(LossCase):
 
     @property
     def monte_carlo(self) -> bool:
-        """DQN and C51 draw nothing."""
+        """These losses draw nothing."""
         return False
+
+    @property
+    def delay_value(self) -> bool:
+        return bool(self.config.get("delay_value", True))
+
+    @property
+    def _torchrl_flat(self) -> bool:
+        """Whether TorchRL's loss runs on the batch flattened to ``[B·T]`` (its per-sample
+        outputs reshaped back)."""
+        return False
+
+    def _default_dtype(self, torch_dtype: Any) -> contextlib.AbstractContextManager[None]:
+        """What TorchRL's loss runs in: by default, nothing changed."""
+        return contextlib.nullcontext()
+
+    # -- arrayrl ------------------------------------------------------------------------
+    def evaluate_arrayrl(
+        self, inputs: LossInputs, backend: str, device: Any = None, *, generator_mode: str = "numpy"
+    ) -> Evaluation:
+        """arrayrl's loss on ``backend``: the loss, the priority, and on torch the
+        gradients of ``loss``."""
+        loss, params = self._arrayrl_loss(inputs, backend, device)
+        batch = arrayrl_batch(self, inputs, backend, device)
+        out = loss(batch)
+        value, priority = out.get("loss"), batch.get("td_error")
+        outputs = {
+            "loss": _host(value, backend_of(value)),
+            PRIORITY_OUTPUT: _host(priority, backend_of(priority)),
+        }
+        gradients = _loss_gradients(value, params) if backend == "torch" else {}
+        return Evaluation(outputs, gradients)
+
+    def _arrayrl_loss(
+        self, inputs: LossInputs, backend: str, device: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        raise NotImplementedError
+
+    # -- TorchRL ------------------------------------------------------------------------
+    def evaluate_torchrl(self, inputs: LossInputs, dtype: str) -> Evaluation:
+        """TorchRL's loss on the case's inputs (CPU): the loss, the priority it sets in
+        the batch, and the gradients of ``loss`` (completed as :data:`DEVIATIONS`
+        record where TorchRL cannot run the configuration)."""
+        import warnings
+
+        import torch
+        from tensordict import TensorDict
+
+        from .loss_oracle import _to_torch
+
+        torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+        flat = self._torchrl_flat
+        with warnings.catch_warnings(), self._default_dtype(torch_dtype):
+            warnings.simplefilter("ignore")
+            loss, params = self._torchrl_loss(inputs, torch_dtype)
+            batch = TensorDict(_to_torch(inputs.batch), batch_size=self.batch_shape)
+            batch = batch.reshape((int(np.prod(self.batch_shape)),)) if flat else batch
+            out = loss(batch)
+            value = out["loss"]
+            gradients = _loss_gradients(value, params)
+        priority = batch.get(loss.tensor_keys.priority).detach()
+        if flat:
+            value = value.reshape(*self.batch_shape) if value.ndim else value
+            priority = priority.reshape(*self.batch_shape, 1)
+        outputs = {"loss": value.detach().numpy(), PRIORITY_OUTPUT: priority.numpy()}
+        return Evaluation(outputs, gradients)
+
+    def _torchrl_loss(self, inputs: LossInputs, torch_dtype: Any) -> tuple[Any, dict[str, Any]]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class QLearningCase(PriorityLossCase):
+    """One DQN or C51 configuration (see the module docstring).
+
+    ``actor`` is the action space; ``config`` the loss's keyword arguments;
+    ``estimator`` DQN's value estimator; ``priority_weights`` puts ``priority_weight`` in
+    the batch; ``steps`` puts C51's ``steps_to_next_obs`` (1 to 3) in it.
+    """
+
+    priority_weights: bool = False
+    steps: bool = False
 
     @property
     def distributional(self) -> bool:
         return self.loss == "DistributionalDQNLoss"
 
     @property
-    def delay_value(self) -> bool:
-        return bool(self.config.get("delay_value", True))
+    def _torchrl_flat(self) -> bool:
+        """TorchRL's C51 takes only a one-dimensional batch (a recorded deviation)."""
+        return self.distributional and len(self.batch_shape) > 1
 
     def network_specs(self) -> dict[str, NetSpec]:
         """The value network: one hidden layer, one output per action (or per atom and
@@ -130,34 +216,16 @@ class QLearningCase(LossCase):
         if self.steps:
             batch["steps_to_next_obs"] = rng.integers(1, 4, column)
         if "collector" in self.masks:
-            mask = rng.random(shape) < 0.75
-            mask.flat[0] = True
-            batch["collector"] = {"mask": mask}
+            batch["collector"] = {"mask": _some_valid(rng, shape)}
         return batch
 
     # -- arrayrl ------------------------------------------------------------------------
-    def evaluate_arrayrl(
-        self, inputs: LossInputs, backend: str, device: Any = None, *, generator_mode: str = "numpy"
-    ) -> Evaluation:
-        """arrayrl's loss on ``backend``: outputs, the priority, and on torch the
-        gradients of ``loss``."""
-        loss, params = self._arrayrl_loss(inputs, backend, device)
-        batch = arrayrl_batch(self, inputs, backend, device)
-        out = loss(batch)
-        value, priority = out.get("loss"), batch.get("td_error")
-        outputs = {
-            "loss": _host(value, backend_of(value)),
-            PRIORITY_OUTPUT: _host(priority, backend_of(priority)),
-        }
-        gradients = _loss_gradients(value, params) if backend == "torch" else {}
-        return Evaluation(outputs, gradients)
-
     def _arrayrl_loss(
         self, inputs: LossInputs, backend: str, device: Any
     ) -> tuple[Any, dict[str, Any]]:
         """The loss (NumPy-built, weights and targets loaded, moved to ``backend``) and
         its trainable arrays by canonical name."""
-        from arrayrl.modules import MLP, flatten_params, unflatten_params
+        from arrayrl.modules import MLP, unflatten_params
         from arrayrl.objectives.dqn import DistributionalDQNLoss, DQNLoss
 
         spec = self.network_specs()["value"]
@@ -175,16 +243,10 @@ class QLearningCase(LossCase):
             loss = DQNLoss(self._arrayrl_actor(mlp), **self.config)
             name, extra = self.estimator
             loss.make_value_estimator(name, gamma=GAMMA, **dict(extra))
-        names = {id(leaf): name for name, leaf in flatten_params(mlp.params).items()}
-        paths = {
-            path: names[id(leaf)]
-            for path, leaf in flatten_params(loss.value_network_params).items()
-            if id(leaf) in names
-        }
-        _load_targets(loss, paths, inputs.target_weights.get("value", {}))
-        loss.to(backend, device)
-        leaves = flatten_params(loss.value_network_params)
-        return loss, {f"value.{name}": leaves[path] for path, name in paths.items()}
+        layers = {"value": mlp}
+        return _arrayrl_prepared(
+            loss, layers, _VALUE_NETWORK, inputs.target_weights, backend, device
+        )
 
     def _arrayrl_actor(self, mlp: Any) -> Any:
         from arrayrl.modules import QValueActor
@@ -203,35 +265,6 @@ class QLearningCase(LossCase):
         )
 
     # -- TorchRL ------------------------------------------------------------------------
-    def evaluate_torchrl(self, inputs: LossInputs, dtype: str) -> Evaluation:
-        """TorchRL's loss on the case's inputs (CPU): outputs, the priority it sets in
-        the batch, and the gradients of ``loss`` (completed as :data:`DEVIATIONS`
-        record where TorchRL cannot run the configuration)."""
-        import warnings
-
-        import torch
-        from tensordict import TensorDict
-
-        from .loss_oracle import _to_torch
-
-        torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-        flat = self.distributional and len(self.batch_shape) > 1
-        size = (int(np.prod(self.batch_shape)),) if flat else self.batch_shape
-        with warnings.catch_warnings(), self._default_dtype(torch_dtype):
-            warnings.simplefilter("ignore")
-            loss, params = self._torchrl_loss(inputs, torch_dtype)
-            batch = TensorDict(_to_torch(inputs.batch), batch_size=self.batch_shape)
-            batch = batch.reshape(size) if flat else batch
-            out = loss(batch)
-            value = out["loss"]
-            gradients = _loss_gradients(value, params)
-        priority = batch.get(loss.tensor_keys.priority).detach()
-        if flat:
-            value = value.reshape(*self.batch_shape) if value.ndim else value
-            priority = priority.reshape(*self.batch_shape, 1)
-        outputs = {"loss": value.detach().numpy(), PRIORITY_OUTPUT: priority.numpy()}
-        return Evaluation(outputs, gradients)
-
     @contextlib.contextmanager
     def _default_dtype(self, torch_dtype: Any) -> Iterator[None]:
         """C51 on float64: TorchRL builds its projection in torch's default dtype."""
@@ -260,9 +293,7 @@ class QLearningCase(LossCase):
         mlp = MLP(
             in_features=spec.in_features, out_features=out, num_cells=list(spec.num_cells)
         ).to(torch_dtype)
-        mlp.load_state_dict(
-            {k: torch.from_numpy(np.array(v)) for k, v in inputs.weights["value"].items()}
-        )
+        load_torch_weights(mlp, inputs.weights["value"])
         if self.distributional:
             support = torch.linspace(*SUPPORT, ATOMS, dtype=torch_dtype)
             actor = _torchrl_c51_actor(mlp, support, self.actor)
@@ -272,8 +303,7 @@ class QLearningCase(LossCase):
             loss = objectives.DQNLoss(actor, action_space=self.actor, **self.config)
             name, extra = self.estimator
             loss.make_value_estimator(getattr(ValueEstimators, name), gamma=GAMMA, **dict(extra))
-        _load_torchrl_targets(loss, mlp, inputs.target_weights.get("value", {}))
-        return loss, {f"value.{n}": p for n, p in mlp.named_parameters()}
+        return _torchrl_prepared(loss, {"value": mlp}, _VALUE_NETWORK, inputs.target_weights)
 
 
 def _torchrl_actor(mlp: Any, space: str) -> Any:
@@ -334,28 +364,87 @@ def _actions(space: str, shape: tuple[int, ...], rng: np.random.Generator) -> np
     return np.eye(N_ACTIONS, dtype=np.int64)[rng.integers(0, N_ACTIONS, shape)]
 
 
-def _load_targets(loss: Any, paths: Mapping[str, str], targets: Mapping[str, np.ndarray]) -> None:
-    """The case's target weights into arrayrl's ``target_value_network_params``."""
+def load_torch_weights(net: Any, weights: Mapping[str, np.ndarray]) -> None:
+    """The case's weights into a torch network (the names agree with arrayrl's); none for
+    a network without parameters."""
+    import torch
+
+    if weights:
+        net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+
+
+def _arrayrl_prepared(
+    loss: Any,
+    layers: Mapping[str, Any],
+    networks: tuple[str, ...],
+    targets: Mapping[str, Mapping[str, np.ndarray]],
+    backend: str,
+    device: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """``loss`` with the case's target weights loaded, moved to ``backend``, and its
+    trainable arrays by canonical name (``"<role>.<param>"``: the leaves of the layers in
+    ``layers``, by role, found by identity in ``networks``' trees)."""
+    from arrayrl.modules import flatten_params
+
+    names = {
+        id(leaf): f"{role}.{name}"
+        for role, layer in layers.items()
+        for name, leaf in flatten_params(layer.params).items()
+    }
+    paths = {}
+    for network in networks:
+        tree = flatten_params(loss.network_params(network, None))
+        paths[network] = {path: names[id(leaf)] for path, leaf in tree.items() if id(leaf) in names}
+    _load_targets(loss, paths, targets)
+    loss.to(backend, device)
+    leaves = {network: flatten_params(loss.network_params(network, None)) for network in paths}
+    params = {
+        canonical: leaves[network][path]
+        for network, by_path in paths.items()
+        for path, canonical in by_path.items()
+    }
+    return loss, params
+
+
+def _load_targets(
+    loss: Any,
+    paths: Mapping[str, Mapping[str, str]],
+    targets: Mapping[str, Mapping[str, np.ndarray]],
+) -> None:
+    """The case's target weights into arrayrl's ``target_<network>_params`` (``paths``:
+    ``{network: {path in the loss's tree: "<role>.<param>"}}``)."""
     if not targets:
         return
     state = loss.state_dict()
-    for path, name in paths.items():
-        state[f"target_value_network_params.{path}"] = targets[name]
+    for network, by_path in paths.items():
+        for path, canonical in by_path.items():
+            role, name = canonical.split(".", 1)
+            state[f"target_{network}_params.{path}"] = targets[role][name]
     loss.load_state_dict(state)
 
 
-def _load_torchrl_targets(loss: Any, mlp: Any, targets: Mapping[str, np.ndarray]) -> None:
-    """The case's target weights into TorchRL's ``target_value_network_params``."""
+def _torchrl_prepared(
+    loss: Any,
+    nets: Mapping[str, Any],
+    networks: tuple[str, ...],
+    targets: Mapping[str, Mapping[str, np.ndarray]],
+) -> tuple[Any, dict[str, Any]]:
+    """TorchRL's ``loss`` with the case's target weights in its
+    ``target_<network>_params``, and the parameters of ``nets`` by canonical name."""
     import torch
 
-    if not targets:
-        return
-    names = {id(p): n for n, p in mlp.named_parameters()}
-    with torch.no_grad():
-        for key, leaf in loss.value_network_params.items(True, True):
-            if id(leaf) in names:
-                target = loss.target_value_network_params.get(key)
-                target.data.copy_(torch.from_numpy(np.array(targets[names[id(leaf)]])))
+    names = {id(p): (role, n) for role, net in nets.items() for n, p in net.named_parameters()}
+    if targets:
+        with torch.no_grad():
+            for network in networks:
+                own = getattr(loss, f"{network}_params")
+                target = getattr(loss, f"target_{network}_params")
+                for key, leaf in own.items(True, True):
+                    if id(leaf) in names:
+                        role, name = names[id(leaf)]
+                        value = torch.from_numpy(np.array(targets[role][name]))
+                        target.get(key).data.copy_(value)
+    return loss, {f"{role}.{n}": p for role, net in nets.items() for n, p in net.named_parameters()}
 
 
 def _loss_gradients(value: Any, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -607,4 +696,14 @@ DEVIATIONS: tuple[LossDeviation, ...] = (
     ),
 )
 
-__all__ = ["ATOMS", "DEVIATIONS", "SUPPORT", "VAR_NUMS", "QLearningCase", "cases"]
+__all__ = [
+    "ATOMS",
+    "DEVIATIONS",
+    "PRIORITY_OUTPUT",
+    "SUPPORT",
+    "VAR_NUMS",
+    "PriorityLossCase",
+    "QLearningCase",
+    "cases",
+    "load_torch_weights",
+]

@@ -64,6 +64,7 @@ from .loss_cases import (
     LossInputs,
     _host,
     _perturbed,
+    _some_valid,
     torch_gradients,
 )
 from .loss_oracle import LossDeviation
@@ -87,6 +88,69 @@ PER_AGENT_SIGNALS = {
 }
 #: the distribution of each actor kind (arrayrl's and TorchRL's class of that name)
 DISTRIBUTIONS = {"tanh_normal": "TanhNormal", "normal": "IndependentNormal"}
+#: what every agent observes, the input of the actor and the critic
+AGENT_OBSERVATION = ("agents", "observation")
+
+
+def agent_keys(team: bool = True) -> dict[str, Any]:
+    """The ``set_keys`` arguments of a multi-agent PPO loss: :data:`AGENT_KEYS`, and
+    :data:`PER_AGENT_SIGNALS` unless the reward and flags are the team's."""
+    return dict(AGENT_KEYS) if team else {**AGENT_KEYS, **PER_AGENT_SIGNALS}
+
+
+@dataclass(frozen=True)
+class AgentNetworks:
+    """The sizes of a multi-agent PPO actor-critic (TorchRL's tutorial's layout): per-agent
+    observation and action features, agents, the ``MultiAgentMLP`` s' depth and width,
+    whether they share their parameters across agents, and whether the critic reads every
+    agent's observation (MAPPO) or its own (IPPO)."""
+
+    obs: int = OBS
+    act: int = ACT
+    agents: int = AGENTS
+    share_params: bool = True
+    centralized_critic: bool = True
+    depth: int = 1
+    num_cells: int = HIDDEN
+
+    def shapes(self) -> dict[str, tuple[int, bool]]:
+        """``role -> (outputs per agent, centralized)``: the actor's ``loc`` and ``scale``,
+        the critic's value."""
+        return {"actor": (2 * self.act, False), "critic": (1, self.centralized_critic)}
+
+    def mlp(self, library: str, role: str, **kwargs: Any) -> Any:
+        """``role``'s ``MultiAgentMLP`` (:func:`multiagent_mlp`'s ``library`` and keywords)."""
+        outputs, centralized = self.shapes()[role]
+        return multiagent_mlp(
+            library,
+            self.obs,
+            outputs,
+            self.agents,
+            centralized=centralized,
+            share_params=self.share_params,
+            depth=self.depth,
+            num_cells=self.num_cells,
+            **kwargs,
+        )
+
+    def mlps(
+        self,
+        library: str,
+        weights: Mapping[str, Mapping[str, Any]] | None = None,
+        seeds: Mapping[str, int] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Both roles' ``MultiAgentMLP`` s, the actor's made first: ``weights`` and
+        ``seeds`` (arrayrl's) by role, the other keywords :func:`multiagent_mlp`'s."""
+        nets = {}
+        for role in self.shapes():
+            own = dict(kwargs)
+            if weights is not None:
+                own["weights"] = weights[role]
+            if seeds is not None:
+                own["seed"] = seeds[role]
+            nets[role] = self.mlp(library, role, **own)
+        return nets
 
 
 @dataclass(frozen=True)
@@ -121,16 +185,16 @@ class MultiAgentPPOCase(LossCase):
     def centralized_critic(self) -> bool:
         return self.loss == "MAPPOLoss"
 
-    def network_shapes(self) -> dict[str, tuple[int, bool]]:
-        """``role -> (outputs per agent, centralized)``."""
-        return {"actor": (2 * ACT, False), "critic": (1, self.centralized_critic)}
+    @property
+    def networks(self) -> AgentNetworks:
+        """The sizes of the case's actor and critic."""
+        return AgentNetworks(
+            share_params=self.share_params, centralized_critic=self.centralized_critic
+        )
 
     def set_keys(self) -> dict[str, Any]:
         """The ``set_keys`` arguments of both losses."""
-        keys = dict(AGENT_KEYS)
-        if not self.team:
-            keys.update(PER_AGENT_SIGNALS)
-        return keys
+        return agent_keys(self.team)
 
     # -- inputs ---------------------------------------------------------------------------
     def build(self, seed: int, dtype: str) -> LossInputs:
@@ -140,7 +204,7 @@ class MultiAgentPPOCase(LossCase):
         rng = np.random.default_rng([seed, 23, own])
         weights = {
             role: _multiagent_weights(self, role, seed * 100 + k + own % 89)
-            for k, role in enumerate(self.network_shapes())
+            for k, role in enumerate(self.networks.shapes())
         }
         for argument, kind, _ in self.norms:
             weights[argument] = _norm_state(kind, rng)
@@ -150,20 +214,8 @@ class MultiAgentPPOCase(LossCase):
 
     def _batch(self, rng: np.random.Generator, behaviour: Mapping[str, Any], seed: int) -> dict:
         b, t = self.batch_shape
-        steps = rng.standard_normal((b, t + 1, AGENTS, OBS))
-        batch: dict[str, Any] = {
-            "agents": {"observation": steps[:, :-1]},
-            "next": {"agents": {"observation": steps[:, 1:]}},
-        }
+        batch = agents_rollout(rng, self.batch_shape, team=self.team, done_rate=0.2)
         batch["agents"].update(_behaviour_sample(self, behaviour, batch, seed))
-        signals = (b, t, 1) if self.team else (b, t, AGENTS, 1)
-        done = rng.random(signals) < 0.2
-        flags = {
-            "reward": rng.standard_normal(signals),
-            "done": done,
-            "terminated": done & (rng.random(signals) < 0.5),
-        }
-        (batch["next"] if self.team else batch["next"]["agents"]).update(flags)
         if self.advantage == "given":
             column = (b, t, AGENTS, 1)
             batch["agents"].update(
@@ -172,9 +224,7 @@ class MultiAgentPPOCase(LossCase):
                 state_value=0.3 * rng.standard_normal(column),
             )
         if "collector" in self.masks:
-            mask = rng.random((b, t)) < 0.75
-            mask.flat[0] = True
-            batch["collector"] = {"mask": mask}
+            batch["collector"] = {"mask": _some_valid(rng, (b, t))}
         return batch
 
     # -- arrayrl ----------------------------------------------------------------------------
@@ -198,30 +248,44 @@ class MultiAgentPPOCase(LossCase):
     def _arrayrl_loss(
         self, inputs: LossInputs, backend: str, device: Any, generator_mode: str
     ) -> tuple[Any, dict[str, Any]]:
-        import arrayrl.modules.value_norm as value_norms
-        from arrayrl.modules import flatten_params
-        from arrayrl.objectives import ValueEstimators
-        from arrayrl.objectives.multiagent import mappo
-
         actor, critic, nets = _arrayrl_networks(self, inputs.weights)
-        kwargs = dict(self.config)
-        for argument, kind, hyper in self.norms:
-            norm = getattr(value_norms, kind)(**dict(hyper))
-            norm.load_state_dict(inputs.weights[argument])
-            kwargs[argument] = norm
-        loss = getattr(mappo, self.loss)(actor, critic, seed=LOSS_SEED, **kwargs)
+        loss = self._loss("arrayrl", actor, critic, inputs)
         loss.generator_mode = generator_mode
+        loss.to(backend, device)
+        return loss, parameters_by_role(nets)
+
+    def _loss(self, library: str, actor: Any, critic: Any, inputs: LossInputs) -> Any:
+        """The case's loss of ``library`` (``"arrayrl"``, seeded with :data:`LOSS_SEED`,
+        or ``"torchrl"``) over ``actor`` and ``critic``: its keyword arguments, the
+        normalisers holding their starting states, the nested keys, the multi-agent GAE,
+        and ``eval()`` mode unless the case trains."""
+        if library == "torchrl":
+            import torch
+            import torchrl.modules as norms
+            from torchrl.objectives import ValueEstimators
+            from torchrl.objectives import multiagent as losses
+
+            def state(weights: Mapping[str, Any]) -> dict[str, Any]:
+                return {k: torch.from_numpy(np.array(v)) for k, v in weights.items()}
+
+            kwargs = dict(self.config)
+        else:
+            import arrayrl.modules.value_norm as norms
+            from arrayrl.objectives import ValueEstimators
+            from arrayrl.objectives.multiagent import mappo as losses
+
+            state = dict
+            kwargs = {"seed": LOSS_SEED, **self.config}
+        for argument, kind, hyper in self.norms:
+            norm = getattr(norms, kind)(**dict(hyper))
+            norm.load_state_dict(state(inputs.weights[argument]))
+            kwargs[argument] = norm
+        loss = getattr(losses, self.loss)(actor, critic, **kwargs)
         loss.set_keys(**self.set_keys())
         loss.make_value_estimator(ValueEstimators.MAGAE, gamma=GAMMA, lmbda=LMBDA)
         if not self.train:
             loss.eval()
-        loss.to(backend, device)
-        params = {
-            f"{role}.{name}": leaf
-            for role, net in nets.items()
-            for name, leaf in flatten_params(net.params).items()
-        }
-        return loss, params
+        return loss
 
     def _norm_outputs(self, loss: Any, inputs: LossInputs, host: Any) -> dict[str, np.ndarray]:
         """``"<argument>.<statistic>"``: each normaliser's state after the call, in the
@@ -257,72 +321,117 @@ class MultiAgentPPOCase(LossCase):
 
     def _torchrl_loss(self, inputs: LossInputs, dtype: str) -> tuple[Any, dict[str, Any]]:
         import torch
-        import torchrl.modules as modules
-        from tensordict.nn import NormalParamExtractor, TensorDictModule
-        from torchrl.objectives import ValueEstimators, multiagent
 
         torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-        nets = {
-            role: _torchrl_mlp(self, role, inputs.weights[role], torch_dtype)
-            for role in self.network_shapes()
-        }
-        loc_scale = [("agents", "loc"), ("agents", "scale")]
-        actor = modules.ProbabilisticActor(
-            TensorDictModule(
-                torch.nn.Sequential(nets["actor"], NormalParamExtractor()),
-                in_keys=[("agents", "observation")],
-                out_keys=loc_scale,
-            ),
-            in_keys=loc_scale,
-            out_keys=[AGENT_KEYS["action"]],
-            distribution_class=getattr(modules, DISTRIBUTIONS[self.actor]),
-            return_log_prob=True,
-            log_prob_key=AGENT_KEYS["sample_log_prob"],
-        )
-        critic = TensorDictModule(
-            nets["critic"], in_keys=[("agents", "observation")], out_keys=[AGENT_KEYS["value"]]
-        )
-        kwargs = dict(self.config)
-        for argument, kind, hyper in self.norms:
-            norm = getattr(modules, kind)(**dict(hyper))
-            norm.load_state_dict(
-                {k: torch.from_numpy(np.array(v)) for k, v in inputs.weights[argument].items()}
-            )
-            kwargs[argument] = norm
-        loss = getattr(multiagent, self.loss)(actor, critic, **kwargs)
-        loss.set_keys(**self.set_keys())
-        loss.make_value_estimator(ValueEstimators.MAGAE, gamma=GAMMA, lmbda=LMBDA)
-        if not self.train:
-            loss.eval()
-        params = {
-            f"{role}.{name}": p for role, net in nets.items() for name, p in net.named_parameters()
-        }
-        return loss, params
+        nets = self.networks.mlps("torchrl", inputs.weights, dtype=torch_dtype)
+        actor, critic = agent_modules(nets, DISTRIBUTIONS[self.actor], torchrl=True)
+        return self._loss("torchrl", actor, critic, inputs), parameters_by_role(nets)
 
 
 # -- networks and states --------------------------------------------------------------------
 
 
-def _multiagent_mlp(case: MultiAgentPPOCase, role: str, **kwargs: Any) -> Any:
-    """arrayrl's ``MultiAgentMLP`` of ``role``."""
+def multiagent_mlp(
+    library: str,
+    n_agent_inputs: int,
+    n_agent_outputs: int,
+    n_agents: int,
+    *,
+    weights: Mapping[str, Any] | None = None,
+    dtype: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """arrayrl's (``library="arrayrl"``) or TorchRL's (``"torchrl"``) ``MultiAgentMLP``
+    with both libraries' default Tanh activations, holding ``weights`` (arrays by
+    parameter name: ``params.0.weight``, ..., the same in both) when given.
+
+    ``kwargs`` are the constructor's (``centralized``, ``share_params``, ``depth``,
+    ``num_cells``; arrayrl's ``seed`` and ``backend``); arrayrl's layer is made in
+    ``dtype``, TorchRL's cast to it.
+    """
+    if library == "torchrl":
+        import torch
+        from torchrl.modules import MultiAgentMLP
+
+        net = MultiAgentMLP(
+            n_agent_inputs=n_agent_inputs,
+            n_agent_outputs=n_agent_outputs,
+            n_agents=n_agents,
+            **kwargs,
+        )
+        net = net if dtype is None else net.to(dtype)
+        if weights is not None:
+            with torch.no_grad():
+                for name, p in net.named_parameters():
+                    p.copy_(torch.from_numpy(np.array(weights[name])))
+        return net
+    from arrayrl.modules import unflatten_params
     from arrayrl.modules.multiagent import MultiAgentMLP
 
-    outputs, centralized = case.network_shapes()[role]
-    return MultiAgentMLP(
-        OBS,
-        outputs,
-        AGENTS,
-        centralized=centralized,
-        share_params=case.share_params,
-        depth=1,
-        num_cells=HIDDEN,
-        **kwargs,
+    net = MultiAgentMLP(n_agent_inputs, n_agent_outputs, n_agents, dtype=dtype, **kwargs)
+    if weights is not None:
+        net.params = unflatten_params(dict(weights))
+    return net
+
+
+def agent_modules(
+    nets: Mapping[str, Any], distribution: str, *, torchrl: bool = False, **distribution_kwargs: Any
+) -> tuple[Any, Any]:
+    """The actor and the critic of TorchRL's multi-agent PPO tutorial over ``nets``
+    (``"actor"``, ``"critic"``): arrayrl's modules, or TorchRL's with ``torchrl``.
+
+    The actor splits ``nets["actor"]``'s output into ``loc`` and ``scale`` and samples
+    ``distribution`` (the class of that name, with ``distribution_kwargs``), writing the
+    action and its log-probability under :data:`AGENT_KEYS`; the critic writes the state
+    value. Both read :data:`AGENT_OBSERVATION`.
+    """
+    if torchrl:
+        import torch
+        import torchrl.modules as dists
+        from tensordict.nn import NormalParamExtractor
+        from tensordict.nn import TensorDictModule as Module
+        from torchrl.modules import ProbabilisticActor
+
+        sequence, value_module = torch.nn.Sequential, Module
+    else:
+        from arrayrl.modules import DictModule as Module
+        from arrayrl.modules import NormalParamExtractor, Sequential
+        from arrayrl.modules import distributions as dists
+        from arrayrl.modules.actors import ProbabilisticActor, ValueOperator
+
+        sequence, value_module = Sequential, ValueOperator
+    loc_scale = [("agents", "loc"), ("agents", "scale")]
+    actor = ProbabilisticActor(
+        Module(
+            sequence(nets["actor"], NormalParamExtractor()),
+            in_keys=[AGENT_OBSERVATION],
+            out_keys=loc_scale,
+        ),
+        in_keys=loc_scale,
+        out_keys=[AGENT_KEYS["action"]],
+        distribution_class=getattr(dists, distribution),
+        distribution_kwargs=distribution_kwargs,
+        return_log_prob=True,
+        log_prob_key=AGENT_KEYS["sample_log_prob"],
     )
+    critic = value_module(
+        nets["critic"], in_keys=[AGENT_OBSERVATION], out_keys=[AGENT_KEYS["value"]]
+    )
+    return actor, critic
+
+
+def parameters_by_role(nets: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"<role>.<param>": parameter}`` of arrayrl's or TorchRL's networks by role."""
+    return {
+        f"{role}.{name}": p
+        for role, net in nets.items()
+        for name, p in dict(net.named_parameters()).items()
+    }
 
 
 def _multiagent_weights(case: MultiAgentPPOCase, role: str, seed: int) -> dict[str, np.ndarray]:
     """Float64 weights of ``role``'s network by TorchRL's names (``params.0.weight``)."""
-    net = _multiagent_mlp(case, role, seed=seed, dtype=np.float64)
+    net = case.networks.mlp("arrayrl", role, seed=seed, dtype=np.float64)
     return {name: np.asarray(w) for name, w in net.named_parameters().items()}
 
 
@@ -355,32 +464,8 @@ def _arrayrl_networks(
     case: MultiAgentPPOCase, weights: Mapping[str, Mapping[str, np.ndarray]]
 ) -> tuple[Any, Any, dict[str, Any]]:
     """``(actor, critic, MultiAgentMLPs by role)``: arrayrl's modules holding ``weights``."""
-    from arrayrl.modules import DictModule, NormalParamExtractor, Sequential, unflatten_params
-    from arrayrl.modules import distributions as dists
-    from arrayrl.modules.actors import ProbabilisticActor, ValueOperator
-
-    nets = {}
-    for role in case.network_shapes():
-        net = _multiagent_mlp(case, role)
-        net.params = unflatten_params(dict(weights[role]))
-        nets[role] = net
-    loc_scale = [("agents", "loc"), ("agents", "scale")]
-    actor = ProbabilisticActor(
-        DictModule(
-            Sequential(nets["actor"], NormalParamExtractor()),
-            in_keys=[("agents", "observation")],
-            out_keys=loc_scale,
-        ),
-        in_keys=loc_scale,
-        out_keys=[AGENT_KEYS["action"]],
-        distribution_class=getattr(dists, DISTRIBUTIONS[case.actor]),
-        return_log_prob=True,
-        log_prob_key=AGENT_KEYS["sample_log_prob"],
-    )
-    critic = ValueOperator(
-        nets["critic"], in_keys=[("agents", "observation")], out_keys=[AGENT_KEYS["value"]]
-    )
-    return actor, critic, nets
+    nets = case.networks.mlps("arrayrl", weights)
+    return (*agent_modules(nets, DISTRIBUTIONS[case.actor]), nets)
 
 
 def _behaviour_sample(
@@ -402,41 +487,56 @@ def _behaviour_sample(
     }
 
 
-def _torchrl_mlp(
-    case: MultiAgentPPOCase, role: str, weights: Mapping[str, np.ndarray], dtype: Any
-) -> Any:
-    """TorchRL's ``MultiAgentMLP`` of ``role`` holding ``weights``."""
-    import torch
-    from torchrl.modules import MultiAgentMLP
-
-    outputs, centralized = case.network_shapes()[role]
-    net = MultiAgentMLP(
-        n_agent_inputs=OBS,
-        n_agent_outputs=outputs,
-        n_agents=AGENTS,
-        centralized=centralized,
-        share_params=case.share_params,
-        depth=1,
-        num_cells=HIDDEN,
-        activation_class=torch.nn.Tanh,
-    ).to(dtype)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            p.copy_(torch.from_numpy(np.array(weights[name])))
-    return net
-
-
 def _torchrl_batch(inputs: LossInputs) -> Any:
-    """The case's batch as a ``TensorDict`` whose ``"agents"`` entries have the batch
-    size ``[B, T, agents]`` (VMAS's layout)."""
-    from tensordict import TensorDict
-
+    """The case's batch as a ``TensorDict`` in VMAS's layout."""
     from .loss_oracle import _to_torch
 
-    batch = TensorDict(_to_torch(inputs.batch), batch_size=inputs.batch_size)
-    agents = (*inputs.batch_size, AGENTS)
-    batch["agents"].batch_size = agents
-    batch["next", "agents"].batch_size = agents
+    return agents_tensordict(_to_torch(inputs.batch), inputs.batch_size)
+
+
+# -- batches ---------------------------------------------------------------------------------
+
+
+def agents_rollout(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    *,
+    team: bool,
+    done_rate: float,
+    agents: int = AGENTS,
+    obs: int = OBS,
+) -> dict[str, Any]:
+    """``[B, T]`` steps in TorchRL's multi-agent layout (VMAS's), float64: every agent's
+    observation under ``"agents"`` and ``("next", "agents")`` (one trajectory of ``T + 1``
+    observations per row), and the reward (N(0, 1)), ``done`` (with probability
+    ``done_rate``) and ``terminated`` (half the dones), the team's under ``"next"``
+    (``[B, T, 1]``) or each agent's under ``("next", "agents")`` (``[B, T, agents, 1]``)."""
+    b, t = shape
+    steps = rng.standard_normal((b, t + 1, agents, obs))
+    signals = (b, t, 1) if team else (b, t, agents, 1)
+    done = rng.random(signals) < done_rate
+    flags = {
+        "reward": rng.standard_normal(signals),
+        "done": done,
+        "terminated": done & (rng.random(signals) < 0.5),
+    }
+    batch: dict[str, Any] = {
+        "agents": {"observation": steps[:, :-1]},
+        "next": {"agents": {"observation": steps[:, 1:]}},
+    }
+    (batch["next"] if team else batch["next"]["agents"]).update(flags)
+    return batch
+
+
+def agents_tensordict(tensors: Mapping[str, Any], batch_size: Any, agents: int = AGENTS) -> Any:
+    """Nested torch tensors as a ``TensorDict`` of ``batch_size`` whose ``"agents"`` and
+    ``("next", "agents")`` entries have the batch size ``[*batch_size, agents]`` (VMAS's
+    layout, which TorchRL's multi-agent losses read)."""
+    from tensordict import TensorDict
+
+    batch = TensorDict(tensors, batch_size=batch_size)
+    for key in ("agents", ("next", "agents")):
+        batch[key].batch_size = [*batch_size, agents]
     return batch
 
 
@@ -648,4 +748,19 @@ DEVIATIONS: tuple[LossDeviation, ...] = (
     ),
 )
 
-__all__ = ["AGENTS", "DEVIATIONS", "MultiAgentPPOCase", "cases"]
+__all__ = [
+    "AGENTS",
+    "AGENT_KEYS",
+    "AGENT_OBSERVATION",
+    "DEVIATIONS",
+    "PER_AGENT_SIGNALS",
+    "AgentNetworks",
+    "MultiAgentPPOCase",
+    "agent_keys",
+    "agent_modules",
+    "agents_rollout",
+    "agents_tensordict",
+    "cases",
+    "multiagent_mlp",
+    "parameters_by_role",
+]

@@ -25,33 +25,26 @@ weight of both networks (``"loss/local.<param>"``, ``"loss/mixer.<param>"``).
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from arrayrl.backends import backend_of
 
-from .loss_cases import (
-    GAMMA,
-    HIDDEN,
-    LMBDA,
-    N_ACTIONS,
-    OBS,
-    Evaluation,
-    LossCase,
-    LossInputs,
-    _host,
-    _perturbed,
-    arrayrl_batch,
-    torch_gradients,
+from .dqn_cases import (
+    PriorityLossCase,
+    _actions,
+    _arrayrl_prepared,
+    _torchrl_prepared,
+    load_torch_weights,
 )
+from .loss_cases import GAMMA, HIDDEN, LMBDA, N_ACTIONS, OBS, LossInputs, _perturbed
 from .loss_oracle import LossDeviation
+from .mappo_cases import multiagent_mlp
 
 #: agents, global state features, the QMIX mixing layer's width
 N_AGENTS, STATE, EMBED = 3, 5, 4
-#: the priority the loss sets in the caller's batch, recorded under this name
-PRIORITY_OUTPUT = "batch:td_error"
+#: the networks QMixerLoss learns (and keeps target copies of)
+_NETWORKS = ("local_value_network", "mixer_network")
 LOCAL_VALUE = ("agents", "chosen_action_value")
 ACTION_VALUE = ("agents", "action_value")
 ACTION = ("agents", "action")
@@ -59,26 +52,12 @@ OBSERVATION = ("agents", "observation")
 
 
 @dataclass(frozen=True)
-class QMixerCase(LossCase):
+class QMixerCase(PriorityLossCase):
     """One QMIX / VDN configuration (see the module docstring)."""
 
     mixer: str = "qmix"
     share_params: bool = True
     agent_state: bool = False
-    estimator: tuple[str, tuple[tuple[str, float], ...]] = ("TD0", ())
-
-    @property
-    def continuous(self) -> bool:
-        return False
-
-    @property
-    def monte_carlo(self) -> bool:
-        """QMIX and VDN draw nothing."""
-        return False
-
-    @property
-    def delay_value(self) -> bool:
-        return bool(self.config.get("delay_value", True))
 
     @property
     def state_shape(self) -> tuple[int, ...]:
@@ -103,7 +82,7 @@ class QMixerCase(LossCase):
         return LossInputs(weights, targets, self._batch(rng), self.batch_shape).astype(dtype)
 
     def _local_weights(self, seed: int) -> dict[str, np.ndarray]:
-        return _flat_weights(_arrayrl_local_layer(self, seed, np.float64))
+        return _flat_weights(_local_layer(self, "arrayrl", seed=seed, dtype=np.float64))
 
     def _mixer_weights(self, seed: int) -> dict[str, np.ndarray]:
         return _flat_weights(_arrayrl_mixer_layer(self, seed + 1, np.float64))
@@ -134,33 +113,16 @@ class QMixerCase(LossCase):
         return batch
 
     # -- arrayrl ------------------------------------------------------------------------
-    def evaluate_arrayrl(
-        self, inputs: LossInputs, backend: str, device: Any = None, *, generator_mode: str = "numpy"
-    ) -> Evaluation:
-        """arrayrl's loss on ``backend``: the loss, the priority, and on torch the
-        gradients of ``loss`` with respect to both networks' weights."""
-        loss, params = self._arrayrl_loss(inputs, backend, device)
-        batch = arrayrl_batch(self, inputs, backend, device)
-        out = loss(batch)
-        value, priority = out.get("loss"), batch.get("td_error")
-        outputs = {
-            "loss": _host(value, backend_of(value)),
-            PRIORITY_OUTPUT: _host(priority, backend_of(priority)),
-        }
-        gradients = _loss_gradients(value, params) if backend == "torch" else {}
-        return Evaluation(outputs, gradients)
-
     def _arrayrl_loss(
         self, inputs: LossInputs, backend: str, device: Any
     ) -> tuple[Any, dict[str, Any]]:
         """The loss (NumPy-built, weights and targets loaded, moved to ``backend``) and its
         trainable arrays by canonical name (``"local.<param>"``, ``"mixer.<param>"``)."""
-        from arrayrl.modules import DictModule, QValueActor, flatten_params, unflatten_params
+        from arrayrl.modules import DictModule, QValueActor, unflatten_params
         from arrayrl.objectives.multiagent.qmixer import QMixerLoss
 
         dtype = next(iter(inputs.weights["local"].values())).dtype
-        local_layer = _arrayrl_local_layer(self, 0, dtype)
-        local_layer.params = unflatten_params(dict(inputs.weights["local"]))
+        local_layer = _local_layer(self, "arrayrl", weights=inputs.weights["local"], dtype=dtype)
         mixer_layer = _arrayrl_mixer_layer(self, 0, dtype)
         if inputs.weights["mixer"]:
             mixer_layer.params = unflatten_params(dict(inputs.weights["mixer"]))
@@ -179,49 +141,20 @@ class QMixerCase(LossCase):
         name, extra = self.estimator
         loss.make_value_estimator(name, gamma=GAMMA, **dict(extra))
         layers = {"local": local_layer, "mixer": mixer_layer}
-        paths = _canonical_paths(loss, layers)
-        _load_targets(loss, paths, inputs.target_weights)
-        loss.to(backend, device)
-        leaves = {network: flatten_params(loss.network_params(network, None)) for network in paths}
-        params = {
-            canonical: leaves[network][path]
-            for network, names in paths.items()
-            for path, canonical in names.items()
-        }
-        return loss, params
+        return _arrayrl_prepared(loss, layers, _NETWORKS, inputs.target_weights, backend, device)
 
     # -- TorchRL ------------------------------------------------------------------------
-    def evaluate_torchrl(self, inputs: LossInputs, dtype: str) -> Evaluation:
-        """TorchRL's loss on the case's inputs (CPU): the loss, the priority it sets in
-        the batch, and the gradients of ``loss``."""
-        import warnings
-
-        import torch
-        from tensordict import TensorDict
-
-        from .loss_oracle import _to_torch
-
-        torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            loss, params = self._torchrl_loss(inputs, torch_dtype)
-            batch = TensorDict(_to_torch(inputs.batch), batch_size=self.batch_shape)
-            out = loss(batch)
-            value = out["loss"]
-            gradients = _loss_gradients(value, params)
-        priority = batch.get(loss.tensor_keys.priority).detach()
-        outputs = {"loss": value.detach().numpy(), PRIORITY_OUTPUT: priority.numpy()}
-        return Evaluation(outputs, gradients)
-
     def _torchrl_loss(self, inputs: LossInputs, torch_dtype: Any) -> tuple[Any, dict[str, Any]]:
         from tensordict.nn import TensorDictModule
         from torchrl.modules import QValueModule, SafeSequential
         from torchrl.objectives import ValueEstimators
         from torchrl.objectives.multiagent import QMixerLoss
 
-        local_net, mixer_net = _torchrl_layers(self, torch_dtype)
-        _load(local_net, inputs.weights["local"])
-        _load(mixer_net, inputs.weights["mixer"])
+        local_net = _local_layer(
+            self, "torchrl", weights=inputs.weights["local"], dtype=torch_dtype
+        )
+        mixer_net = _torchrl_mixer(self, torch_dtype)
+        load_torch_weights(mixer_net, inputs.weights["mixer"])
         local = SafeSequential(
             TensorDictModule(local_net, in_keys=[OBSERVATION], out_keys=[ACTION_VALUE]),
             QValueModule(
@@ -237,20 +170,17 @@ class QMixerCase(LossCase):
         name, extra = self.estimator
         loss.make_value_estimator(getattr(ValueEstimators, name), gamma=GAMMA, **dict(extra))
         nets = {"local": local_net, "mixer": mixer_net}
-        _load_torchrl_targets(loss, nets, inputs.target_weights)
-        params = {f"{role}.{n}": p for role, net in nets.items() for n, p in net.named_parameters()}
-        return loss, params
+        return _torchrl_prepared(loss, nets, _NETWORKS, inputs.target_weights)
 
 
 # -- networks ----------------------------------------------------------------------------
 
 
-def _arrayrl_local_layer(case: QMixerCase, seed: int, dtype: Any) -> Any:
-    """The agents' Q network: arrayrl's ``MultiAgentMLP`` (decentralised, one hidden
-    layer, TorchRL's default tanh)."""
-    from arrayrl.modules.multiagent import MultiAgentMLP
-
-    return MultiAgentMLP(
+def _local_layer(case: QMixerCase, library: str, **kwargs: Any) -> Any:
+    """The agents' Q network: arrayrl's or TorchRL's ``MultiAgentMLP`` (decentralised, one
+    hidden layer, tanh), :func:`~.mappo_cases.multiagent_mlp`'s keywords."""
+    return multiagent_mlp(
+        library,
         OBS,
         N_ACTIONS,
         N_AGENTS,
@@ -258,8 +188,7 @@ def _arrayrl_local_layer(case: QMixerCase, seed: int, dtype: Any) -> Any:
         share_params=case.share_params,
         depth=1,
         num_cells=HIDDEN,
-        seed=seed,
-        dtype=dtype,
+        **kwargs,
     )
 
 
@@ -271,107 +200,22 @@ def _arrayrl_mixer_layer(case: QMixerCase, seed: int, dtype: Any) -> Any:
     return QMixer(case.state_shape, EMBED, N_AGENTS, seed=seed, dtype=dtype)
 
 
-def _torchrl_layers(case: QMixerCase, torch_dtype: Any) -> tuple[Any, Any]:
-    """TorchRL's ``MultiAgentMLP`` and mixer of the case's sizes, in ``torch_dtype``."""
-    import torch
-    from torchrl.modules import MultiAgentMLP
+def _torchrl_mixer(case: QMixerCase, torch_dtype: Any) -> Any:
+    """TorchRL's mixer of the case's sizes, in ``torch_dtype``."""
     from torchrl.modules.models.multiagent import QMixer, VDNMixer
 
-    local = MultiAgentMLP(
-        n_agent_inputs=OBS,
-        n_agent_outputs=N_ACTIONS,
-        n_agents=N_AGENTS,
-        centralized=False,
-        share_params=case.share_params,
-        depth=1,
-        num_cells=HIDDEN,
-        activation_class=torch.nn.Tanh,
-    ).to(torch_dtype)
     if case.mixer == "vdn":
-        return local, VDNMixer(n_agents=N_AGENTS, device="cpu")
+        return VDNMixer(n_agents=N_AGENTS, device="cpu")
     mixer = QMixer(
         state_shape=case.state_shape, mixing_embed_dim=EMBED, n_agents=N_AGENTS, device="cpu"
     )
-    return local, mixer.to(torch_dtype)
+    return mixer.to(torch_dtype)
 
 
 def _flat_weights(layer: Any) -> dict[str, np.ndarray]:
     from arrayrl.modules import flatten_params
 
     return {name: np.asarray(w) for name, w in flatten_params(layer.params).items()}
-
-
-def _load(net: Any, weights: Mapping[str, np.ndarray]) -> None:
-    """The case's weights into a TorchRL network (the names agree with arrayrl's)."""
-    import torch
-
-    if weights:
-        net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
-
-
-def _canonical_paths(loss: Any, layers: Mapping[str, Any]) -> dict[str, dict[str, str]]:
-    """``{network: {path in the loss's tree: "<role>.<param>"}}`` by leaf identity."""
-    from arrayrl.modules import flatten_params
-
-    names = {
-        id(leaf): f"{role}.{name}"
-        for role, layer in layers.items()
-        for name, leaf in flatten_params(layer.params).items()
-    }
-    paths = {}
-    for network in ("local_value_network", "mixer_network"):
-        tree = flatten_params(loss.network_params(network, None))
-        paths[network] = {path: names[id(leaf)] for path, leaf in tree.items() if id(leaf) in names}
-    return paths
-
-
-def _load_targets(
-    loss: Any,
-    paths: Mapping[str, Mapping[str, str]],
-    targets: Mapping[str, Mapping[str, np.ndarray]],
-) -> None:
-    """The case's target weights into arrayrl's ``target_<network>_params``."""
-    if not targets:
-        return
-    state = loss.state_dict()
-    for network, names in paths.items():
-        for path, canonical in names.items():
-            role, name = canonical.split(".", 1)
-            state[f"target_{network}_params.{path}"] = targets[role][name]
-    loss.load_state_dict(state)
-
-
-def _load_torchrl_targets(
-    loss: Any, nets: Mapping[str, Any], targets: Mapping[str, Mapping[str, np.ndarray]]
-) -> None:
-    """The case's target weights into TorchRL's ``target_<network>_params``."""
-    import torch
-
-    if not targets:
-        return
-    names = {id(p): (role, n) for role, net in nets.items() for n, p in net.named_parameters()}
-    with torch.no_grad():
-        for network in ("local_value_network", "mixer_network"):
-            own = getattr(loss, f"{network}_params")
-            target = getattr(loss, f"target_{network}_params")
-            for key, leaf in own.items(True, True):
-                if id(leaf) in names:
-                    role, name = names[id(leaf)]
-                    value = torch.from_numpy(np.array(targets[role][name]))
-                    target.get(key).data.copy_(value)
-
-
-def _actions(space: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Every agent's action: an index, or a one-hot."""
-    index = rng.integers(0, N_ACTIONS, shape)
-    return index if space == "categorical" else np.eye(N_ACTIONS, dtype=np.int64)[index]
-
-
-def _loss_gradients(value: Any, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """``{"loss/<param>": d loss / d param}`` (:func:`~.loss_cases.torch_gradients`,
-    which reads ``loss_*`` terms, under the name ``loss``)."""
-    found = torch_gradients({"loss_": value}, params)
-    return {f"loss/{key.split('/', 1)[1]}": grad for key, grad in found.items()}
 
 
 # -- the cases ---------------------------------------------------------------------------

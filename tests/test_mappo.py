@@ -10,6 +10,15 @@ import inspect
 
 import numpy as np
 import pytest
+from arrayrl.conformance.mappo_cases import (
+    AGENT_KEYS,
+    PER_AGENT_SIGNALS,
+    AgentNetworks,
+    agent_keys,
+    agent_modules,
+    agents_rollout,
+    agents_tensordict,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,42 +27,26 @@ from arrayrl.objectives import ClipPPOLoss, ValueEstimators
 from arrayrl.objectives.multiagent.mappo import IPPOLoss, MAPPOLoss
 
 B, T, N, OBS, ACT, H = 3, 4, 3, 5, 2, 8
-AGENT_KEYS = {
-    "value": ("agents", "state_value"),
-    "action": ("agents", "action"),
-    "sample_log_prob": ("agents", "action_log_prob"),
-    "advantage": ("agents", "advantage"),
-    "value_target": ("agents", "value_target"),
-}
-PER_AGENT_SIGNALS = {
-    "reward": ("agents", "reward"),
-    "done": ("agents", "done"),
-    "terminated": ("agents", "terminated"),
-}
 #: keys TorchRL 0.14.1 reduces over dim 0 only (a recorded deviation)
 PER_AGENT_DIAGNOSTICS = ("ESS", "explained_variance")
 
 
-def _keys(team: bool = True) -> dict:
-    return dict(AGENT_KEYS) if team else {**AGENT_KEYS, **PER_AGENT_SIGNALS}
+def _sizes(share: bool = True, centralized_critic: bool = True) -> AgentNetworks:
+    """This file's actor-critic sizes (the networks of conformance/mappo_cases.py)."""
+    return AgentNetworks(
+        obs=OBS,
+        act=ACT,
+        agents=N,
+        share_params=share,
+        centralized_critic=centralized_critic,
+        num_cells=H,
+    )
 
 
 def _arrays(seed: int = 0, *, team: bool = True, given_advantage: bool = False) -> dict:
     """A [B, T] multi-agent batch (float64 NumPy) without actions."""
     rng = np.random.default_rng(seed)
-    obs = rng.standard_normal((B, T + 1, N, OBS))
-    signals = (B, T, 1) if team else (B, T, N, 1)
-    done = rng.random(signals) < 0.25
-    flags = {
-        "reward": rng.standard_normal(signals),
-        "done": done,
-        "terminated": done & (rng.random(signals) < 0.5),
-    }
-    batch = {
-        "agents": {"observation": obs[:, :-1]},
-        "next": {"agents": {"observation": obs[:, 1:]}},
-    }
-    (batch["next"] if team else batch["next"]["agents"]).update(flags)
+    batch = agents_rollout(rng, (B, T), team=team, done_rate=0.25, agents=N, obs=OBS)
     if given_advantage:
         column = (B, T, N, 1)
         batch["agents"].update(
@@ -68,49 +61,17 @@ def _arrays(seed: int = 0, *, team: bool = True, given_advantage: bool = False) 
 
 
 def _torchrl_networks(share: bool, centralized_critic: bool, dtype=None):
+    """TorchRL's TanhNormal actor and critic, torch's initialisation after seed 0."""
     import torch
-    from tensordict.nn import NormalParamExtractor, TensorDictModule
-    from torchrl.modules import MultiAgentMLP, ProbabilisticActor, TanhNormal
 
-    dtype = dtype or torch.float32
     torch.manual_seed(0)
-
-    def mlp(outputs: int, centralized: bool):
-        return MultiAgentMLP(
-            n_agent_inputs=OBS,
-            n_agent_outputs=outputs,
-            n_agents=N,
-            centralized=centralized,
-            share_params=share,
-            depth=1,
-            num_cells=H,
-        ).to(dtype)
-
-    loc_scale = [("agents", "loc"), ("agents", "scale")]
-    actor = ProbabilisticActor(
-        TensorDictModule(
-            torch.nn.Sequential(mlp(2 * ACT, False), NormalParamExtractor()),
-            in_keys=[("agents", "observation")],
-            out_keys=loc_scale,
-        ),
-        in_keys=loc_scale,
-        out_keys=[AGENT_KEYS["action"]],
-        distribution_class=TanhNormal,
-        return_log_prob=True,
-        log_prob_key=AGENT_KEYS["sample_log_prob"],
-    )
-    critic = TensorDictModule(
-        mlp(1, centralized_critic),
-        in_keys=[("agents", "observation")],
-        out_keys=[AGENT_KEYS["value"]],
-    )
-    return actor, critic
+    nets = _sizes(share, centralized_critic).mlps("torchrl", dtype=dtype or torch.float32)
+    return agent_modules(nets, "TanhNormal", torchrl=True)
 
 
 def _tensordict(arrays: dict, actor, dtype=None):
     """The batch as a TensorDict in VMAS's layout, with actions the actor sampled."""
     import torch
-    from tensordict import TensorDict
     from torchrl.envs.utils import ExplorationType, set_exploration_type
 
     def to_torch(tree):
@@ -119,9 +80,7 @@ def _tensordict(arrays: dict, actor, dtype=None):
         t = torch.from_numpy(np.asarray(tree))
         return t.to(dtype or torch.float32) if t.is_floating_point() else t
 
-    td = TensorDict(to_torch(arrays), batch_size=[B, T])
-    td["agents"].batch_size = [B, T, N]
-    td["next", "agents"].batch_size = [B, T, N]
+    td = agents_tensordict(to_torch(arrays), [B, T], agents=N)
     torch.manual_seed(1)
     with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
         actor(td)
@@ -186,7 +145,7 @@ def test_torchrl_modules_dropped_in_match_torchrl(cls: str, share: bool, team: b
     losses = []
     for module in (mappo, multiagent):
         loss = getattr(module, cls)(actor, critic, clip_value=0.1)
-        loss.set_keys(**_keys(team))
+        loss.set_keys(**agent_keys(team))
         losses.append(_run(loss, td))
     ours, theirs = losses
     _assert_same(ours, theirs, params)
@@ -281,43 +240,10 @@ def test_defaults_and_signature_follow_torchrl() -> None:
 
 
 def _arrayrl_networks(centralized_critic: bool = True, share: bool = True):
-    from arrayrl.modules import DictModule, NormalParamExtractor, Sequential
-    from arrayrl.modules.actors import ProbabilisticActor, ValueOperator
-    from arrayrl.modules.distributions import IndependentNormal
-    from arrayrl.modules.multiagent import MultiAgentMLP
-
-    def mlp(outputs: int, centralized: bool, seed: int):
-        return MultiAgentMLP(
-            OBS,
-            outputs,
-            N,
-            centralized=centralized,
-            share_params=share,
-            depth=1,
-            num_cells=H,
-            seed=seed,
-            dtype=np.float64,
-        )
-
-    loc_scale = [("agents", "loc"), ("agents", "scale")]
-    actor = ProbabilisticActor(
-        DictModule(
-            Sequential(mlp(2 * ACT, False, 1), NormalParamExtractor()),
-            in_keys=[("agents", "observation")],
-            out_keys=loc_scale,
-        ),
-        in_keys=loc_scale,
-        out_keys=[AGENT_KEYS["action"]],
-        distribution_class=IndependentNormal,
-        return_log_prob=True,
-        log_prob_key=AGENT_KEYS["sample_log_prob"],
-    )
-    critic = ValueOperator(
-        mlp(1, centralized_critic, 2),
-        in_keys=[("agents", "observation")],
-        out_keys=[AGENT_KEYS["value"]],
-    )
-    return actor, critic
+    """arrayrl's IndependentNormal actor and critic, float64, seeds 1 and 2."""
+    seeds = {"actor": 1, "critic": 2}
+    nets = _sizes(share, centralized_critic).mlps("arrayrl", seeds=seeds, dtype=np.float64)
+    return agent_modules(nets, "IndependentNormal")
 
 
 def _batch(arrays: dict, actor, seed: int = 1) -> ArrayDict:
@@ -452,10 +378,10 @@ def test_team_reward_equals_the_same_reward_per_agent(seed: int, share: bool) ->
         value = team.get(("next", name))
         per_agent.set(("next", "agents", name), np.broadcast_to(value[:, :, None], (B, T, N, 1)))
     loss = MAPPOLoss(actor, critic)
-    loss.set_keys(**_keys(team=True))
+    loss.set_keys(**agent_keys(team=True))
     expected = _loss_outputs(loss, team)
     loss = MAPPOLoss(actor, critic)
-    loss.set_keys(**_keys(team=False))
+    loss.set_keys(**agent_keys(team=False))
     got = _loss_outputs(
         loss, per_agent.exclude(("next", "reward"), ("next", "done"), ("next", "terminated"))
     )
@@ -474,7 +400,7 @@ def test_ippo_with_shared_networks_ignores_the_agent_order(seed: int, order: lis
         if "agents" in key:
             permuted.set(key, batch.get(key)[:, :, list(order)])
     loss = IPPOLoss(actor, critic, entropy_bonus=False)
-    loss.set_keys(**_keys(team=False))
+    loss.set_keys(**agent_keys(team=False))
     expected, got = _loss_outputs(loss, batch), _loss_outputs(loss, permuted)
     for key in expected:
         np.testing.assert_allclose(got[key], expected[key], rtol=1e-10, atol=1e-12, err_msg=key)

@@ -59,10 +59,34 @@ def _assert_all_close(mine, theirs):
         torch.testing.assert_close(a, b)
 
 
+def _assert_optim_trains(optim, loss_fn, parameters):
+    """Five steps of ``optim`` on ``loss_fn()`` lower the loss and move every one of
+    ``parameters()``."""
+    before = [p.detach().clone() for p in parameters()]
+    losses = []
+    for _ in range(5):
+        loss = loss_fn()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert all(not torch.equal(a, b) for a, b in zip(before, parameters()))
+
+
 # ---------------------------------------------------------------------------------------
 # MultiAgentMLP against TorchRL
 # ---------------------------------------------------------------------------------------
-def _mlp_pair(share, central, dtype, **kwargs):
+def _on(backend, dtype):
+    """Torch's ``dtype`` on ``backend``."""
+    if backend == "torch":
+        return dtype
+    return getattr(get_backend(backend).xp, str(dtype).removeprefix("torch."))
+
+
+def _mlp_pair(share, central, dtype, backend="torch", **kwargs):
+    """``(arrayrl's MultiAgentMLP on backend, TorchRL's)`` holding the same weights (TorchRL's
+    initialisation after seed 0), in ``dtype``."""
     torch.manual_seed(0)
     theirs = tm.MultiAgentMLP(
         N_IN, N_OUT, N_AGENTS, centralized=central, share_params=share, **kwargs
@@ -73,8 +97,8 @@ def _mlp_pair(share, central, dtype, **kwargs):
         N_AGENTS,
         centralized=central,
         share_params=share,
-        backend="torch",
-        dtype=dtype,
+        backend=backend,
+        dtype=_on(backend, dtype),
         **kwargs,
     )
     mine.load_state_dict(theirs.state_dict())
@@ -101,17 +125,7 @@ def test_multiagent_mlp_matches_torchrl(share, central, dtype):
 @pytest.mark.parametrize(("share", "central"), COMBOS)
 def test_multiagent_mlp_on_array_backends(share, central, backend):
     pytest.importorskip(backend)
-    _, theirs = _mlp_pair(share, central, torch.float64, depth=1)
-    mine = MultiAgentMLP(
-        N_IN,
-        N_OUT,
-        N_AGENTS,
-        centralized=central,
-        share_params=share,
-        depth=1,
-        backend=backend,
-        dtype=get_backend(backend).xp.float64,
-    ).load_state_dict(theirs.state_dict())
+    mine, theirs = _mlp_pair(share, central, torch.float64, backend, depth=1)
     x = np.random.default_rng(1).standard_normal((2, 5, N_AGENTS, N_IN))
     got = mine.backend.to_numpy(mine(mine.backend.from_numpy(x)))
     np.testing.assert_allclose(got, theirs(torch.from_numpy(x)).detach().numpy(), rtol=1e-12)
@@ -167,7 +181,8 @@ def test_several_inputs_are_concatenated_like_torchrl():
 # MultiAgentMLP: initialisation, NumPy oracle, properties
 # ---------------------------------------------------------------------------------------
 def test_initialisation_is_torch_linear_per_agent_and_seeded():
-    net = MultiAgentMLP(50, 40, 4, centralized=False, share_params=False, depth=1, num_cells=60)
+    sizes = {"centralized": False, "share_params": False, "depth": 1, "num_cells": 60}
+    net = MultiAgentMLP(50, 40, 4, **sizes)
     tree = net.params["params"]
     for name, fan_in in (("0", 50), ("2", 60)):
         bound = 1 / np.sqrt(fan_in)
@@ -178,12 +193,8 @@ def test_initialisation_is_torch_linear_per_agent_and_seeded():
         w = tree[name]["weight"]
         correlation = np.corrcoef(w[0].ravel(), w[1].ravel())[0, 1]
         assert abs(correlation) < 0.1 and not np.array_equal(w[0], w[1])
-    same = MultiAgentMLP(
-        50, 40, 4, centralized=False, share_params=False, depth=1, num_cells=60, backend="torch"
-    )
-    other = MultiAgentMLP(
-        50, 40, 4, centralized=False, share_params=False, depth=1, num_cells=60, seed=1
-    )
+    same = MultiAgentMLP(50, 40, 4, backend="torch", **sizes)
+    other = MultiAgentMLP(50, 40, 4, seed=1, **sizes)
     for name, leaf in net.named_parameters().items():
         np.testing.assert_array_equal(leaf, same.named_parameters()[name].detach().numpy())
         assert not np.array_equal(leaf, other.named_parameters()[name])
@@ -258,17 +269,9 @@ def test_input_is_not_mutated_and_optim_trains_parameters():
         N_IN, N_OUT, N_AGENTS, centralized=True, share_params=False, depth=1, backend="torch"
     )
     x = torch.randn(6, N_AGENTS, N_IN)
-    before, x_before = [p.detach().clone() for p in net.parameters()], x.clone()
+    x_before = x.clone()
     optim = torch.optim.SGD(net.parameters(), lr=0.1)
-    losses = []
-    for _ in range(5):
-        loss = net(x).pow(2).mean()
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
-    assert all(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    _assert_optim_trains(optim, lambda: net(x).pow(2).mean(), net.parameters)
     torch.testing.assert_close(x, x_before, rtol=0, atol=0)
 
 
@@ -319,10 +322,12 @@ def test_multiagent_mlp_shape_errors_name_the_shapes():
 # ---------------------------------------------------------------------------------------
 # Mixers
 # ---------------------------------------------------------------------------------------
-def _qmixer_pair(state_shape, dtype, embed=5):
+def _qmixer_pair(state_shape, dtype, embed=5, backend="torch"):
+    """``(arrayrl's QMixer on backend, TorchRL's)`` holding the same weights (TorchRL's
+    initialisation after seed 0), in ``dtype``."""
     torch.manual_seed(0)
     theirs = tm.QMixer(state_shape, embed, N_AGENTS, "cpu").to(dtype)
-    mine = QMixer(state_shape, embed, N_AGENTS, None, backend="torch", dtype=dtype)
+    mine = QMixer(state_shape, embed, N_AGENTS, None, backend=backend, dtype=_on(backend, dtype))
     mine.load_state_dict(theirs.state_dict())
     return mine, theirs
 
@@ -347,9 +352,7 @@ def test_qmixer_matches_torchrl(state_shape, dtype):
 @pytest.mark.parametrize("backend", ["numpy", "array_api_strict"])
 def test_qmixer_on_array_backends(backend):
     pytest.importorskip(backend)
-    _, theirs = _qmixer_pair(torch.Size([6]), torch.float64)
-    mine = QMixer((6,), 5, N_AGENTS, backend=backend, dtype=get_backend(backend).xp.float64)
-    mine.load_state_dict(theirs.state_dict())
+    mine, theirs = _qmixer_pair((6,), torch.float64, backend=backend)
     rng = np.random.default_rng(0)
     q, s = rng.standard_normal((4, 2, N_AGENTS, 1)), rng.standard_normal((4, 2, 6))
     got = mine.backend.to_numpy(mine(mine.backend.from_numpy(q), mine.backend.from_numpy(s)))
@@ -529,17 +532,10 @@ def test_optim_on_adapter_parameters_trains_the_users_module():
     )
     module = TensorDictModule(net, in_keys=[OBS], out_keys=[("agents", "out")])
     adapter, td = from_torch(module), _agents_batch()
-    before = [p.detach().clone() for p in module.parameters()]
     optim = torch.optim.Adam(adapter.parameters(), lr=0.05)
-    losses = []
-    for _ in range(5):
-        loss = adapter(td.clone())["agents", "out"].pow(2).mean()
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
-    assert all(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+    _assert_optim_trains(
+        optim, lambda: adapter(td.clone())["agents", "out"].pow(2).mean(), module.parameters
+    )
     torch.testing.assert_close(
         module(td.clone())["agents", "out"], adapter(td.clone())["agents", "out"]
     )
