@@ -11,8 +11,9 @@ learning curve as CSV and PNG and prints a summary line. ``arrayrl train sac`` a
 ``arrayrl train td3`` do the same off-policy, with ``SACLoss`` / ``TD3Loss`` and a
 replay buffer, on environments with continuous actions (Pendulum-v1 by default);
 ``arrayrl train dqn`` with ``DQNLoss`` on discrete actions (CartPole-v1); ``arrayrl
-train iql`` and ``arrayrl train cql`` offline, from a Minari dataset. Every training
-run saves its policy as <out>/policy.npz.
+train iql`` and ``arrayrl train cql`` offline, from a Minari dataset; ``arrayrl train
+mappo``, ``ippo`` and ``qmix`` multi-agent, on VMAS scenarios (the ``marl`` extra). Every
+training run saves its policy as <out>/policy.npz.
 
 ``arrayrl collect`` runs a saved policy in its environment and records the episodes as
 a Minari dataset (the ``offline`` extra), for the offline losses.
@@ -92,6 +93,8 @@ examples:
   arrayrl train td3 --seed 1          # TD3 on Pendulum-v1
   arrayrl train dqn                   # DQN on CartPole-v1
   arrayrl train iql --dataset pendulum/sac-v0   # offline, from a Minari dataset
+  arrayrl train mappo                 # MAPPO on VMAS navigation, 3 agents
+  arrayrl train qmix --mixer vdn      # VDN on VMAS navigation, discrete actions
 """
 
 _OFFPOLICY_EPILOG = """\
@@ -148,6 +151,48 @@ examples:
   arrayrl train {name} --dataset pendulum/sac-v0
   arrayrl train {name} --dataset ./datasets/pendulum/sac-v0 --steps 5000 --no-progress
 """
+
+_MARL_EPILOG = """\
+{settings}
+
+--env names a VMAS scenario (navigation, balance, ...; needs the marl extra: pip
+install 'arrayrl[marl]') whose agents share one observation and one action space.
+Each of the --num-envs environments runs episodes of at most --max-steps steps: VMAS
+truncates there (the value of the last state is bootstrapped), while a scenario's own
+end of the task is a termination (no bootstrap). --frames counts team frames
+(environment steps x envs) and is rounded to whole iterations of envs x --max-steps
+frames (a line says so). The learning curve's
+mean_return is the mean per-agent episode return (each agent's undiscounted return,
+averaged over the agents and the last 60 episodes), what TorchRL's multi-agent tutorial
+logs; with a shared reward (navigation, balance) it is the team return. The curve is
+rewritten every --save-every seconds and at the end; Ctrl-C stops the run, writes the
+curve so far, says where, and exits with status 130.
+
+examples:
+  arrayrl train {name}                              # navigation, 3 agents, {frames} frames
+  arrayrl train {name} --seed 1 --out /tmp/{name}-1
+  arrayrl train {name} --env balance --n-agents 4{extra}
+  arrayrl train {name} --frames 6000 --num-envs 60 --no-progress
+"""
+
+_MAPPO_SETTINGS = """\
+{what} with the settings of TorchRL's multi-agent PPO tutorial: continuous actions, a
+TanhNormal policy from one MultiAgentMLP shared by the agents (decentralised, 2 x 256,
+tanh); 60 envs x 100 steps per iteration, multi-agent GAE (gamma 0.99, lambda 0.9;
+team flags broadcast over the agents), 30 epochs of minibatches of 400, Adam 3e-4,
+clip 0.2, entropy coefficient 1e-4, smooth-L1 critic loss, advantages standardised per
+agent, gradient norm clipped at 1.
+The critic: {critic}."""
+
+_QMIX_SETTINGS = """\
+QMIX (QMixerLoss: monotonic QMixer hypernetwork of the stacked observations, embedding
+32) or VDN (--mixer vdn: the sum of the agents' values) on discrete actions, after
+TorchRL's qmix_vdn example: per-agent action values from one MultiAgentMLP shared by the
+agents (2 x 256, tanh), epsilon-greedy per agent from 0.3 to 0 over the first half of the
+frames, team reward = the agents' mean reward, TD(0) with gamma 0.9, Adam 5e-4, gradient
+norm clipped at 40, targets soft-updated (tau 0.005) after every gradient step; each
+iteration adds 60 envs x 100 steps to a 60k-frame replay buffer and makes 20 epochs of
+6 minibatches of 1,000 (120 gradient steps)."""
 
 _COLLECT_EPILOG = """\
 The policy is a checkpoint that every training run writes (<out>/policy.npz). It acts
@@ -267,6 +312,8 @@ def _add_train_parser(commands: Any) -> None:
     )  # fmt: skip
     _add_offline_parser(algorithms, "iql", "IQL (IQLLoss: expectile value, AWR actor)")
     _add_offline_parser(algorithms, "cql", "CQL (CQLLoss: conservative Q penalty)")
+    for name, (what, settings) in _MARL_COMMANDS.items():
+        _add_marl_parser(algorithms, name, what, settings)
 
 
 #: the defaults the off-policy help texts quote: env, frames, warm-up, UTD ratio
@@ -338,6 +385,66 @@ def _add_offline_parser(algorithms: Any, name: str, what: str) -> None:
     parser.add_argument(
         "--eval-episodes", type=int, metavar="N", help="episodes per evaluation (default 5)"
     )
+    _add_progress_options(parser)
+
+
+#: the multi-agent commands: what they train, their settings in words
+_MARL_COMMANDS = {
+    "mappo": (
+        "MAPPO (MAPPOLoss: centralised critic)",
+        _MAPPO_SETTINGS.format(
+            what="MAPPO (MAPPOLoss)",
+            critic="one MultiAgentMLP, centralised (each agent's value reads the whole\n"
+            "team's observations)",
+        ),
+    ),
+    "ippo": (
+        "IPPO (IPPOLoss: independent critics)",
+        _MAPPO_SETTINGS.format(
+            what="IPPO (IPPOLoss)",
+            critic="one MultiAgentMLP, decentralised (each agent's value reads its own\n"
+            "observation)",
+        ),
+    ),
+    "qmix": ("QMIX or VDN (QMixerLoss: mixed agents' values)", _QMIX_SETTINGS),
+}
+#: the default frames the multi-agent help texts quote
+_MARL_FRAMES = {"mappo": "60,000", "ippo": "60,000", "qmix": "120,000"}
+
+
+def _add_marl_parser(algorithms: Any, name: str, what: str, settings: str) -> None:
+    """``arrayrl train mappo|ippo|qmix [options]``."""
+    frames = _MARL_FRAMES[name]
+    parser = algorithms.add_parser(
+        name,
+        help=f"{what} on VMAS scenarios",
+        description=f"Train {what} on a VMAS multi-agent scenario;\n"
+        "write <out>/learning_curve.csv and .png and <out>/policy.npz.",
+        epilog=_MARL_EPILOG.format(
+            settings=settings, name=name, frames=frames,
+            extra=" --mixer vdn" if name == "qmix" else "",
+        ),
+        formatter_class=_FORMATTER,
+    )  # fmt: skip
+    parser.add_argument("--env", default="navigation", help="VMAS scenario (default navigation)")
+    parser.add_argument("--frames", type=int, help=f"total team frames (default {frames})")
+    _add_run_options(parser)
+    _add_out_option(parser, name)
+    parser.add_argument("--n-agents", type=int, help="agents in the scenario (default 3)")
+    parser.add_argument("--num-envs", type=int, help="parallel VMAS environments (default 60)")
+    parser.add_argument(
+        "--max-steps", type=int, help="episode length, and steps per iteration (default 100)"
+    )
+    parser.add_argument("--lr", type=float, help="Adam learning rate")
+    if name == "qmix":
+        parser.add_argument(
+            "--mixer", choices=("qmix", "vdn"), default="qmix", help="mixing network"
+        )
+    else:
+        parser.add_argument(
+            "--value-norm", choices=("popart", "running", "percentile"),
+            help="normalise the critic's targets and predictions (default: none)",
+        )  # fmt: skip
     _add_progress_options(parser)
 
 
@@ -593,6 +700,8 @@ def run_train(args: argparse.Namespace) -> int:
         return _run_offpolicy(args)
     if args.algorithm in ("iql", "cql"):
         return _run_offline(args)
+    if args.algorithm in ("mappo", "ippo", "qmix"):
+        return _run_marl(args)
     from arrayrl.train import check_setup, frames_note, make_config, train_ppo
 
     try:
@@ -678,6 +787,46 @@ def _run_offline(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as error:
         return _error(command, str(error))
     return _train_and_report(command, train_offline, config, None)
+
+
+def _run_marl(args: argparse.Namespace) -> int:
+    """Run ``arrayrl train mappo``, ``ippo`` or ``qmix`` (the marl extra too)."""
+    name = args.algorithm
+    command = f"train {name}"
+    try:
+        importlib.import_module("vmas")
+    except ImportError:
+        return _error(command, "missing vmas: install the marl extra (pip install 'arrayrl[marl]')")
+    from arrayrl.train.marl import check_vmas_setup, marl_frames_note
+
+    settings = {
+        "frames": args.frames, "seed": args.seed, "backend": args.backend,
+        "device": args.device, "out": args.out, "n_agents": args.n_agents,
+        "num_envs": args.num_envs, "max_steps": args.max_steps,
+        "rollout_steps": args.max_steps, "lr": args.lr, "save_every_s": args.save_every,
+        "progress": not args.no_progress,
+    }  # fmt: skip
+    if name == "qmix":
+        from arrayrl.train.qmix import make_qmix_config as make
+        from arrayrl.train.qmix import train_qmix as train
+
+        settings["mixer"] = args.mixer
+        command = f"train qmix --mixer {args.mixer}" if args.mixer != "qmix" else command
+    else:
+        from arrayrl.train.mappo import make_mappo_config
+        from arrayrl.train.mappo import train_mappo as train
+
+        settings["value_norm"] = args.value_norm
+
+        def make(env_id: str, **fields: Any) -> Any:
+            return make_mappo_config(env_id, algorithm=name, **fields)
+
+    try:
+        config = make(args.env, **settings)
+        check_vmas_setup(config)
+    except ValueError as error:
+        return _error(command, str(error))
+    return _train_and_report(command, train, config, marl_frames_note(config))
 
 
 def _train_and_report(command: str, train: Any, config: Any, note: str | None) -> int:

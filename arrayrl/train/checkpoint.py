@@ -161,6 +161,22 @@ def _offline_recipe(algorithm: str) -> Callable[[], PolicyRecipe]:
     return recipe
 
 
+def _marl_recipe(algorithm: str) -> Callable[[], PolicyRecipe]:
+    """MAPPO / IPPO (:mod:`arrayrl.train.mappo`) and QMIX / VDN (:mod:`arrayrl.train.qmix`):
+    the agents' policy on one env's ``(agents, obs)`` observations."""
+
+    def recipe() -> PolicyRecipe:
+        if algorithm in ("mappo", "ippo"):
+            from .mappo import mappo_policy_recipe
+
+            return mappo_policy_recipe(algorithm)
+        from .qmix import qmix_policy_recipe
+
+        return qmix_policy_recipe(algorithm)
+
+    return recipe
+
+
 _RECIPES: dict[str, PolicyRecipe | Callable[[], PolicyRecipe]] = {
     "ppo": _ppo_recipe,
     "sac": _sac_recipe,
@@ -168,6 +184,7 @@ _RECIPES: dict[str, PolicyRecipe | Callable[[], PolicyRecipe]] = {
     "dqn": _dqn_recipe,
     "iql": _offline_recipe("iql"),
     "cql": _offline_recipe("cql"),
+    **{name: _marl_recipe(name) for name in ("mappo", "ippo", "qmix", "vdn")},
 }
 
 

@@ -2,12 +2,13 @@
 written periodically and at exit, Ctrl-C handling, the result, the device check and the
 torch thread setting.
 
-A trainer (``train_ppo``, ``train_sac``, ``train_td3``) supplies a config and a
+A trainer (``train_ppo``, ``train_sac``, ``train_mappo``, ...) supplies a config and a
 :class:`Trainer`: an object whose ``collector`` counts frames and finished episodes and
 whose ``iteration(i)`` runs one iteration (collect and learn) and returns the iteration's
 logged terms. :func:`run_training` does the rest, identically for every algorithm:
 
-1. make the vector environment (``config.env_id`` × ``config.num_envs``);
+1. make the vector environment (``config.env_id`` × ``config.num_envs``, or the one
+   ``make_env(config)`` returns: the VMAS runs pass it);
 2. build the trainer inside ``torch.set_num_threads(config.torch_threads)``;
 3. run ``iterations`` iterations, each one row of the learning curve
    (``frames, wall_s, mean_return, episodes, <terms>, fps``), with the progress bar and
@@ -287,16 +288,21 @@ def run_training(
     iterations: int,
     build: Callable[[Any], Trainer],
     panels: Sequence[Panel] = PANELS,
+    make_env: Callable[[Any], Any] | None = None,
 ) -> TrainResult:
     """Make the env, ``build(env)`` the trainer, run it, write the curve and save the
     policy (see the module docstring).
+
+    ``make_env(config)`` makes the environment instead of a Gymnasium vector env of
+    ``config.env_id`` (the VMAS runs do); it needs ``close()`` and the
+    ``single_observation_space`` / ``single_action_space`` the policy checkpoint records.
 
     Raises
     ------
     TrainingInterrupted
         On Ctrl-C during the iterations, after writing the curve and the policy so far.
     """
-    env = make_vector_env(config.env_id, config.num_envs)
+    env = make_vector_env(config.env_id, config.num_envs) if make_env is None else make_env(config)
     writer = CurveWriter(config, panels)
     try:
         with torch_threads(config.torch_threads):
