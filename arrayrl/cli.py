@@ -47,6 +47,7 @@ examples:
   arrayrl train ppo                   # PPO on CartPole-v1: mean return 500 in 30-55 s
   arrayrl train ppo --help            # environments, frames, seeds, devices
   arrayrl train sac                   # SAC on Pendulum-v1, 20k frames
+  arrayrl train mappo                 # MAPPO on VMAS navigation, 3 agents (marl extra)
   arrayrl collect --policy runs/sac-Pendulum-v1-0/policy.npz --dataset-id pendulum/sac-v0
 """
 
