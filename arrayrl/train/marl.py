@@ -36,15 +36,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from arrayrl.data import ArrayDict
 
-from .rollout import EpisodeTracker
-from .runner import check_device
+from .rollout import EpisodeTracker, StepCollector
+from .runner import IterationConfig, check_device
 
 __all__ = [
     "MultiAgentCollector",
@@ -185,7 +184,7 @@ def _spaces(scenario: str, observations: Any, actions: Any) -> tuple[Any, Any, i
     return team_obs, spaces.Box(lows, highs, lows.shape, np.float32), None
 
 
-class MultiAgentCollector:
+class MultiAgentCollector(StepCollector):
     """Steps a :class:`VmasVectorEnv` with a policy; ``[N, T]`` batches (module docstring).
 
     Parameters
@@ -207,19 +206,6 @@ class MultiAgentCollector:
         self.episodes = EpisodeTracker(self.num_envs, window)
         self.frames = 0
         self._obs = env.reset()
-
-    @property
-    def mean_return(self) -> float:
-        """Mean per-agent return of the recent finished episodes (``nan`` before any)."""
-        return self.episodes.mean_return
-
-    def collect(self, steps: int) -> ArrayDict:
-        """``steps`` steps of every environment, as an ``[N, steps]`` batch."""
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        batch = ArrayDict.stack([self._step() for _ in range(steps)], dim=1)
-        self.frames += steps * self.num_envs
-        return batch
 
     def _step(self) -> ArrayDict:
         """One step of every env: act, step, record, reset the finished ones."""
@@ -247,7 +233,7 @@ class MultiAgentCollector:
 
 # -- settings ---------------------------------------------------------------------------
 @dataclasses.dataclass
-class MultiAgentConfig:
+class MultiAgentConfig(IterationConfig):
     """The settings every multi-agent run shares.
 
     Parameters
@@ -312,27 +298,6 @@ class MultiAgentConfig:
     unit = "frames"
     #: Continuous (Box) or discrete actions.
     continuous_actions = True
-
-    @property
-    def frames_per_batch(self) -> int:
-        """Team frames collected per iteration."""
-        return self.num_envs * self.rollout_steps
-
-    @property
-    def iterations(self) -> int:
-        """Iterations of the run (at least one)."""
-        return max(1, self.frames // self.frames_per_batch)
-
-    @property
-    def total_frames(self) -> int:
-        """Frames the run collects: ``frames`` rounded to whole iterations."""
-        return self.iterations * self.frames_per_batch
-
-    @property
-    def out_dir(self) -> Path:
-        """The output folder (``out``, or ``runs/<algorithm>-<env_id>-<seed>``)."""
-        default = Path("runs") / f"{self.algorithm}-{self.env_id}-{self.seed}"
-        return Path(self.out) if self.out else default
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting that cannot work."""

@@ -33,14 +33,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .curve import OFFLINE_PANELS
 from .offpolicy import adam_groups, box_bounds, scalar_terms
-from .runner import TrainResult, check_device, run_training
+from .runner import RunConfig, TrainResult, check_device, run_training
 from .sac import build_q_critic, build_tanh_normal_actor
 
 __all__ = [
@@ -54,7 +53,7 @@ __all__ = [
 
 
 @dataclasses.dataclass
-class OfflineConfig:
+class OfflineConfig(RunConfig):
     """The settings an offline run shares (IQL and CQL add theirs).
 
     Parameters
@@ -130,12 +129,6 @@ class OfflineConfig:
     def iterations(self) -> int:
         """Logged iterations (the last one may be shorter)."""
         return math.ceil(self.steps / self.eval_every)
-
-    @property
-    def out_dir(self) -> Path:
-        """The output folder (``out``, or ``runs/<algorithm>-<env_id>-<seed>``)."""
-        default = Path("runs") / f"{self.algorithm}-{self.env_id}-{self.seed}"
-        return Path(self.out) if self.out else default
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting that cannot work."""

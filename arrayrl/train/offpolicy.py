@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,13 +23,13 @@ from arrayrl.data import ArrayDict
 
 from .replay import ReplayBuffer
 from .rollout import EpisodeTracker, _final_observations, check_env
-from .runner import check_device
+from .runner import RunConfig, check_device
 
 __all__ = ["OffPolicyConfig", "OffPolicyTrainer", "TransitionCollector", "box_bounds"]
 
 
 @dataclasses.dataclass
-class OffPolicyConfig:
+class OffPolicyConfig(RunConfig):
     """The settings SAC and TD3 share (their defaults: CleanRL's, with a shorter warm-up).
 
     Parameters
@@ -120,12 +119,6 @@ class OffPolicyConfig:
     def iterations(self) -> int:
         """Logged iterations (the last one may be shorter)."""
         return math.ceil(self.steps / self.steps_per_iteration)
-
-    @property
-    def out_dir(self) -> Path:
-        """The output folder (``out``, or ``runs/<algorithm>-<env_id>-<seed>``)."""
-        default = Path("runs") / f"{self.algorithm}-{self.env_id}-{self.seed}"
-        return Path(self.out) if self.out else default
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting that cannot work."""

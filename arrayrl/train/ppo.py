@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +37,7 @@ from arrayrl.random import make_generator
 from .rollout import RewardScaler, RolloutCollector, check_env
 from .runner import (
     CurveWriter,
+    IterationConfig,
     TrainingInterrupted,
     TrainResult,
     check_device,
@@ -72,7 +72,7 @@ LOGGED_TERMS = (
 
 
 @dataclasses.dataclass
-class PPOConfig:
+class PPOConfig(IterationConfig):
     """Every setting of a PPO run. :func:`make_config` fills in per-environment presets.
 
     Parameters
@@ -151,29 +151,9 @@ class PPOConfig:
     algorithm = "ppo"
 
     @property
-    def frames_per_batch(self) -> int:
-        """Frames collected per iteration."""
-        return self.num_envs * self.rollout_steps
-
-    @property
-    def iterations(self) -> int:
-        """Iterations of the run (at least one)."""
-        return max(1, self.frames // self.frames_per_batch)
-
-    @property
-    def total_frames(self) -> int:
-        """Frames the run collects: ``frames`` rounded to whole iterations."""
-        return self.iterations * self.frames_per_batch
-
-    @property
     def minibatch_size(self) -> int:
         """Samples per minibatch."""
         return self.frames_per_batch // self.minibatches
-
-    @property
-    def out_dir(self) -> Path:
-        """The output folder (``out``, or ``runs/ppo-<env_id>-<seed>``)."""
-        return Path(self.out) if self.out else Path("runs") / f"ppo-{self.env_id}-{self.seed}"
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting that cannot work."""

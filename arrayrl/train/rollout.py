@@ -25,7 +25,14 @@ import numpy as np
 from arrayrl.backends import Backend
 from arrayrl.data import ArrayDict
 
-__all__ = ["EpisodeTracker", "RewardScaler", "RolloutCollector", "check_env", "make_vector_env"]
+__all__ = [
+    "EpisodeTracker",
+    "RewardScaler",
+    "RolloutCollector",
+    "StepCollector",
+    "check_env",
+    "make_vector_env",
+]
 
 
 def check_env(env_id: str) -> None:
@@ -154,7 +161,32 @@ class RewardScaler:
         self._count = total
 
 
-class RolloutCollector:
+class StepCollector:
+    """A collector's ``[N, T]`` batches from its one-step ``_step()`` (``[N]``), the
+    frame count and the mean return of its :class:`EpisodeTracker` ``episodes``."""
+
+    episodes: EpisodeTracker
+    num_envs: int
+    frames: int
+
+    @property
+    def mean_return(self) -> float:
+        """Mean undiscounted return of the recent finished episodes (``nan`` before any)."""
+        return self.episodes.mean_return
+
+    def collect(self, steps: int) -> ArrayDict:
+        """``steps`` steps of every environment, as an ``[N, steps]`` batch."""
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        batch = ArrayDict.stack([self._step() for _ in range(steps)], dim=1)
+        self.frames += steps * self.num_envs
+        return batch
+
+    def _step(self) -> ArrayDict:
+        raise NotImplementedError
+
+
+class RolloutCollector(StepCollector):
     """Steps a vector env with an arrayrl actor and returns ``[N, T]`` batches.
 
     Parameters
@@ -193,19 +225,6 @@ class RolloutCollector:
         self.frames = 0
         obs, _ = env.reset(seed=seed)
         self._obs = np.asarray(obs, dtype=np.float32)
-
-    @property
-    def mean_return(self) -> float:
-        """Mean undiscounted return of the recent finished episodes."""
-        return self.episodes.mean_return
-
-    def collect(self, steps: int) -> ArrayDict:
-        """``steps`` environment steps per sub-env, as an ``[N, steps]`` batch."""
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        batch = ArrayDict.stack([self._step() for _ in range(steps)], dim=1)
-        self.frames += steps * self.num_envs
-        return batch
 
     def _step(self) -> ArrayDict:
         """One step of every sub-env: act, step, record, advance the observation."""

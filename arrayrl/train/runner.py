@@ -69,6 +69,8 @@ from .rollout import make_vector_env
 
 __all__ = [
     "CurveWriter",
+    "IterationConfig",
+    "RunConfig",
     "TrainResult",
     "Trainer",
     "TrainingInterrupted",
@@ -78,6 +80,40 @@ __all__ = [
     "save_trainer_policy",
     "torch_threads",
 ]
+
+
+class RunConfig:
+    """What every training config derives from its fields: the output folder.
+
+    A dataclass config subclasses it and has ``algorithm``, ``env_id``, ``seed`` and
+    ``out``.
+    """
+
+    @property
+    def out_dir(self) -> Path:
+        """The output folder (``out``, or ``runs/<algorithm>-<env_id>-<seed>``)."""
+        default = Path("runs") / f"{self.algorithm}-{self.env_id}-{self.seed}"
+        return Path(self.out) if self.out else default
+
+
+class IterationConfig(RunConfig):
+    """A run of whole iterations of ``num_envs × rollout_steps`` frames (PPO, MAPPO,
+    QMIX): the config has ``frames``, ``num_envs`` and ``rollout_steps``."""
+
+    @property
+    def frames_per_batch(self) -> int:
+        """Frames collected per iteration."""
+        return self.num_envs * self.rollout_steps
+
+    @property
+    def iterations(self) -> int:
+        """Iterations of the run (at least one)."""
+        return max(1, self.frames // self.frames_per_batch)
+
+    @property
+    def total_frames(self) -> int:
+        """Frames the run collects: ``frames`` rounded to whole iterations."""
+        return self.iterations * self.frames_per_batch
 
 
 class Trainer(Protocol):
