@@ -261,3 +261,66 @@ def test_distance_loss_matches_torch() -> None:
         distance_loss(a, b, "huber")
     with pytest.raises(ValueError, match="equal shapes"):
         distance_loss(a, b[:3], "l2")
+
+
+# -- make_value_estimator with an estimator object (TorchRL 0.14.1's instance/class forms) --
+def _ppo_with_critic():
+    from arrayrl.modules import (
+        MLP,
+        DictModule,
+        NormalParamExtractor,
+        ProbabilisticActor,
+        Sequential,
+        ValueOperator,
+    )
+    from arrayrl.modules.distributions import TanhNormal
+    from arrayrl.objectives import ClipPPOLoss
+
+    policy = DictModule(
+        Sequential(MLP(3, 2, [8]), NormalParamExtractor()),
+        in_keys=["observation"],
+        out_keys=["loc", "scale"],
+    )
+    actor = ProbabilisticActor(policy, in_keys=["loc", "scale"], distribution_class=TanhNormal)
+    critic = ValueOperator(MLP(3, 1, [8], seed=1), in_keys=["observation"])
+    return ClipPPOLoss(actor, critic), critic
+
+
+def test_make_value_estimator_takes_an_estimator_instance_as_is():
+    from arrayrl.objectives.value import GAE
+
+    loss, critic = _ppo_with_critic()
+    gae = GAE(gamma=0.9, lmbda=0.8, value_network=critic)
+    assert loss.make_value_estimator(gae) is loss
+    assert loss.value_estimator is gae
+    assert loss.value_type is GAE
+
+
+def test_make_value_estimator_builds_an_estimator_class_with_the_hyperparameters():
+    from arrayrl.objectives.value import TD0Estimator
+
+    loss, critic = _ppo_with_critic()
+    loss.make_value_estimator(TD0Estimator, gamma=0.5, value_network=critic)
+    assert type(loss.value_estimator) is TD0Estimator
+    assert float(loss.value_estimator.gamma) == 0.5
+    assert loss.value_type is TD0Estimator
+
+
+def test_make_value_estimator_refuses_hyperparameters_with_an_instance():
+    from arrayrl.objectives.value import GAE
+
+    loss, critic = _ppo_with_critic()
+    with pytest.raises(TypeError, match=r"instance and hyper-parameters \['gamma'\]"):
+        loss.make_value_estimator(GAE(gamma=0.9, lmbda=0.8, value_network=critic), gamma=0.3)
+
+
+def test_make_value_estimator_refuses_torchrl_estimators_but_takes_torchrl_enums():
+    pytest.importorskip("torchrl")
+    import torchrl.objectives.value as torchrl_value
+    from torchrl.objectives import ValueEstimators as TorchRLValueEstimators
+
+    loss, _ = _ppo_with_critic()
+    with pytest.raises(TypeError, match=r"arrayrl\.objectives\.value\.GAE"):
+        loss.make_value_estimator(torchrl_value.GAE)
+    loss.make_value_estimator(TorchRLValueEstimators.TD1, gamma=0.7)
+    assert type(loss.value_estimator).__name__ == "TD1Estimator"

@@ -591,13 +591,22 @@ class LossModule:
     ) -> LossModule:
         """Build the value estimator ``value_type`` (a :class:`ValueEstimators` member or
         its lower-case name; default :attr:`default_value_estimator`) with TorchRL's
-        default hyper-parameters updated by ``hyperparams``."""
+        default hyper-parameters updated by ``hyperparams`` and the loss's networks.
+
+        As TorchRL 0.14.1, ``value_type`` may also be an arrayrl estimator
+        (:mod:`arrayrl.objectives.value`): an instance is used as it is (its networks and
+        keys are the caller's; passing ``hyperparams`` with it raises ``TypeError``, where
+        TorchRL ignores them), a class is built with ``hyperparams`` alone (give it its
+        ``value_network``). :attr:`value_type` is then that class. A TorchRL estimator is
+        refused with ``TypeError``: build arrayrl's of the same name.
+        """
+        if self._takes_estimator_object(value_type, hyperparams):
+            return self
         value_type = ValueEstimators.parse(value_type or self.default_value_estimator)
         if value_type not in self.SUPPORTED_VALUE_ESTIMATORS:
             supported = [v.name for v in self.SUPPORTED_VALUE_ESTIMATORS]
             raise NotImplementedError(
-                f"{type(self).__name__} does not support {value_type.name}; "
-                f"supported: {supported}"
+                f"{type(self).__name__} does not support {value_type.name}; supported: {supported}"
             )
         from . import value as estimators
 
@@ -615,6 +624,33 @@ class LossModule:
         self._value_estimator = classes[value_type](**kwargs)
         self._forward_value_estimator_keys()
         return self
+
+    def _takes_estimator_object(self, value_type: Any, hyperparams: Mapping[str, Any]) -> bool:
+        """Install ``value_type`` if it is an arrayrl estimator instance or class (see
+        :meth:`make_value_estimator`); ``False`` for anything else."""
+        from .value import ValueEstimatorBase
+
+        if _is_torchrl_estimator(value_type):
+            name = getattr(value_type, "__name__", type(value_type).__name__)
+            raise TypeError(
+                f"{type(self).__name__}.make_value_estimator got TorchRL's {name}; pass "
+                f"arrayrl's (arrayrl.objectives.value.{name}, built on the same networks) "
+                "or a ValueEstimators member"
+            )
+        if isinstance(value_type, ValueEstimatorBase):
+            if hyperparams:
+                raise TypeError(
+                    "make_value_estimator got an estimator instance and hyper-parameters "
+                    f"{sorted(hyperparams)}; set them when building the estimator"
+                )
+            estimator = value_type
+        elif isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase):
+            estimator = value_type(**hyperparams)
+        else:
+            return False
+        self._value_estimator = estimator
+        self.value_type = type(estimator)
+        return True
 
     def _value_estimator_networks(self, value_type: ValueEstimators) -> dict[str, Any]:
         """The networks the estimator calls (``value_network``, V-trace's actor)."""
@@ -827,4 +863,13 @@ def resolve_destination(current: Backend, backend: Any, device: Any) -> tuple[An
     raise ValueError(
         f"cannot move a loss on {current.name!r} to {backend!r}; pass a backend name "
         f"{list(BACKEND_NAMES)} with device=..., or a device of the current backend"
+    )
+
+
+def _is_torchrl_estimator(obj: Any) -> bool:
+    """Whether ``obj`` is a TorchRL value estimator, instance or class (no import)."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return any(
+        base.__name__ == "ValueEstimatorBase" and base.__module__.startswith("torchrl")
+        for base in cls.__mro__
     )
