@@ -61,11 +61,18 @@ The report names the backends and oracles it ran and those it skipped, with the 
 (not installed, no GPU), and the recorded deviations from TorchRL that the cases run
 used. Exit status: 0 when every cell passes, 1 when one fails, 2 on a bad option.
 
+--against runs other frameworks' implementations of the estimators instead (torchrl,
+rlax, sb3, cleanrl; those not installed are skipped with the reason) through
+arrayrl.conformance.check, in one matrix: per estimator and framework, the cases that
+pass / differ by a recorded design choice (named, with the upstream issue) / cannot be
+expressed in the framework's convention / fail. --report writes it as Markdown and JSON.
+
 examples:
   arrayrl conformance                          # every case on every backend here
   arrayrl conformance -k v-trace --cases       # one row per V-trace case
   arrayrl conformance -k gae,td-lambda --dtype float32
   arrayrl conformance -k clipppo --no-torchrl --json report.json
+  arrayrl conformance --against torchrl,rlax,sb3,cleanrl --report report.md
 """
 
 _TRAIN_EPILOG = """\
@@ -276,6 +283,17 @@ def _add_conformance_parser(commands: Any) -> None:
     conformance.add_argument("--no-torchrl", action="store_true", help="skip the TorchRL oracle")
     conformance.add_argument(
         "--cases", action="store_true", help="one row per case, not per function or loss"
+    )
+    conformance.add_argument(
+        "--against",
+        metavar="FRAMEWORKS",
+        help="instead: run other frameworks' estimators (torchrl, rlax, sb3, cleanrl; "
+        "comma-separated) on every case, in one matrix",
+    )
+    conformance.add_argument(
+        "--report",
+        metavar="PATH",
+        help="with --against: write the matrix as Markdown here, and as JSON beside it",
     )
 
 
@@ -596,6 +614,10 @@ def run_conformance(args: argparse.Namespace) -> int:
 
     if args.json and (why := json_path_error(args.json)):
         return _error("conformance", f"cannot write --json {args.json}: {why}")
+    if args.report and not args.against:
+        return _error("conformance", "--report goes with --against (the frameworks' matrix)")
+    if args.against:
+        return run_against_frameworks(args)
     cases, loss_cases = select_cases(args.filter)
     if not cases and not loss_cases:
         return _error(
@@ -619,6 +641,36 @@ def run_conformance(args: argparse.Namespace) -> int:
     failed = sum(not c.passed for c in cells)
     print(f"{len(cells) - failed} passed, {failed} failed; {plan.describe_skipped(skipped)}")
     return 1 if failed else 0
+
+
+def run_against_frameworks(args: argparse.Namespace) -> int:
+    """``--against``: other frameworks' estimators on every case; exit status 1 when a
+    cell fails with no recorded disagreement, 2 on a bad option."""
+    from arrayrl.conformance.against import run_against
+    from arrayrl.conformance.cases import DTYPES
+    from arrayrl.conformance.frameworks import FRAMEWORKS
+
+    names = [n.strip().lower() for n in args.against.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FRAMEWORKS]
+    if unknown or not names:
+        return _error(
+            "conformance", f"--against {args.against!r}: frameworks are {', '.join(FRAMEWORKS)}"
+        )
+    report_path = Path(args.report) if args.report else None
+    if report_path and (why := json_path_error(str(report_path))):
+        return _error("conformance", f"cannot write --report {args.report}: {why}")
+    cases, _ = select_cases(args.filter)
+    if args.filter and not cases:
+        return _error("conformance", f"-k {args.filter!r} matches no estimator case")
+    functions = sorted({case.function for case in cases}) if args.filter else None
+    report = run_against(names, functions=functions, dtypes=args.dtype or DTYPES)
+    print(report)
+    if report_path:
+        report_path.write_text(report.to_markdown() + "\n")
+        json_path = report_path.with_suffix(".json")
+        json_path.write_text(json.dumps(report.to_dict(), indent=1))
+        print(f"report written to {report_path} and {json_path}")
+    return 1 if report.failures else 0
 
 
 def _run_estimators(
