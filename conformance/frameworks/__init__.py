@@ -25,7 +25,14 @@ from typing import Any
 
 from ..check import EstimatorSpec
 
-__all__ = ["FRAMEWORKS", "Disagreement", "Framework", "Implementation", "framework"]
+__all__ = [
+    "FRAMEWORKS",
+    "Disagreement",
+    "Framework",
+    "Implementation",
+    "framework",
+    "scalar_hyperparameters",
+]
 
 #: the framework modules of this package, in report order
 FRAMEWORKS: tuple[str, ...] = ("torchrl", "rlax", "sb3", "cleanrl")
@@ -48,6 +55,21 @@ class Disagreement:
     explanation: str
     upstream: str | None = None
     reproducer: str | None = None
+
+
+def scalar_hyperparameters(prefix: str, takes_them_as: str) -> Disagreement:
+    """The disagreement of a framework whose γ and λ are floats, so the per-step γ and λ
+    case (``[per_step_gamma]``) cannot be expressed: ``prefix`` names the key
+    (``"sb3"`` → ``"sb3-scalar-gamma-lambda"``), ``takes_them_as`` says where the floats
+    come from."""
+    return Disagreement(
+        key=f"{prefix}-scalar-gamma-lambda",
+        covers=lambda name: name.endswith("[per_step_gamma]"),
+        explanation=(
+            f"{takes_them_as} (floats): per-step γ and λ arrays cannot be expressed; the "
+            "implementation raises TypeError on them."
+        ),
+    )
 
 
 @dataclass(frozen=True)

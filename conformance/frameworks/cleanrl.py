@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..check import EstimatorSpec
-from . import Disagreement, Framework, Implementation
+from . import Disagreement, Framework, Implementation, scalar_hyperparameters
 
 __all__ = [
     "FRAMEWORK",
@@ -183,13 +183,8 @@ NO_TRUNCATION_BOOTSTRAP = Disagreement(
     reproducer="arrayrl.conformance.frameworks.cleanrl.reproduce_no_truncation_bootstrap",
 )
 
-SCALAR_HYPERPARAMETERS = Disagreement(
-    key="cleanrl-scalar-gamma-lambda",
-    covers=lambda name: name.endswith("[per_step_gamma]"),
-    explanation=(
-        "CleanRL's gamma and gae_lambda are script arguments (floats): per-step γ and λ "
-        "arrays cannot be expressed; the implementation raises TypeError on them."
-    ),
+SCALAR_HYPERPARAMETERS = scalar_hyperparameters(
+    "cleanrl", "CleanRL's gamma and gae_lambda are script arguments"
 )
 
 

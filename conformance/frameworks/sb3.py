@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..check import EstimatorSpec
-from . import Disagreement, Framework, Implementation
+from . import Framework, Implementation, scalar_hyperparameters
 from .cleanrl import fold_into_reward
 
 __all__ = ["FRAMEWORK", "SCALAR_HYPERPARAMETERS", "gae_time_major", "gae_time_major_native"]
@@ -133,13 +133,8 @@ def gae_time_major_native(
     return _sb3_gae(*args, native=True)
 
 
-SCALAR_HYPERPARAMETERS = Disagreement(
-    key="sb3-scalar-gamma-lambda",
-    covers=lambda name: name.endswith("[per_step_gamma]"),
-    explanation=(
-        "Stable-Baselines3's RolloutBuffer takes gamma and gae_lambda as floats: per-step "
-        "γ and λ arrays cannot be expressed; the implementation raises TypeError on them."
-    ),
+SCALAR_HYPERPARAMETERS = scalar_hyperparameters(
+    "sb3", "Stable-Baselines3's RolloutBuffer takes gamma and gae_lambda as arguments"
 )
 
 
