@@ -850,7 +850,8 @@ def _run_marl(args: argparse.Namespace) -> int:
         importlib.import_module("vmas")
     except ImportError:
         return _error(command, "missing vmas: install the marl extra (pip install 'arrayrl[marl]')")
-    from arrayrl.train.marl import check_vmas_setup, marl_frames_note
+    from arrayrl.train.marl import check_vmas_setup
+    from arrayrl.train.runner import frames_note
 
     settings = {
         "frames": args.frames, "seed": args.seed, "backend": args.backend,
@@ -879,7 +880,7 @@ def _run_marl(args: argparse.Namespace) -> int:
         check_vmas_setup(config)
     except ValueError as error:
         return _error(command, str(error))
-    return _train_and_report(command, train, config, marl_frames_note(config))
+    return _train_and_report(command, train, config, frames_note(config))
 
 
 def _train_and_report(command: str, train: Any, config: Any, note: str | None) -> int:

@@ -275,7 +275,7 @@ def test_bad_settings_are_named():
         make_mappo_config(value_norm="batch").validate()
     with pytest.raises(ValueError, match="backend 'numpy' cannot train"):
         make_mappo_config(backend="numpy").validate()
-    with pytest.raises(TypeError, match="unknown MAPPOConfig settings"):
+    with pytest.raises(TypeError, match="unknown MAPPO settings"):
         make_mappo_config(batch=3)
 
 

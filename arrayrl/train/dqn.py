@@ -34,10 +34,9 @@ from .offpolicy import (
     OffPolicyConfig,
     OffPolicyTrainer,
     check_offpolicy_setup,
-    make_offpolicy_config,
     scalar_terms,
 )
-from .runner import TrainResult, run_training
+from .runner import TrainResult, config_from, run_training
 
 __all__ = ["DQNConfig", "build_dqn_loss", "check_dqn_setup", "make_dqn_config", "train_dqn"]
 
@@ -108,7 +107,7 @@ class DQNConfig(OffPolicyConfig):
 
 def make_dqn_config(env_id: str = "CartPole-v1", **overrides: Any) -> DQNConfig:
     """The DQN settings for ``env_id`` with ``overrides`` (``None`` values ignored)."""
-    return make_offpolicy_config(DQNConfig, env_id, overrides)
+    return config_from(DQNConfig, overrides, env_id=env_id)
 
 
 def check_dqn_setup(config: DQNConfig) -> None:

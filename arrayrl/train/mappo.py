@@ -43,10 +43,9 @@ from .marl import (
     MultiAgentConfig,
     agent_network,
     check_vmas_setup,
-    make_marl_config,
 )
 from .ppo import _advantages, _update
-from .runner import TrainResult, run_training
+from .runner import TrainResult, config_from, run_training
 
 __all__ = [
     "IPPOConfig",
@@ -152,7 +151,7 @@ def make_mappo_config(
     classes = {"mappo": MAPPOConfig, "ippo": IPPOConfig}
     if algorithm not in classes:
         raise ValueError(f"algorithm must be 'mappo' or 'ippo', got {algorithm!r}")
-    return make_marl_config(classes[algorithm], env_id, overrides)
+    return config_from(classes[algorithm], overrides, env_id=env_id)
 
 
 def make_ippo_config(env_id: str = "navigation", **overrides: Any) -> IPPOConfig:

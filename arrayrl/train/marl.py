@@ -35,7 +35,7 @@ return.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -51,8 +51,6 @@ __all__ = [
     "VmasVectorEnv",
     "agent_network",
     "check_vmas_setup",
-    "make_marl_config",
-    "marl_frames_note",
 ]
 
 #: The keys of an agent's observation and action in a batch (TorchRL's VMAS layout).
@@ -324,29 +322,6 @@ class MultiAgentConfig(IterationConfig):
             self.env_id, self.num_envs, n_agents=self.n_agents, max_steps=self.max_steps,
             continuous_actions=self.continuous_actions, device=self.device, seed=self.seed,
         )  # fmt: skip
-
-
-def make_marl_config(cls: type, env_id: str, overrides: Mapping[str, Any]) -> Any:
-    """``cls(env_id=env_id, **overrides)``, ignoring ``None`` values (unset options)."""
-    settings = {"env_id": env_id, **{k: v for k, v in overrides.items() if v is not None}}
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(settings) - names)
-    if unknown:
-        raise TypeError(f"unknown {cls.__name__} settings {unknown}; known: {sorted(names)}")
-    return cls(**settings)
-
-
-def marl_frames_note(config: MultiAgentConfig) -> str | None:
-    """One line saying how ``frames`` was rounded to whole iterations (``None`` if not)."""
-    if config.total_frames == config.frames:
-        return None
-    direction = "down" if config.total_frames < config.frames else "up"
-    plural = "s" if config.iterations > 1 else ""
-    return (
-        f"frames: {config.frames:,} rounded {direction} to {config.total_frames:,} "
-        f"({config.iterations} iteration{plural} of {config.num_envs} envs x "
-        f"{config.rollout_steps} steps)"
-    )
 
 
 def check_vmas_setup(config: MultiAgentConfig) -> None:

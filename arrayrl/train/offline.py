@@ -39,7 +39,7 @@ import numpy as np
 
 from .curve import OFFLINE_PANELS
 from .offpolicy import adam_groups, box_bounds, scalar_terms
-from .runner import RunConfig, TrainResult, check_device, run_training
+from .runner import RunConfig, TrainResult, check_device, config_from, run_training
 from .sac import build_q_critic, build_tanh_normal_actor
 
 __all__ = [
@@ -193,12 +193,7 @@ def make_offline_config(algorithm: str, **overrides: Any) -> OfflineConfig:
         raise ValueError(
             f"unknown offline algorithm {algorithm!r}; expected one of {list(_CONFIGS)}"
         )
-    settings = {k: v for k, v in overrides.items() if v is not None}
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(settings) - names)
-    if unknown:
-        raise TypeError(f"unknown {algorithm.upper()} settings {unknown}; known: {sorted(names)}")
-    return cls(**settings)
+    return config_from(cls, overrides)
 
 
 def _with_env_id(config: OfflineConfig) -> OfflineConfig:

@@ -145,18 +145,6 @@ class OffPolicyConfig(RunConfig):
                 raise ValueError(f"{name} must be > 0, got {value}")
 
 
-def make_offpolicy_config(cls: type, env_id: str, overrides: Mapping[str, Any]) -> Any:
-    """``cls(env_id=env_id, **overrides)``, ignoring ``None`` values (unset options)."""
-    settings = {"env_id": env_id, **{k: v for k, v in overrides.items() if v is not None}}
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(settings) - names)
-    if unknown:
-        raise TypeError(
-            f"unknown {cls.algorithm.upper()} settings {unknown}; known: {sorted(names)}"
-        )
-    return cls(**settings)
-
-
 def offpolicy_frames_note(config: OffPolicyConfig) -> str | None:
     """One line saying how ``frames`` was rounded to whole vector-env steps (``None``
     if not)."""

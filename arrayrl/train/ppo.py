@@ -41,6 +41,8 @@ from .runner import (
     TrainingInterrupted,
     TrainResult,
     check_device,
+    config_from,
+    frames_note,
     run_training,
     torch_threads,
 )
@@ -196,19 +198,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def frames_note(config: PPOConfig) -> str | None:
-    """One line saying how ``frames`` was rounded to whole iterations (``None`` if not)."""
-    if config.total_frames == config.frames:
-        return None
-    direction = "down" if config.total_frames < config.frames else "up"
-    plural = "s" if config.iterations > 1 else ""
-    return (
-        f"frames: {config.frames:,} rounded {direction} to {config.total_frames:,} "
-        f"({config.iterations} iteration{plural} of {config.num_envs} envs x "
-        f"{config.rollout_steps} steps)"
-    )
-
-
 def check_setup(config: PPOConfig) -> None:
     """Raise ``ValueError`` naming the first setting that cannot train here: the
     settings themselves, the environment id and its spaces, the device."""
@@ -223,13 +212,7 @@ def make_config(env_id: str = "CartPole-v1", **overrides: Any) -> PPOConfig:
     ``None`` values in ``overrides`` are ignored, so unset command-line options keep the
     preset's value.
     """
-    settings = {**PRESETS.get(env_id, {}), "env_id": env_id}
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    names = {f.name for f in dataclasses.fields(PPOConfig)}
-    unknown = sorted(set(settings) - names)
-    if unknown:
-        raise TypeError(f"unknown PPO settings {unknown}; known: {sorted(names)}")
-    return PPOConfig(**settings)
+    return config_from(PPOConfig, overrides, **PRESETS.get(env_id, {}), env_id=env_id)
 
 
 # -- networks --------------------------------------------------------------------------

@@ -48,10 +48,9 @@ from .marl import (
     MultiAgentConfig,
     agent_network,
     check_vmas_setup,
-    make_marl_config,
 )
 from .replay import ReplayBuffer
-from .runner import TrainResult, run_training
+from .runner import TrainResult, config_from, run_training
 
 __all__ = [
     "QMIX_PANELS",
@@ -163,7 +162,7 @@ class QMIXConfig(MultiAgentConfig):
 def make_qmix_config(env_id: str = "navigation", **overrides: Any) -> QMIXConfig:
     """The QMIX settings (``mixer="vdn"`` for VDN) for the VMAS scenario ``env_id``
     with ``overrides`` (``None`` values ignored)."""
-    return make_marl_config(QMIXConfig, env_id, overrides)
+    return config_from(QMIXConfig, overrides, env_id=env_id)
 
 
 def check_qmix_setup(config: QMIXConfig) -> None:

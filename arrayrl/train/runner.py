@@ -75,6 +75,8 @@ __all__ = [
     "Trainer",
     "TrainingInterrupted",
     "check_device",
+    "config_from",
+    "frames_note",
     "run_loop",
     "run_training",
     "save_trainer_policy",
@@ -114,6 +116,32 @@ class IterationConfig(RunConfig):
     def total_frames(self) -> int:
         """Frames the run collects: ``frames`` rounded to whole iterations."""
         return self.iterations * self.frames_per_batch
+
+
+def config_from(cls: type, overrides: Mapping[str, Any], **base: Any) -> Any:
+    """``cls(**base, **overrides)``, the ``None`` values of ``overrides`` ignored (unset
+    command-line options keep ``base``'s or the default value); ``TypeError`` naming the
+    unknown settings and the known ones."""
+    settings = {**base, **{k: v for k, v in overrides.items() if v is not None}}
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        label = cls.__name__.removesuffix("Config")
+        raise TypeError(f"unknown {label} settings {unknown}; known: {sorted(names)}")
+    return cls(**settings)
+
+
+def frames_note(config: IterationConfig) -> str | None:
+    """One line saying how ``frames`` was rounded to whole iterations (``None`` if not)."""
+    if config.total_frames == config.frames:
+        return None
+    direction = "down" if config.total_frames < config.frames else "up"
+    plural = "s" if config.iterations > 1 else ""
+    return (
+        f"frames: {config.frames:,} rounded {direction} to {config.total_frames:,} "
+        f"({config.iterations} iteration{plural} of {config.num_envs} envs x "
+        f"{config.rollout_steps} steps)"
+    )
 
 
 class Trainer(Protocol):

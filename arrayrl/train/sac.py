@@ -36,11 +36,10 @@ from .offpolicy import (
     adam_groups,
     box_bounds,
     check_offpolicy_setup,
-    make_offpolicy_config,
     scalar_or_array,
     scalar_terms,
 )
-from .runner import TrainResult, run_training
+from .runner import TrainResult, config_from, run_training
 
 __all__ = ["SACConfig", "build_sac_loss", "make_sac_config", "train_sac"]
 
@@ -68,7 +67,7 @@ class SACConfig(OffPolicyConfig):
 
 def make_sac_config(env_id: str = "Pendulum-v1", **overrides: Any) -> SACConfig:
     """The SAC settings for ``env_id`` with ``overrides`` (``None`` values ignored)."""
-    return make_offpolicy_config(SACConfig, env_id, overrides)
+    return config_from(SACConfig, overrides, env_id=env_id)
 
 
 def check_sac_setup(config: SACConfig) -> None:

@@ -38,10 +38,9 @@ from .offpolicy import (
     OffPolicyTrainer,
     box_bounds,
     check_offpolicy_setup,
-    make_offpolicy_config,
     scalar_or_array,
 )
-from .runner import TrainResult, run_training
+from .runner import TrainResult, config_from, run_training
 from .sac import build_q_critic
 
 __all__ = ["TD3Config", "build_td3_loss", "exploration_noise", "make_td3_config", "train_td3"]
@@ -85,7 +84,7 @@ class TD3Config(OffPolicyConfig):
 
 def make_td3_config(env_id: str = "Pendulum-v1", **overrides: Any) -> TD3Config:
     """The TD3 settings for ``env_id`` with ``overrides`` (``None`` values ignored)."""
-    return make_offpolicy_config(TD3Config, env_id, overrides)
+    return config_from(TD3Config, overrides, env_id=env_id)
 
 
 def check_td3_setup(config: TD3Config) -> None:
