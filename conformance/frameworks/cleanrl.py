@@ -100,12 +100,17 @@ def fold_into_reward(
     return reward + correction.astype(reward.dtype)
 
 
-def _scalar(name: str, value: Any) -> float:
-    if isinstance(value, np.ndarray) and value.ndim > 0:
-        raise TypeError(
-            f"{name} is a per-step array: CleanRL's args.gamma / args.gae_lambda are scalars"
-        )
-    return float(value)
+def scalar_rollout(
+    who: str, gamma: Any, lmbda: Any, *arrays: np.ndarray
+) -> tuple[float, float, list[np.ndarray]]:
+    """``gamma`` and ``lmbda`` as floats (``TypeError`` naming ``who`` for a per-step
+    array: a single-value-array GAE takes scalars) and each time-major case array as a
+    ``[T, N]`` rollout."""
+    for name, value in (("gamma", gamma), ("lmbda", lmbda)):
+        if isinstance(value, np.ndarray) and value.ndim > 0:
+            raise TypeError(f"{name} is a per-step array: {who} takes a float")
+    steps = arrays[0].shape[0]
+    return float(gamma), float(lmbda), [x.reshape(steps, -1) for x in arrays]
 
 
 def gae_time_major(
@@ -118,11 +123,11 @@ def gae_time_major(
     terminated: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A case (``check``'s ``"time_major"`` convention) through :func:`cleanrl_gae`."""
-    gamma, lmbda = _scalar("gamma", gamma), _scalar("lmbda", lmbda)
-    shape, steps = reward.shape, reward.shape[0]
-    value, nxt, rew, dn, term = (
-        x.reshape(steps, -1) for x in (state_value, next_state_value, reward, done, terminated)
-    )
+    gamma, lmbda, (value, nxt, rew, dn, term) = scalar_rollout(
+        "CleanRL's args.gamma / args.gae_lambda",
+        gamma, lmbda, state_value, next_state_value, reward, done, terminated,
+    )  # fmt: skip
+    shape = reward.shape
     rewards = fold_into_reward(gamma, value, nxt, rew, dn, term, bootstrap_truncation=False)
     dones = np.zeros_like(value)
     dones[1:] = dn[:-1]

@@ -158,24 +158,25 @@ def _as_jax(x: np.ndarray) -> Any:
 # TD(λ), TD(1): rlax.lambda_returns, rlax.discounted_returns
 
 
-def _lambda_returns(
+def _returns(
     gamma: Any,
-    lmbda: Any,
     next_state_value: Any,
     reward: Any,
     done: Any,
     terminated: Any,
+    lmbda: Any = None,
 ) -> np.ndarray:
+    """``rlax.lambda_returns`` (given ``lmbda``) or ``rlax.discounted_returns`` (TD(1)),
+    one call per trajectory, back in the case's layout."""
     import rlax
 
     reward, traj, dtype, discount = _common(reward, done, terminated, gamma)
-    packed = [
-        traj.pack(reward, dtype),
-        traj.pack(discount, dtype),
-        traj.pack(_numpy(next_state_value), dtype),
-        traj.pack(_numpy(lmbda), dtype),
-    ]
-    return traj.unpack(np.asarray(_per_trajectory(rlax.lambda_returns, packed)))
+    columns = [reward, discount, _numpy(next_state_value)]
+    if lmbda is not None:
+        columns.append(_numpy(lmbda))
+    function = rlax.discounted_returns if lmbda is None else rlax.lambda_returns
+    packed = [traj.pack(column, dtype) for column in columns]
+    return traj.unpack(np.asarray(_per_trajectory(function, packed)))
 
 
 def td_lambda_return(
@@ -189,7 +190,7 @@ def td_lambda_return(
 ) -> Any:
     """TorchRL's ``td_lambda_return_estimate`` through ``rlax.lambda_returns``."""
     del rolling_gamma  # RLax's discounts are always rolling (see DISAGREEMENTS)
-    return _as_jax(_lambda_returns(gamma, lmbda, next_state_value, reward, done, terminated))
+    return _as_jax(_returns(gamma, next_state_value, reward, done, terminated, lmbda))
 
 
 def td_lambda_advantage(
@@ -204,26 +205,8 @@ def td_lambda_advantage(
 ) -> Any:
     """TorchRL's ``td_lambda_advantage_estimate``: ``rlax.lambda_returns - state_value``."""
     del rolling_gamma
-    returns = _lambda_returns(gamma, lmbda, next_state_value, reward, done, terminated)
+    returns = _returns(gamma, next_state_value, reward, done, terminated, lmbda)
     return _as_jax(returns - np.asarray(state_value))
-
-
-def _discounted_returns(
-    gamma: Any,
-    next_state_value: Any,
-    reward: Any,
-    done: Any,
-    terminated: Any,
-) -> np.ndarray:
-    import rlax
-
-    reward, traj, dtype, discount = _common(reward, done, terminated, gamma)
-    packed = [
-        traj.pack(reward, dtype),
-        traj.pack(discount, dtype),
-        traj.pack(_numpy(next_state_value), dtype),
-    ]
-    return traj.unpack(np.asarray(_per_trajectory(rlax.discounted_returns, packed)))
 
 
 def td1_return(
@@ -236,7 +219,7 @@ def td1_return(
 ) -> Any:
     """TorchRL's ``td1_return_estimate`` through ``rlax.discounted_returns``."""
     del rolling_gamma
-    return _as_jax(_discounted_returns(gamma, next_state_value, reward, done, terminated))
+    return _as_jax(_returns(gamma, next_state_value, reward, done, terminated))
 
 
 def td1_advantage(
@@ -250,7 +233,7 @@ def td1_advantage(
 ) -> Any:
     """TorchRL's ``td1_advantage_estimate``: ``rlax.discounted_returns - state_value``."""
     del rolling_gamma
-    returns = _discounted_returns(gamma, next_state_value, reward, done, terminated)
+    returns = _returns(gamma, next_state_value, reward, done, terminated)
     return _as_jax(returns - np.asarray(state_value))
 
 

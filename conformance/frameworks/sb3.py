@@ -29,6 +29,7 @@ expressed: per-step γ and λ (``RolloutBuffer(gamma=..., gae_lambda=...)`` are 
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 from typing import Any
@@ -37,7 +38,7 @@ import numpy as np
 
 from ..check import EstimatorSpec
 from . import Framework, Implementation, scalar_hyperparameters
-from .cleanrl import fold_into_reward
+from .cleanrl import fold_into_reward, scalar_rollout
 
 __all__ = ["FRAMEWORK", "SCALAR_HYPERPARAMETERS", "gae_time_major", "gae_time_major_native"]
 
@@ -52,12 +53,6 @@ def _missing() -> str | None:
 
 def _version() -> str:
     return f"stable-baselines3 {importlib.metadata.version('stable-baselines3')}"
-
-
-def _scalar(name: str, value: Any) -> float:
-    if isinstance(value, np.ndarray) and value.ndim > 0:
-        raise TypeError(f"{name} is a per-step array: SB3's RolloutBuffer takes a float")
-    return float(value)
 
 
 def _buffer(steps: int, envs: int, gamma: float, lmbda: float, dtype: Any) -> Any:
@@ -83,15 +78,16 @@ def _sb3_gae(
     reward: np.ndarray,
     done: np.ndarray,
     terminated: np.ndarray,
+    *,
     native: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
-    gamma, lmbda = _scalar("gamma", gamma), _scalar("lmbda", lmbda)
+    gamma, lmbda, (value, nxt, rew, dn, term) = scalar_rollout(
+        "SB3's RolloutBuffer",
+        gamma, lmbda, state_value, next_state_value, reward, done, terminated,
+    )  # fmt: skip
     shape, steps, dtype = reward.shape, reward.shape[0], reward.dtype
-    value, nxt, rew, dn, term = (
-        x.reshape(steps, -1) for x in (state_value, next_state_value, reward, done, terminated)
-    )
     buffer = _buffer(steps, value.shape[1], gamma, lmbda, None if native else dtype)
     buffer.values[:] = value
     buffer.rewards[:] = fold_into_reward(
@@ -105,32 +101,10 @@ def _sb3_gae(
     )
 
 
-def gae_time_major(
-    gamma: Any,
-    lmbda: Any,
-    state_value: np.ndarray,
-    next_state_value: np.ndarray,
-    reward: np.ndarray,
-    done: np.ndarray,
-    terminated: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A case (``"time_major"``) through SB3's GAE, the buffer in the case's dtype."""
-    args = (gamma, lmbda, state_value, next_state_value, reward, done, terminated)
-    return _sb3_gae(*args, native=False)
-
-
-def gae_time_major_native(
-    gamma: Any,
-    lmbda: Any,
-    state_value: np.ndarray,
-    next_state_value: np.ndarray,
-    reward: np.ndarray,
-    done: np.ndarray,
-    terminated: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """As :func:`gae_time_major`, in SB3's own float32 buffer (outputs cast back)."""
-    args = (gamma, lmbda, state_value, next_state_value, reward, done, terminated)
-    return _sb3_gae(*args, native=True)
+#: A case (``"time_major"``) through SB3's GAE, the buffer in the case's dtype.
+gae_time_major = functools.partial(_sb3_gae, native=False)
+#: As :data:`gae_time_major`, in SB3's own float32 buffer (outputs cast back).
+gae_time_major_native = functools.partial(_sb3_gae, native=True)
 
 
 SCALAR_HYPERPARAMETERS = scalar_hyperparameters(
