@@ -48,7 +48,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -57,6 +57,9 @@ import arrayrl.objectives.value.functional as functional
 from .backends import Target, available_targets
 from .cases import SIGNATURES, Case, all_cases
 from .runner import SEED, TOLERANCE, scaled_error
+
+if TYPE_CHECKING:
+    from .terms import TermSpec
 
 __all__ = ["CONVENTIONS", "CaseResult", "CheckReport", "EstimatorSpec", "check"]
 
@@ -249,7 +252,7 @@ def _fmt(x: float) -> str:
 
 def check(
     fn: Callable[..., Any],
-    spec: str | EstimatorSpec,
+    spec: str | EstimatorSpec | TermSpec,
     *,
     backend: str | None = None,
     dtypes: Sequence[str] = ("float64", "float32"),
@@ -266,7 +269,8 @@ def check(
         bools for scalar arguments; returns one array or a tuple (``spec.outputs``).
     spec
         An estimator name of :data:`.cases.SIGNATURES` (TorchRL convention) or an
-        :class:`EstimatorSpec`.
+        :class:`EstimatorSpec`; or a loss term's name of :data:`.terms.TERMS`
+        (``"clipped_surrogate"``, ``"q_learning"``, ...) or a :class:`.terms.TermSpec`.
     backend
         ``"numpy"`` (default), ``"torch"``, ``"jax"``, ``"cupy"``, ``"array_api_strict"``.
         One that is not installed gives a report with ``skipped`` set.
@@ -285,8 +289,10 @@ def check(
     >>> check(no_discount, "reward2go", cases=["reward2go[B4_T16_F1,none"]).passed
     False
     """
+    from .terms import TERMS, TermSpec, check_term
+
     if isinstance(spec, str):
-        spec = EstimatorSpec(spec)
+        spec = TermSpec(spec) if spec in TERMS else EstimatorSpec(spec)
     backend = "numpy" if backend is None else backend
     if backend not in _BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; one of {', '.join(_BACKENDS)}")
@@ -298,6 +304,8 @@ def check(
     if isinstance(target, str):
         report.skipped = target
         return report
+    if isinstance(spec, TermSpec):
+        return check_term(fn, spec, target, dtypes, cases, gradients, report)
     for case in _select(spec.function, cases):
         float64_passed = None
         for dtype in dtypes:
