@@ -65,7 +65,8 @@ used. Exit status: 0 when every cell passes, 1 when one fails, 2 on a bad option
 rlax, sb3, cleanrl; those not installed are skipped with the reason) through
 arrayrl.conformance.check, in one matrix: per estimator and framework, the cases that
 pass / differ by a recorded design choice (named, with the upstream issue) / cannot be
-expressed in the framework's convention / fail. --report writes it as Markdown and JSON.
+expressed in the framework's convention / fail. --report writes it as Markdown and JSON,
+with one small plot per function in a folder beside it (<stem>_plots/, matplotlib).
 
 examples:
   arrayrl conformance                          # every case on every backend here
@@ -293,7 +294,8 @@ def _add_conformance_parser(commands: Any) -> None:
     conformance.add_argument(
         "--report",
         metavar="PATH",
-        help="with --against: write the matrix as Markdown here, and as JSON beside it",
+        help="with --against: write the matrix as Markdown here, and as JSON and one plot "
+        "per function (PATH's stem + _plots/) beside it",
     )
 
 
@@ -666,11 +668,33 @@ def run_against_frameworks(args: argparse.Namespace) -> int:
     report = run_against(names, functions=functions, dtypes=args.dtype or DTYPES)
     print(report)
     if report_path:
-        report_path.write_text(report.to_markdown() + "\n")
+        plots = _write_plots(report, report_path)
+        report_path.write_text(report.to_markdown(plots=plots) + "\n")
         json_path = report_path.with_suffix(".json")
         json_path.write_text(json.dumps(report.to_dict(), indent=1))
         print(f"report written to {report_path} and {json_path}")
     return 1 if report.failures else 0
+
+
+def _write_plots(report: Any, report_path: Path) -> dict[str, str]:
+    """One PNG per function into ``<stem>_plots/`` beside the report; ``function ->
+    path relative to the report`` (empty, saying why, when none could be written)."""
+    if not report.cells:
+        return {}
+    folder = report_path.with_name(f"{report_path.stem}_plots")
+    try:
+        written = report.plot(folder)
+    except OSError as error:
+        print(f"no plots: cannot write {folder}: {error}")
+        return {}
+    if not written:
+        print("no plots: matplotlib is not installed (pip install matplotlib)")
+        return {}
+    print(f"plots written to {folder}/")
+    return {
+        function: f"{folder.name}/{path.name}"
+        for function, path in zip(report.functions, written, strict=True)
+    }
 
 
 def _run_estimators(

@@ -17,7 +17,8 @@ A framework that is not installed is skipped with the reason. :func:`run_against
 returns an :class:`AgainstReport`: ``str()`` is the terminal matrix (one row per
 estimator, one column per implementation), :meth:`AgainstReport.to_markdown` the
 Markdown report (the summary matrix, the disagreements with their explanations and
-upstream links, the per-case tables), :meth:`AgainstReport.to_dict` the JSON.
+upstream links, the per-case tables, links to the plots), :meth:`AgainstReport.to_dict`
+the JSON and :meth:`AgainstReport.plot` one small PNG per function (matplotlib).
 """
 
 from __future__ import annotations
@@ -25,13 +26,17 @@ from __future__ import annotations
 import json
 import math
 import platform
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from .check import check
 from .frameworks import Disagreement, Implementation, framework
+from .runner import TOLERANCE
 
 __all__ = ["AgainstCell", "AgainstReport", "run_against"]
 
@@ -76,13 +81,17 @@ class AgainstReport:
     def frameworks(self) -> list[str]:
         return list(dict.fromkeys(c.framework for c in self.cells))
 
+    @property
+    def functions(self) -> list[str]:
+        """The estimators and loss terms of the cells, in report order."""
+        return list(dict.fromkeys(c.function for c in self.cells))
+
     def _summary(self) -> tuple[list[str], list[list[str]]]:
         """Rows ``estimator × framework`` of the counts ``pass/known/n-e/fail`` and the
         largest scaled error of the cases that ran (passing or known)."""
-        functions = list(dict.fromkeys(c.function for c in self.cells))
         header = ["estimator", *self.frameworks]
         rows = []
-        for function in functions:
+        for function in self.functions:
             row = [function]
             for name in self.frameworks:
                 cells = [c for c in self.cells if c.function == function and c.framework == name]
@@ -111,8 +120,10 @@ class AgainstReport:
         lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
         return "\n".join(lines)
 
-    def to_markdown(self) -> str:
-        """The report as Markdown: versions, summary matrix, disagreements, per-case cells."""
+    def to_markdown(self, plots: Mapping[str, str | Path] | None = None) -> str:
+        """The report as Markdown: versions, summary matrix, plots, disagreements, per-case
+        cells. ``plots`` maps a function to its image's path relative to the Markdown file
+        (as :meth:`plot` writes them); each is linked under its own heading."""
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         out = [
             "# Conformance against other frameworks",
@@ -135,6 +146,19 @@ class AgainstReport:
             "",
             _markdown_table(header, rows),
             "",
+        ]
+        if plots:
+            out += [
+                "## Scaled error per function",
+                "",
+                "Each point is one case × dtype (log scale; zero errors and cases that did "
+                "not run sit on the floor, 1e-17); blue lines: the tolerance of each dtype "
+                "(dashed float64, dotted float32).",
+                "",
+            ]
+            for function, path in plots.items():
+                out += [f"### {function}", "", f"![{function}]({quote(Path(path).as_posix())})", ""]
+        out += [
             "## How each implementation is called",
             "",
         ]
@@ -165,6 +189,35 @@ class AgainstReport:
                 "",
             ]
         return "\n".join(out)
+
+    def plot(self, directory: str | Path) -> list[Path]:
+        """Write one small PNG per function (estimator or loss term) into ``directory``
+        (created if needed) and return their paths, in :attr:`functions` order.
+
+        Each figure: x = the implementations of that function, y = the scaled error of
+        every case × dtype (log scale, floored at :data:`PLOT_FLOOR` so that exact and
+        not-run cells show), one colour and marker per status, float64 points left of
+        float32 ones, and a dashed line at each dtype's tolerance
+        (:data:`.runner.TOLERANCE`). ``[]`` when matplotlib is not installed (the caller
+        says why) or there are no cells.
+        """
+        try:
+            from matplotlib.figure import Figure
+        except ImportError:
+            return []
+        if not self.cells:
+            return []
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        for function in self.functions:
+            cells = [c for c in self.cells if c.function == function]
+            path = directory / f"{_file_stem(function, {p.stem for p in written})}.png"
+            figure = Figure(figsize=(4, 2.5), dpi=100)
+            _draw(figure, function, cells)
+            figure.savefig(path, format="png", dpi=100, metadata={"Software": None})
+            written.append(path)
+        return written
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-able data."""
@@ -261,6 +314,79 @@ def _status(result: Any, disagreements: Sequence[Disagreement]) -> tuple[str, Di
         if disagreement.covers(result.case):
             return "known", disagreement
     return result.status, None
+
+
+#: the smallest scaled error a plot shows (exact cells, and cells that did not run)
+PLOT_FLOOR = 1e-17
+#: what a plot shows for an infinite scaled error
+_PLOT_CEILING = 1e3
+#: colour and marker of each status in the plots
+_STYLE = {
+    "pass": ("tab:green", "o"),
+    "known": ("tab:orange", "s"),
+    "n/e": ("tab:gray", "x"),
+    "fail": ("tab:red", "v"),
+    "error": ("black", "D"),
+}
+#: horizontal offset of each dtype's points, and its tolerance line style
+_DTYPE_STYLE = {"float64": (-0.12, "--"), "float32": (0.12, ":")}
+
+
+def _plotted(error: float) -> float:
+    """The scaled error as plotted: NaN (did not run) at the floor, inf at the ceiling."""
+    if math.isnan(error):
+        return PLOT_FLOOR
+    return min(max(error, PLOT_FLOOR), _PLOT_CEILING)
+
+
+def _draw(figure: Any, function: str, cells: list[AgainstCell]) -> None:
+    """One function's scaled errors on ``figure`` (see :meth:`AgainstReport.plot`)."""
+    axes = figure.add_axes((0.14, 0.3, 0.6, 0.58))
+    names = list(dict.fromkeys(c.implementation for c in cells))
+    for status, (colour, marker) in _STYLE.items():
+        chosen = [c for c in cells if c.status == status]
+        if chosen:
+            x = [
+                names.index(c.implementation) + _DTYPE_STYLE.get(c.dtype, (0, ""))[0]
+                for c in chosen
+            ]
+            y = [_plotted(c.scaled_error) for c in chosen]
+            axes.scatter(x, y, s=9, c=colour, marker=marker, label=status, linewidths=0.8)
+    for dtype in dict.fromkeys(c.dtype for c in cells):
+        if dtype in TOLERANCE:
+            style = _DTYPE_STYLE.get(dtype, (0, "-."))[1]
+            axes.axhline(TOLERANCE[dtype], color="tab:blue", linestyle=style, linewidth=0.8,
+                         label=f"tol {dtype}")  # fmt: skip
+    axes.set_yscale("log")
+    axes.set_ylim(PLOT_FLOOR / 3, max(1.0, *(_plotted(c.scaled_error) for c in cells)) * 3)
+    axes.set_xlim(-0.5, len(names) - 0.5)
+    axes.set_xticks(range(len(names)), [_short(n, function) for n in names])
+    axes.tick_params(labelsize=6)
+    axes.tick_params(axis="x", labelrotation=15)
+    axes.set_ylabel("scaled error", fontsize=7)
+    axes.set_title(function, fontsize=8)
+    figure.legend(loc="center right", fontsize=6, frameon=False, handlelength=1.5)
+
+
+def _short(implementation: str, function: str) -> str:
+    """An implementation's tick label: its framework alone when it is that framework's
+    function of the same name (``torchrl.generalized_advantage_estimate``), else its name
+    cut to 24 characters."""
+    framework_name, _, rest = implementation.partition(".")
+    if rest == function:
+        return framework_name
+    return implementation if len(implementation) <= 24 else implementation[:23] + "…"
+
+
+def _file_stem(function: str, taken: set[str]) -> str:
+    """A file name for ``function``'s plot: its name with anything but letters, digits,
+    ``_``, ``-`` and ``.`` replaced by ``_``, numbered if another function took it."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", function).strip("._") or "function"
+    candidate, n = stem, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{stem}_{n}"
+    return candidate
 
 
 def _summary_cell(cells: list[AgainstCell]) -> str:

@@ -233,7 +233,7 @@ class CheckReport:
             )
         grouped: dict[str, list[str]] = {}  # one explanation, the cells it applies to
         for r in self.results:
-            if r.status != "pass":
+            if r.status != "pass" or r.explanation:  # a passing cell may carry a note
                 where = ""
                 if r.first_index is not None:
                     where = (
@@ -279,7 +279,9 @@ def check(
     cases
         Keep only these cases (:class:`.cases.Case` objects, or substrings of names).
     gradients
-        On torch, also compare gradients when ``fn``'s outputs require them.
+        On torch (when ``fn``'s outputs require grad) and on JAX (by ``jax.vjp``; a
+        function it cannot trace is reported, its values still checked), also compare
+        the gradients of ``Σ output · w`` w.r.t. every float input with the reference's.
 
     >>> import numpy as np
     >>> def no_discount(reward, done, gamma):  # wrong: ignores gamma
@@ -404,6 +406,15 @@ def _not_expressible(spec: EstimatorSpec, case: Case, inputs: Mapping[str, Any])
     return ""
 
 
+def _differentiates(target: Target) -> bool:
+    """Whether :func:`check` takes gradients on this backend (torch and JAX)."""
+    return _framework(target) in ("torch", "jax")
+
+
+def _framework(target: Target) -> str:
+    return "torch" if target.label.startswith("torch") else target.label
+
+
 def _call_user(
     fn: Callable[..., Any],
     spec: EstimatorSpec,
@@ -412,7 +423,7 @@ def _call_user(
     target: Target,
     grad: bool,
 ) -> tuple[list[np.ndarray], Any]:
-    """``fn``'s outputs in case layout, and ``(tensors, outputs)`` for gradients."""
+    """``fn``'s outputs in case layout, and the :class:`_Graph` for gradients."""
     if spec.convention == "rlax":
         return _call_rlax(fn, case, inputs, target), None
     axis = _time_axis(spec)
@@ -421,20 +432,102 @@ def _call_user(
         if not isinstance(value, np.ndarray):
             return value
         moved = np.moveaxis(value, case.time_dim, axis).copy()  # fn may write into it
-        out = target.convert(moved)
-        if grad and value.dtype.kind == "f":
-            out = out.detach().requires_grad_(True)
-        return out
+        return _differentiable(target.convert(moved), grad and value.dtype.kind == "f")
 
     args = {n: convert(n, inputs[n]) for n in case.signature.args}
-    if spec.argnames is None:
-        raw = fn(*args.values())
-    else:
-        raw = fn(**{spec.argnames.get(n, n): v for n, v in args.items()})
-    raw = list(raw) if isinstance(raw, (tuple, list)) else [raw]
+    call = _caller(fn, spec.argnames)
+    raw = call(args)
     outs = [np.asarray(target.to_numpy(o)) for o in raw]
     outs = [np.moveaxis(o, axis, case.time_dim) if o.ndim >= 2 else o for o in outs]
-    return outs, (args, raw) if grad else None
+    return outs, _Graph(args, raw, call, _framework(target)) if grad else None
+
+
+def _caller(
+    fn: Callable[..., Any], argnames: Mapping[str, str] | None
+) -> Callable[[Mapping[str, Any]], list[Any]]:
+    """``fn`` called on ``{our name: value}`` (positionally, or by keyword with
+    ``argnames``), its outputs as a list."""
+
+    def call(args: Mapping[str, Any]) -> list[Any]:
+        if argnames is None:
+            raw = fn(*args.values())
+        else:
+            raw = fn(**{argnames.get(n, n): v for n, v in args.items()})
+        return list(raw) if isinstance(raw, (tuple, list)) else [raw]
+
+    return call
+
+
+def _differentiable(value: Any, wanted: bool) -> Any:
+    """A torch tensor made a leaf that requires grad (when ``wanted``); anything else as
+    it is (JAX differentiates by re-running the function under ``jax.vjp``)."""
+    if wanted and hasattr(value, "requires_grad_"):
+        return value.detach().requires_grad_(True)
+    return value
+
+
+@dataclass
+class _Graph:
+    """What the gradient check needs from one call of the user's function: its
+    arguments, its outputs and (for JAX) the call itself, to run again under
+    ``jax.vjp``."""
+
+    args: dict[str, Any]
+    outputs: list[Any]
+    call: Callable[[Mapping[str, Any]], list[Any]]
+    framework: str  # "torch" or "jax"
+
+    def float_args(self, order: Sequence[str]) -> list[str]:
+        """The floating-point array arguments (those the gradient is taken w.r.t.)."""
+        return [
+            n
+            for n in order
+            if hasattr(self.args[n], "dtype")
+            and np.dtype(str(self.args[n].dtype).removeprefix("torch.")).kind == "f"
+        ]
+
+    def gradients(
+        self, floats: list[str], weights: list[np.ndarray], chosen: Sequence[int] | None = None
+    ) -> list[np.ndarray | None] | str:
+        """``d Σ_i out_i · w_i / d arg`` for each of ``floats`` (``None``: not reached),
+        over the outputs ``chosen`` (default all); or why it cannot be computed."""
+        chosen = range(len(self.outputs)) if chosen is None else chosen
+        if self.framework == "torch":
+            return self._torch(floats, weights, chosen)
+        return self._jax(floats, weights, chosen)
+
+    def _torch(self, floats, weights, chosen) -> list[np.ndarray | None] | str:
+        import torch
+
+        picked = [self.outputs[i] for i in chosen]
+        if not all(isinstance(o, torch.Tensor) and o.requires_grad for o in picked):
+            return "outputs do not require grad: gradients not checked"
+        loss = sum(
+            (o * torch.as_tensor(w, dtype=o.dtype, device=o.device)).sum()
+            for o, w in zip(picked, weights, strict=True)
+        )
+        grads = torch.autograd.grad(loss, [self.args[n] for n in floats], allow_unused=True)
+        return [None if g is None else g.detach().cpu().numpy() for g in grads]
+
+    def _jax(self, floats, weights, chosen) -> list[np.ndarray | None] | str:
+        import jax
+        import jax.numpy as jnp
+
+        def f(*values: Any) -> tuple:
+            outs = self.call({**self.args, **dict(zip(floats, values, strict=True))})
+            return tuple(outs[i] for i in chosen)
+
+        try:
+            outs, pullback = jax.vjp(f, *[self.args[n] for n in floats])
+            grads = pullback(
+                tuple(jnp.asarray(w, o.dtype) for w, o in zip(weights, outs, strict=True))
+            )
+        except Exception as err:  # not traceable: say so, the values were still checked
+            return (
+                "gradients not checked: jax.vjp cannot differentiate your function "
+                f"({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})"
+            )
+        return [np.asarray(g) for g in grads]
 
 
 def _call_rlax(
@@ -489,7 +582,7 @@ def _check_case(
     names = spec.checked_outputs
     every = _reference(case, inputs)
     reference = [every[spec.signature.outputs.index(n)] for n in names]
-    grad = gradients and target.label.startswith("torch") and spec.convention != "rlax"
+    grad = gradients and _differentiates(target) and spec.convention != "rlax"
     try:
         outs, graph = _call_user(fn, spec, case, inputs, target, grad)
     except Exception as err:  # the user's bug is a result, not a crash
@@ -578,37 +671,34 @@ def _check_gradients(
     dtype: str,
 ) -> None:
     """Gradient of ``sum(out * w)`` w.r.t. the float inputs, against arrayrl's torch."""
-    import torch
-
-    args, raw = graph
-    if not all(isinstance(o, torch.Tensor) and o.requires_grad for o in raw):
-        result.explanation = "outputs do not require grad: gradients not checked"
-        return
     axis = _time_axis(spec)
     rng = np.random.default_rng(SEED + 1)
-    weights = [
-        rng.standard_normal(o.shape)
-        for o in (np.moveaxis(r.detach().cpu().numpy(), axis, case.time_dim) for r in raw)
+    shapes = [
+        np.moveaxis(np.empty(tuple(o.shape)), axis, case.time_dim).shape for o in graph.outputs
     ]
-    floats = [
-        n
-        for n in case.signature.args
-        if isinstance(args[n], torch.Tensor) and args[n].requires_grad
-    ]
-    loss = sum(
-        (o * torch.as_tensor(np.moveaxis(w, case.time_dim, axis), dtype=o.dtype)).sum()
-        for o, w in zip(raw, weights, strict=True)
-    )
-    yours = torch.autograd.grad(loss, [args[n] for n in floats], allow_unused=True)
+    weights = [rng.standard_normal(shape) for shape in shapes]
+    floats = graph.float_args(case.signature.args)
+    yours = graph.gradients(floats, [np.moveaxis(w, case.time_dim, axis) for w in weights])
+    if isinstance(yours, str):
+        result.explanation = yours
+        return
     theirs = _reference_gradients(case, inputs, floats, names, weights)
+    mine = [None if g is None else np.moveaxis(g, axis, case.time_dim) for g in yours]
+    compare_gradients(result, floats, mine, theirs, dtype)
+
+
+def compare_gradients(
+    result: CaseResult,
+    floats: Sequence[str],
+    yours: Sequence[np.ndarray | None],
+    theirs: Sequence[np.ndarray],
+    dtype: str,
+) -> str:
+    """Set ``result``'s gradient error (the worst over ``floats``) and fail it past the
+    tolerance; returns the argument with the worst error."""
     worst, where = 0.0, ""
     for name, g, ref in zip(floats, yours, theirs, strict=True):
-        mine = (
-            np.zeros_like(ref)
-            if g is None
-            else np.moveaxis(g.detach().cpu().numpy(), axis, case.time_dim)
-        )
-        error = scaled_error(mine, ref)
+        error = scaled_error(np.zeros_like(ref) if g is None else g, ref)
         if error > worst:
             worst, where = error, name
     result.gradient_error = worst
@@ -617,6 +707,7 @@ def _check_gradients(
         result.explanation = (
             f"outputs match but the gradient w.r.t. {where} differs (scaled error {worst:.2e})"
         )
+    return where
 
 
 def _reference_gradients(

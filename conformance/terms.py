@@ -678,7 +678,7 @@ def _check_case(
     gradients: bool,
     float64_passed: bool | None,
 ) -> Any:
-    from .check import CaseResult, _measure
+    from .check import CaseResult, _differentiates, _measure
 
     term = spec.term
     result = CaseResult(case.name, dtype, "fail")
@@ -686,7 +686,7 @@ def _check_case(
     names = spec.checked_outputs
     every = _reference(term, inputs)
     reference = [every[n] for n in names]
-    grad = gradients and target.label.startswith("torch")
+    grad = gradients and _differentiates(target)
     try:
         outs, graph = _call_user(fn, spec, inputs, target, grad)
     except Exception as err:  # the user's bug is a result, not a crash
@@ -708,22 +708,19 @@ def _check_case(
 def _call_user(
     fn: Callable[..., Any], spec: TermSpec, inputs: Mapping[str, Any], target: Any, grad: bool
 ) -> tuple[list[np.ndarray], Any]:
+    from .check import _caller, _differentiable, _framework, _Graph
+
     def convert(value: Any) -> Any:
         if not isinstance(value, np.ndarray):
             return value
         out = target.convert(value.copy())  # fn may write into it
-        if grad and value.dtype.kind == "f":
-            out = out.detach().requires_grad_(True)
-        return out
+        return _differentiable(out, grad and value.dtype.kind == "f")
 
     args = {n: convert(inputs[n]) for n in spec.term.args}
-    if spec.argnames is None:
-        raw = fn(*args.values())
-    else:
-        raw = fn(**{spec.argnames.get(n, n): v for n, v in args.items()})
-    raw = list(raw) if isinstance(raw, (tuple, list)) else [raw]
+    call = _caller(fn, spec.argnames)
+    raw = call(args)
     outs = [np.asarray(target.to_numpy(o)) for o in raw]
-    return outs, (args, raw) if grad else None
+    return outs, _Graph(args, raw, call, _framework(target)) if grad else None
 
 
 def _shape_problem(
@@ -755,37 +752,24 @@ def _check_gradients(
 ) -> None:
     """Gradient of ``Σ out · w`` over the smooth outputs w.r.t. every float input,
     against the reference's torch gradient (zero for the targets' inputs)."""
-    import torch
+    from .check import compare_gradients
 
-    args, raw = graph
-    smooth = [(n, o) for n, o in zip(names, raw, strict=True) if n in term.smooth]
-    if not smooth:
-        return
-    if not all(isinstance(o, torch.Tensor) and o.requires_grad for _, o in smooth):
-        result.explanation = "outputs do not require grad: gradients not checked"
+    chosen = [i for i, n in enumerate(names) if n in term.smooth]
+    if not chosen:
         return
     rng = np.random.default_rng(SEED + 1)
-    weights = {n: rng.standard_normal(tuple(o.shape)) for n, o in smooth}
-    floats = [n for n in term.args if isinstance(args[n], torch.Tensor) and args[n].requires_grad]
-    loss = sum((o * torch.as_tensor(weights[n], dtype=o.dtype)).sum() for n, o in smooth)
-    yours = torch.autograd.grad(loss, [args[n] for n in floats], allow_unused=True)
+    weights = {names[i]: rng.standard_normal(tuple(graph.outputs[i].shape)) for i in chosen}
+    floats = graph.float_args(term.args)
+    yours = graph.gradients(floats, list(weights.values()), chosen)
+    if isinstance(yours, str):
+        result.explanation = yours
+        return
     theirs = _reference_gradients(term, inputs, floats, weights)
-    worst, where = 0.0, ""
-    for name, g, ref in zip(floats, yours, theirs, strict=True):
-        mine = np.zeros_like(ref) if g is None else g.detach().cpu().numpy()
-        error = scaled_error(mine, ref)
-        if error > worst:
-            worst, where = error, name
-    result.gradient_error = worst
-    if worst > TOLERANCE[dtype]:
-        result.status = "fail"
-        result.explanation = (
-            f"outputs match but the gradient w.r.t. {where} differs (scaled error {worst:.2e})"
+    where = compare_gradients(result, floats, yours, theirs, dtype)
+    if not result.passed and where in term.constants:
+        result.explanation += (
+            f": {where} feeds the target, which must be a constant (stop its gradient)"
         )
-        if where in term.constants:
-            result.explanation += (
-                f": {where} feeds the target, which must be a constant (stop its gradient)"
-            )
 
 
 def _reference_gradients(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -134,3 +135,130 @@ def test_cli_writes_markdown_and_json(tmp_path, capsys):
 def test_cli_refuses_bad_options(argv, message, capsys):
     assert main(["conformance", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+# -- plots: one small PNG per function, linked from the Markdown ---------------------------
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _cell(implementation, function, case, dtype, status, error):
+    return against.AgainstCell(
+        framework=implementation.split(".")[0],
+        implementation=implementation,
+        function=function,
+        case=case,
+        dtype=dtype,
+        status=status,
+        scaled_error=error,
+    )
+
+
+def _fake_report() -> against.AgainstReport:
+    """Two estimators' worth of cells and one loss term's, every status, both dtypes."""
+    return against.AgainstReport(
+        cells=[
+            _cell("torchrl.reward2go", "reward2go", "reward2go[T1]", "float64", "pass", 0.0),
+            _cell("torchrl.reward2go", "reward2go", "reward2go[T1]", "float32", "pass", 3e-8),
+            _cell("rlax.returns", "reward2go", "reward2go[T1]", "float64", "known", 2e-8),
+            _cell("rlax.returns", "reward2go", "reward2go[T9]", "float64", "n/e", float("nan")),
+            _cell("sb3.buffer", "reward2go", "reward2go[T9]", "float32", "fail", 0.5),
+            _cell("sb3.buffer", "reward2go", "reward2go[T1]", "float64", "error", float("inf")),
+            _cell("fake.gae", GAE, f"{GAE}[T1]", "float64", "pass", 1e-12),
+            _cell("rlax.ppo", "clipped_surrogate", "clip[a]", "float32", "pass", 1e-6),
+        ]
+    )
+
+
+def test_plot_writes_one_small_png_per_function(tmp_path):
+    pytest.importorskip("matplotlib")
+    report = _fake_report()
+    paths = report.plot(tmp_path / "nested" / "plots")
+    assert report.functions == ["reward2go", GAE, "clipped_surrogate"]
+    assert [p.name for p in paths] == [f"{f}.png" for f in report.functions]
+    for path in paths:
+        data = path.read_bytes()
+        assert data.startswith(PNG_MAGIC)
+        assert len(data) < 40_000
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        assert (width, height) == (400, 250)  # 4 x 2.5 in at 100 dpi
+
+
+def test_plot_file_names_are_safe_and_distinct(tmp_path):
+    pytest.importorskip("matplotlib")
+    report = against.AgainstReport(
+        cells=[
+            _cell("x.a", "loss a/b", "c", "float64", "pass", 0.0),
+            _cell("x.b", "loss a b", "c", "float64", "pass", 0.0),
+        ]
+    )
+    paths = report.plot(tmp_path)
+    assert [p.name for p in paths] == ["loss_a_b.png", "loss_a_b_2.png"]
+    assert all(p.parent == tmp_path for p in paths)
+
+
+def test_plot_points_are_floored_scaled_errors_with_tolerance_lines():
+    pytest.importorskip("matplotlib")
+    from arrayrl.conformance.runner import TOLERANCE
+    from matplotlib.figure import Figure
+
+    figure = Figure()
+    cells = [c for c in _fake_report().cells if c.function == "reward2go"]
+    against._draw(figure, "reward2go", cells)
+    (axes,) = figure.axes
+    assert axes.get_yscale() == "log"
+    points = {
+        collection.get_label(): collection.get_offsets().tolist() for collection in axes.collections
+    }
+    # x: implementation index (float64 left of float32), y: the error, zero/NaN at 1e-17
+    assert points["pass"] == [[-0.12, 1e-17], [0.12, 3e-8]]
+    assert points["known"] == [[0.88, 2e-8]]
+    assert points["n/e"] == [[0.88, 1e-17]]
+    assert points["fail"] == [[2.12, 0.5]]
+    assert points["error"][0][1] >= 0.5  # infinite: drawn at the top
+    lines = {line.get_label(): line.get_ydata()[0] for line in axes.lines}
+    assert lines == {"tol float64": TOLERANCE["float64"], "tol float32": TOLERANCE["float32"]}
+    assert [t.get_text() for t in axes.get_xticklabels()] == [
+        "torchrl",
+        "rlax.returns",
+        "sb3.buffer",
+    ]
+
+
+def test_plot_without_matplotlib_or_cells_writes_nothing(tmp_path, monkeypatch):
+    assert against.AgainstReport().plot(tmp_path / "empty") == []
+    assert not (tmp_path / "empty").exists()
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    assert _fake_report().plot(tmp_path / "none") == []
+    assert not (tmp_path / "none").exists()
+
+
+def test_markdown_links_each_plot_under_its_function():
+    report = _fake_report()
+    plots = {"reward2go": "my report_plots/reward2go.png", GAE: f"r_plots/{GAE}.png"}
+    text = report.to_markdown(plots=plots)
+    assert "### reward2go\n\n![reward2go](my%20report_plots/reward2go.png)" in text
+    assert f"### {GAE}\n\n![{GAE}](r_plots/{GAE}.png)" in text
+    assert "clipped_surrogate](" not in text
+    assert "![" not in report.to_markdown()
+
+
+def test_cli_report_writes_and_links_the_plots(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "report.md"
+    status = main(["conformance", "--against", "torchrl", "-k", "reward2go", "--report", str(path)])
+    assert status == 0
+    assert f"plots written to {tmp_path / 'report_plots'}/" in capsys.readouterr().out
+    png = tmp_path / "report_plots" / "reward2go.png"
+    assert png.read_bytes().startswith(PNG_MAGIC)
+    assert "![reward2go](report_plots/reward2go.png)" in path.read_text()
+
+
+def test_cli_report_says_why_there_are_no_plots(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    path = tmp_path / "report.md"
+    status = main(["conformance", "--against", "torchrl", "-k", "reward2go", "--report", str(path)])
+    assert status == 0
+    assert "no plots: matplotlib is not installed" in capsys.readouterr().out
+    assert not (tmp_path / "report_plots").exists()
+    assert "![" not in path.read_text()

@@ -347,3 +347,40 @@ def test_report_to_dict_is_json():
     assert data["spec"]["function"] == "clipped_surrogate"
     assert data["spec"]["convention"] == "batch"
     assert data["passed"] is True
+
+
+########################################################################
+# JAX: gradients by jax.vjp
+
+
+def test_jax_gradients_catch_a_target_that_is_not_a_constant():
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    jax.config.update("jax_enable_x64", True)
+
+    def td_error(q, action, reward, terminated, next_q, gamma, *, stop=True):
+        target = reward + gamma * (1 - terminated.astype(reward.dtype)) * next_q.max(-1)
+        target = jax.lax.stop_gradient(target) if stop else target
+        return target - jnp.take_along_axis(q, action[..., None], -1)[..., 0]
+
+    spec = TermSpec("q_learning", outputs=("td_error",))
+    good = check(td_error, spec, backend="jax")
+    assert good.passed and all(r.gradient_error is not None for r in good.results), str(good)
+    leaky = check(lambda *a: td_error(*a, stop=False), spec, backend="jax")
+    assert leaky.failures and all("must be a constant" in r.explanation for r in leaky.failures)
+
+
+def test_jax_function_that_cannot_be_traced_is_checked_by_value_and_says_so():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+
+    def on_host(log_prob, prev_log_prob, advantage, eps):
+        return jax.numpy.asarray(
+            surrogate(*map(np.asarray, (log_prob, prev_log_prob, advantage)), eps)[0]
+        )
+
+    spec = TermSpec("clipped_surrogate", outputs=("loss_objective",))
+    report = check(on_host, spec, backend="jax", cases=["B64"])
+    assert report.passed
+    assert all("gradients not checked: jax.vjp" in r.explanation for r in report.results)
+    assert "gradients not checked" in str(report)
