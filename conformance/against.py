@@ -311,7 +311,7 @@ def _status(result: Any, disagreements: Sequence[Disagreement]) -> tuple[str, Di
     if result.status == "not expressible":
         return "n/e", None
     for disagreement in disagreements:
-        if disagreement.covers(result.case):
+        if disagreement.applies(result.case, result.dtype):
             return "known", disagreement
     return result.status, None
 

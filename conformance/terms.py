@@ -42,9 +42,11 @@ critics, ``[*B, A]`` for Q-values, ``[*B, A, N]`` for logits), ``action`` is an 
 index, ``terminated`` a bool, scalars are Python floats. Targets are constants: the
 reference stops their gradient (RLax's ``stop_target_gradients=True``; TorchRL and SB3
 compute them without gradient), so a function whose gradient reaches
-``next_q_values``, ``next_q_target`` or ``next_log_prob`` is reported. Outputs that are
-not differentiable (``clip_fraction``, ``target_value``, ``target_probs``) are not part
-of the gradient check.
+``next_q_values``, ``next_q_target`` or ``next_log_prob`` is reported. Gradients are
+taken w.r.t. what a network produces (log-probabilities, Q-values, logits; on torch only
+those inputs require grad), not w.r.t. data (rewards, stored log-probabilities,
+advantages). Outputs that are not differentiable (``clip_fraction``, ``target_value``,
+``target_probs``) are not part of the gradient check.
 """
 
 from __future__ import annotations
@@ -68,9 +70,12 @@ Outputs = dict[str, Any]
 @dataclass(frozen=True)
 class Term:
     """A loss term: ``args`` in call order, ``outputs`` (``smooth`` ones are in the
-    gradient check), the ``reference(xp, backend, **inputs)`` giving every output,
-    ``cases`` (``{name: builder(rng, dtype) -> inputs}``) and ``mistakes`` (``(words,
-    reference of the mistake)``) that explain a failure."""
+    gradient check), the ``reference(**inputs)`` giving every output, ``cases``
+    (``{name: builder(rng, dtype) -> inputs}``), ``mistakes`` (``(words, reference of
+    the mistake)``) that explain a failure, ``wrt`` (the inputs a network produces: the
+    gradient is taken w.r.t. these only; rewards, stored log-probabilities and
+    advantages are data) and ``constants`` (those of ``wrt`` that feed a target, whose
+    reference gradient is zero)."""
 
     name: str
     args: tuple[str, ...]
@@ -79,6 +84,7 @@ class Term:
     reference: Callable[..., Outputs]
     cases: Mapping[str, Callable[[np.random.Generator, str], Inputs]]
     mistakes: tuple[tuple[str, Callable[..., Outputs]], ...] = ()
+    wrt: tuple[str, ...] = ()
     constants: tuple[str, ...] = ()
 
 
@@ -505,6 +511,7 @@ TERMS: dict[str, Term] = {
         outputs=("loss_objective", "loss_objective_mean", "clip_fraction"),
         smooth=("loss_objective", "loss_objective_mean"),
         reference=_surrogate,
+        wrt=("log_prob",),
         cases={
             "B64,eps0.2": _surrogate_case((64,), 0.3, 0.2),
             "B8x16,eps0.1": _surrogate_case((8, 16), 0.3, 0.1),
@@ -543,7 +550,8 @@ TERMS: dict[str, Term] = {
             "all_terminated": _q_case((16,), 3, 1.0, False),
         },
         mistakes=_q_mistakes(False),
-        constants=("next_q_values", "reward"),
+        wrt=("q_values", "next_q_values"),
+        constants=("next_q_values",),
     ),
     "double_q_learning": Term(
         name="double_q_learning",
@@ -564,7 +572,8 @@ TERMS: dict[str, Term] = {
             "B8x5_A3": _q_case((8, 5), 3, 0.3, True),
         },
         mistakes=_q_mistakes(True),
-        constants=("next_q_values", "next_q_selector", "reward"),
+        wrt=("q_values", "next_q_values", "next_q_selector"),
+        constants=("next_q_values", "next_q_selector"),
     ),
     "categorical_double_q_learning": Term(
         name="categorical_double_q_learning",
@@ -586,7 +595,8 @@ TERMS: dict[str, Term] = {
             "B4x6,rewards_beyond_support": _categorical_case((4, 6), 6.0, 0.2),
         },
         mistakes=_categorical_mistakes(),
-        constants=("next_logits", "next_q_selector", "support", "reward"),
+        wrt=("logits", "next_logits", "next_q_selector"),
+        constants=("next_logits", "next_q_selector"),
     ),
     "sac_terms": Term(
         name="sac_terms",
@@ -618,7 +628,8 @@ TERMS: dict[str, Term] = {
             "B8x4_C3": _sac_case((8, 4), 3, 0.3),
         },
         mistakes=_sac_mistakes(),
-        constants=("next_log_prob", "next_q_target", "reward"),
+        wrt=("log_prob", "q_new_action", "q_values", "next_log_prob", "next_q_target"),
+        constants=("next_log_prob", "next_q_target"),
     ),
 }
 
@@ -710,13 +721,13 @@ def _call_user(
 ) -> tuple[list[np.ndarray], Any]:
     from .check import _caller, _differentiable, _framework, _Graph
 
-    def convert(value: Any) -> Any:
+    def convert(value: Any, network_output: bool) -> Any:
         if not isinstance(value, np.ndarray):
             return value
         out = target.convert(value.copy())  # fn may write into it
-        return _differentiable(out, grad and value.dtype.kind == "f")
+        return _differentiable(out, grad and network_output)
 
-    args = {n: convert(inputs[n]) for n in spec.term.args}
+    args = {n: convert(inputs[n], n in spec.term.wrt) for n in spec.term.args}
     call = _caller(fn, spec.argnames)
     raw = call(args)
     outs = [np.asarray(target.to_numpy(o)) for o in raw]
@@ -759,7 +770,7 @@ def _check_gradients(
         return
     rng = np.random.default_rng(SEED + 1)
     weights = {names[i]: rng.standard_normal(tuple(graph.outputs[i].shape)) for i in chosen}
-    floats = graph.float_args(term.args)
+    floats = [n for n in graph.float_args(term.args) if n in term.wrt]
     yours = graph.gradients(floats, list(weights.values()), chosen)
     if isinstance(yours, str):
         result.explanation = yours

@@ -100,3 +100,63 @@ def test_disagreements_cover_the_cases_of_their_deviation(key, covered, not_cove
     assert all(BY_KEY[key].covers(name) for name in covered)
     assert not any(BY_KEY[key].covers(name) for name in not_covered)
     assert not BY_KEY[key].covers("no_such_estimator[T1]")
+
+
+########################################################################
+# loss terms: TorchRL's ClipPPOLoss and DQNLoss on lookup-table networks
+
+
+TERM_IMPLEMENTATIONS = [
+    i
+    for i in FRAMEWORK.implementations()
+    if i.spec.function in ("clipped_surrogate", "q_learning", "double_q_learning")
+]
+
+
+def test_the_loss_term_implementations_are_listed() -> None:
+    assert {i.name for i in TERM_IMPLEMENTATIONS} == {
+        "torchrl.ClipPPOLoss",
+        "torchrl.DQNLoss",
+        "torchrl.DQNLoss(double_dqn=True)",
+    }
+
+
+@pytest.mark.parametrize("implementation", TERM_IMPLEMENTATIONS, ids=lambda i: i.name)
+def test_torchrl_loss_terms_match_in_float32_and_differ_only_by_float32_constants(
+    implementation,
+) -> None:
+    """float32: values and gradients pass. float64: every failure is the recorded
+    float32-constants difference (~1e-8 relative), never more."""
+    from arrayrl.conformance import check
+
+    report = check(implementation.fn, implementation.spec, backend="torch")
+    float32 = [r for r in report.results if r.dtype == "float32"]
+    assert float32 and all(r.passed and r.gradient_error is not None for r in float32), str(report)
+    for result in report.results:
+        if not result.passed:
+            assert result.dtype == "float64"
+            assert "float32" in result.explanation
+            assert result.scaled_error < 1e-7
+            assert any(d.applies(result.case, result.dtype) for d in implementation.disagreements)
+
+
+def test_float32_clip_epsilon_reproducer() -> None:
+    """Ratio 2, advantage 1, ε = 0.2: the loss is −clip(2, 0.8, 1.2) = −1.2; TorchRL
+    clips log r at float32's log1p(0.2)."""
+    torchrl, reference = torchrl_framework.reproduce_float32_clip_epsilon()
+    assert reference == -1.2
+    assert torchrl == pytest.approx(-np.exp(float(np.log1p(np.float32(0.2)))), rel=1e-15)
+    assert abs(torchrl - reference) > TOLERANCE["float64"]
+
+
+def test_a_wrong_table_fails_the_check() -> None:
+    """The lookup-table mapping is not vacuous: a shifted advantage makes it fail."""
+    from arrayrl.conformance import check
+
+    (ppo,) = [i for i in TERM_IMPLEMENTATIONS if i.name == "torchrl.ClipPPOLoss"]
+
+    def shifted(log_prob, prev_log_prob, advantage, eps):
+        return ppo.fn(log_prob, prev_log_prob, advantage + 0.1, eps)
+
+    report = check(shifted, ppo.spec, backend="torch", dtypes=("float32",))
+    assert report.failures and not report.passed

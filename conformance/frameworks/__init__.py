@@ -47,7 +47,8 @@ class Disagreement:
     failures); ``explanation``: one paragraph a user can act on; ``upstream``: the issue
     or document that discusses it (a URL or ``"owner/repo#N"``), ``None`` if none found;
     ``reproducer``: a minimal reproducer, the dotted name of a function in
-    ``conformance/`` that shows it (returns the two numbers that differ).
+    ``conformance/`` that shows it (returns the two numbers that differ); ``dtypes``:
+    the input dtypes it applies to (``None``: all).
     """
 
     key: str
@@ -55,6 +56,11 @@ class Disagreement:
     explanation: str
     upstream: str | None = None
     reproducer: str | None = None
+    dtypes: tuple[str, ...] | None = None
+
+    def applies(self, case_name: str, dtype: str) -> bool:
+        """Whether this disagreement explains a difference in ``case_name`` at ``dtype``."""
+        return (self.dtypes is None or dtype in self.dtypes) and self.covers(case_name)
 
 
 def scalar_hyperparameters(prefix: str, takes_them_as: str) -> Disagreement:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 from functools import cache
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,9 @@ from . import Disagreement, Framework, Implementation
 
 __all__ = [
     "DISAGREEMENTS",
+    "FLOAT32_CONSTANTS",
     "FRAMEWORK",
+    "reproduce_float32_clip_epsilon",
     "reproduce_float32_masks",
     "reproduce_td1_non_rolling_no_bootstrap",
 ]
@@ -125,7 +128,7 @@ DISAGREEMENTS: tuple[Disagreement, ...] = tuple(_disagreement(d) for d in DEVIAT
 def _implementations() -> list[Implementation]:
     from torchrl.objectives.value import functional
 
-    return [
+    estimators = [
         Implementation(
             name=f"torchrl.{name}",
             spec=EstimatorSpec(name),
@@ -136,6 +139,230 @@ def _implementations() -> list[Implementation]:
         )
         for name in SIGNATURES
         if hasattr(functional, name)
+    ]
+    return estimators + _loss_term_implementations()
+
+
+########################################################################
+# loss terms: TorchRL's loss classes run on lookup-table networks
+
+
+#: TorchRL's losses keep Python-float coefficients as float32 buffers (the suite's
+#: ``torchrl-float32-constants``): on float64 inputs their terms carry float32 rounding
+FLOAT32_CONSTANTS = Disagreement(
+    key="torchrl-float32-constants",
+    covers=lambda name: name.startswith(
+        ("clipped_surrogate[", "q_learning[", "double_q_learning[")
+    ),
+    explanation=(
+        "TorchRL's losses store Python-float coefficients as float32 tensors: ClipPPOLoss's "
+        "clip_epsilon (so the clip bounds log(1 ± ε) are float32's), and the TD(0) target of "
+        "DQNLoss multiplies γ by an integer mask in torch's default dtype (float32). On "
+        "float64 inputs their terms differ from a float64 evaluation by about 1e-8 relative "
+        "where the constant matters (clipped samples, every bootstrapped target); float32 "
+        "inputs match. arrayrl keeps every constant in the inputs' dtype."
+    ),
+    reproducer="arrayrl.conformance.frameworks.torchrl.reproduce_float32_clip_epsilon",
+    dtypes=("float64",),
+)
+
+_HALF_LOG_2PI = 0.5 * float(np.log(2 * np.pi))
+
+
+def _policy_lookup(log_prob: Any) -> Any:
+    """A TorchRL actor whose Normal at observation ``i`` gives ``log_prob[i]`` to the
+    action 0: ``loc = 0``, ``scale = exp(-log_prob - ½ log 2π)`` (the gradient reaches
+    ``log_prob``)."""
+    import torch
+    from tensordict.nn import TensorDictModule
+    from torchrl.modules import ProbabilisticActor
+
+    class Lookup(torch.nn.Module):
+        def forward(self, index: Any) -> tuple[Any, Any]:
+            chosen = log_prob[index]
+            return torch.zeros_like(chosen)[..., None], torch.exp(-chosen - _HALF_LOG_2PI)[
+                ..., None
+            ]
+
+    module = TensorDictModule(Lookup(), in_keys=["observation"], out_keys=["loc", "scale"])
+    return ProbabilisticActor(
+        module,
+        in_keys=["loc", "scale"],
+        distribution_class=torch.distributions.Normal,
+        return_log_prob=True,
+    )
+
+
+def torchrl_clipped_surrogate(
+    log_prob: Any, prev_log_prob: Any, advantage: Any, clip_epsilon: float
+) -> tuple[Any, Any]:
+    """``ClipPPOLoss(reduction="none")``'s ``loss_objective`` and ``clip_fraction`` on a
+    batch whose current log-probabilities are ``log_prob`` (:func:`_policy_lookup`)."""
+    import torch
+    from tensordict import TensorDict
+    from torchrl.objectives import ClipPPOLoss
+
+    batch = tuple(log_prob.shape)
+    index = torch.arange(log_prob.numel()).reshape(batch)
+    loss = ClipPPOLoss(
+        _policy_lookup(log_prob.reshape(-1)),
+        None,
+        clip_epsilon=clip_epsilon,
+        entropy_bonus=False,
+        normalize_advantage=False,
+        critic_coeff=None,
+        reduction="none",
+    )
+    data = TensorDict(
+        {
+            "observation": index,
+            "action": torch.zeros(*batch, 1, dtype=log_prob.dtype),
+            "action_log_prob": prev_log_prob[..., None],
+            "advantage": advantage[..., None],
+        },
+        batch,
+    )
+    out = loss(data)
+    return out["loss_objective"].reshape(batch), out["clip_fraction"].to(log_prob.dtype)
+
+
+def _q_lookup(online: Any, target: Any, actions: int) -> Any:
+    """A TorchRL ``QValueActor`` reading row ``i`` of ``online``, or of ``target`` once
+    its parameter ``use_target`` is set to 1 (done in the loss's target copy only)."""
+    import torch
+    from torchrl.data import Categorical
+    from torchrl.modules import QValueActor
+
+    class Lookup(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.use_target = torch.nn.Parameter(torch.zeros((), dtype=online.dtype))
+
+        def forward(self, index: Any) -> Any:
+            return torch.where(self.use_target > 0.5, target[index], online[index])
+
+    return QValueActor(Lookup(), in_keys=["observation"], spec=Categorical(actions))
+
+
+def _dqn_loss(
+    q_values, action, reward, terminated, next_q_values, next_q_selector, gamma, loss_function
+) -> Any:
+    """TorchRL's ``DQNLoss`` (double when ``next_q_selector`` is given) on lookup tables:
+    observation ``i`` is sample ``i`` at ``s``, ``N + i`` at ``s'``."""
+    import torch
+    from tensordict import TensorDict
+    from torchrl.objectives import DQNLoss, ValueEstimators
+
+    batch = tuple(action.shape)
+    flat = int(np.prod(batch, dtype=int))
+    actions = q_values.shape[-1]
+    rows = q_values.reshape(flat, actions)
+    selector = rows if next_q_selector is None else next_q_selector.reshape(flat, actions)
+    online = torch.cat([rows, selector])
+    # the target copy's table carries no gradient, as TorchRL's target parameters
+    target = torch.cat([rows, next_q_values.reshape(flat, actions)]).detach()
+    loss = DQNLoss(
+        _q_lookup(online, target, actions),
+        loss_function=loss_function,
+        delay_value=True,
+        double_dqn=next_q_selector is not None,
+        action_space="categorical",
+    )
+    loss.make_value_estimator(ValueEstimators.TD0, gamma=gamma)
+    for key, leaf in loss.target_value_network_params.items(True, True):
+        if key[-1] == "use_target":
+            leaf.data.fill_(1.0)
+    index = torch.arange(flat).reshape(batch)
+    ended = terminated[..., None]
+    data = TensorDict(
+        {
+            "observation": index,
+            "action": action,
+            "next": {
+                "observation": index + flat,
+                "reward": reward[..., None],
+                "done": ended,
+                "terminated": ended,
+            },
+        },
+        batch,
+    )
+    return loss(data)["loss"].to(q_values.dtype)
+
+
+def torchrl_q_learning(q_values, action, reward, terminated, next_q_values, gamma) -> tuple:
+    """``DQNLoss`` with ``loss_function="l2"`` and ``"smooth_l1"``: the two mean losses."""
+    args = (q_values, action, reward, terminated, next_q_values, None, gamma)
+    return _dqn_loss(*args, "l2"), _dqn_loss(*args, "smooth_l1")
+
+
+def torchrl_double_q_learning(
+    q_values, action, reward, terminated, next_q_values, next_q_selector, gamma
+) -> tuple:
+    """``DQNLoss(double_dqn=True)`` with ``"l2"`` and ``"smooth_l1"``: the mean losses."""
+    args = (q_values, action, reward, terminated, next_q_values, next_q_selector, gamma)
+    return _dqn_loss(*args, "l2"), _dqn_loss(*args, "smooth_l1")
+
+
+def reproduce_float32_clip_epsilon() -> tuple[float, float]:
+    """ClipPPOLoss, one float64 sample with ratio 2 and advantage 1, ε = 0.2.
+
+    Returns ``(torchrl, reference)`` ``loss_objective``: ``(-1.2000000078829447, -1.2)``.
+    TorchRL keeps ``ε`` as a float32 buffer and clips ``log r`` at ``log1p(ε)`` computed
+    in float32, so the clipped ratio is ``exp(float32(log 1.2))`` (a relative error of
+    6.6e-9, far above the float64 tolerance of 1e-10).
+    """
+    import torch
+
+    log_prob = torch.tensor([np.log(2.0)], dtype=torch.float64)
+    zero = torch.zeros(1, dtype=torch.float64)
+    loss, _ = torchrl_clipped_surrogate(log_prob, zero, torch.ones(1, dtype=torch.float64), 0.2)
+    return float(loss[0]), -1.2
+
+
+def _loss_term_implementations() -> list[Implementation]:
+    from ..terms import TermSpec
+
+    dqn_note = (
+        "DQNLoss(delay_value=True, action_space='categorical') with TD(0) at gamma, on a "
+        "QValueActor whose network is a lookup table (observation i: sample i at s, N + i "
+        "at s'; the loss's target copy reads next_q_values, the online one q_values and, "
+        "for double DQN, next_q_selector at s'; the target table is detached, as "
+        "TorchRL's target parameters are); done = terminated. Run twice, with "
+        "loss_function 'l2' and 'smooth_l1' (TorchRL writes |td_error| as a priority, so "
+        "the signed TD error is not compared)."
+    )
+    losses = ("l2_loss", "smooth_l1_loss")
+    return [
+        Implementation(
+            name="torchrl.ClipPPOLoss",
+            spec=TermSpec("clipped_surrogate", outputs=("loss_objective", "clip_fraction")),
+            backend="torch",
+            fn=torchrl_clipped_surrogate,
+            note=(
+                "ClipPPOLoss(entropy_bonus=False, normalize_advantage=False, reduction='none', "
+                "no critic) on an actor whose Normal gives each sample's log_prob to action 0 "
+                "(loc 0, scale exp(-log_prob - ½ log 2π)); prev_log_prob and advantage are "
+                "the batch's action_log_prob and advantage"
+            ),
+            disagreements=(FLOAT32_CONSTANTS,),
+        ),
+        Implementation(
+            name="torchrl.DQNLoss",
+            spec=TermSpec("q_learning", outputs=losses),
+            backend="torch",
+            fn=torchrl_q_learning,
+            note=dqn_note,
+            disagreements=(FLOAT32_CONSTANTS,),
+        ),
+        Implementation(
+            name="torchrl.DQNLoss(double_dqn=True)",
+            spec=TermSpec("double_q_learning", outputs=losses),
+            backend="torch",
+            fn=torchrl_double_q_learning,
+            note=dqn_note,
+            disagreements=(FLOAT32_CONSTANTS,),
+        ),
     ]
 
 
