@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..check import EstimatorSpec
+from ..terms import TermSpec
 
 __all__ = [
     "FRAMEWORKS",
@@ -83,14 +84,15 @@ class Implementation:
     """One framework function, wrapped to a :func:`~..check.check` convention.
 
     ``name``: what the matrix column shows (``"rlax.truncated_generalized_advantage_estimation"``);
-    ``spec``: its :class:`~..check.EstimatorSpec`; ``backend``: the arrays it takes
+    ``spec``: its :class:`~..check.EstimatorSpec` (an estimator) or
+    :class:`~..terms.TermSpec` (a loss term); ``backend``: the arrays it takes
     (``"jax"``, ``"torch"``, ``"numpy"``); ``fn``: the wrapped callable; ``note``: how the
     case's arrays are mapped onto the framework's arguments (one or two sentences);
     ``disagreements``: the :class:`Disagreement` s that apply to it.
     """
 
     name: str
-    spec: EstimatorSpec
+    spec: EstimatorSpec | TermSpec
     backend: str
     fn: Callable[..., Any]
     note: str = ""
