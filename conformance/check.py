@@ -83,7 +83,9 @@ class EstimatorSpec:
     :data:`CONVENTIONS`. ``argnames``: ``{our name: your name}``; when given, ``fn`` is
     called by keyword (names not in the mapping keep ours). ``outputs``: the outputs
     ``fn`` returns, in order (default: all of the signature's; ``("advantage",)`` under
-    ``"rlax"``).
+    ``"rlax"``). ``tolerances``: ``{dtype: largest scaled error that passes}`` for the
+    dtypes you set (default :data:`.runner.TOLERANCE`: 1e-10 float64, 5e-5 float32);
+    values and gradients are judged by it.
 
     >>> EstimatorSpec("generalized_advantage_estimate", outputs=("advantage",)).outputs
     ('advantage',)
@@ -93,8 +95,10 @@ class EstimatorSpec:
     convention: str = "torchrl"
     argnames: Mapping[str, str] | None = None
     outputs: tuple[str, ...] | None = None
+    tolerances: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
+        check_tolerances(self.tolerances)
         if self.function not in SIGNATURES:
             raise ValueError(f"unknown estimator {self.function!r}; one of {', '.join(SIGNATURES)}")
         if self.convention not in CONVENTIONS:
@@ -244,6 +248,22 @@ class CheckReport:
         for explanation, cells in grouped.items():
             lines.append(f"- {explanation}:\n    " + "\n    ".join(cells))
         return "\n".join(lines)
+
+
+def check_tolerances(tolerances: Mapping[str, float] | None) -> None:
+    """``ValueError`` unless ``tolerances`` maps known dtypes to positive finite floats."""
+    for dtype, value in (tolerances or {}).items():
+        if dtype not in TOLERANCE:
+            raise ValueError(f"tolerances: unknown dtype {dtype!r}; one of {', '.join(TOLERANCE)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"tolerances[{dtype!r}] must be a float, got {value!r}")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"tolerances[{dtype!r}] must be positive and finite, got {value!r}")
+
+
+def tolerance_for(spec: Any, dtype: str) -> float:
+    """The scaled-error tolerance of ``dtype`` under ``spec`` (its own, else the suite's)."""
+    return float((spec.tolerances or {}).get(dtype, TOLERANCE[dtype]))
 
 
 def _fmt(x: float) -> str:
@@ -593,7 +613,7 @@ def _check_case(
     if problem:
         result.explanation = problem
         return result
-    _measure(result, outs, reference, names, dtype)
+    _measure(result, outs, reference, names, tolerance_for(spec, dtype))
     if graph is not None and result.passed:
         _check_gradients(result, spec, case, inputs, graph, names, dtype)
     if not result.passed and not result.explanation:
@@ -640,9 +660,10 @@ def _measure(
     outs: list[np.ndarray],
     reference: list[np.ndarray],
     names: tuple[str, ...],
-    dtype: str,
+    tolerance: float,
 ) -> None:
-    """Errors, pass/fail and the first differing element of the worst output."""
+    """Errors, pass/fail (against ``tolerance``, a scaled error) and the first differing
+    element of the worst output."""
     errors = [scaled_error(o, r) for o, r in zip(outs, reference, strict=True)]
     worst = int(np.argmax(errors))
     result.scaled_error = max(errors)
@@ -650,11 +671,11 @@ def _measure(
         float(np.nanmax(np.abs(o.astype(np.float64) - r), initial=0.0))
         for o, r in zip(outs, reference, strict=True)
     )
-    if result.scaled_error <= TOLERANCE[dtype]:
+    if result.scaled_error <= tolerance:
         result.status = "pass"
         return
     out, ref = outs[worst].astype(np.float64), reference[worst]
-    bound = TOLERANCE[dtype] * max(1.0, float(np.nanmax(np.abs(ref), initial=0.0)))
+    bound = tolerance * max(1.0, float(np.nanmax(np.abs(ref), initial=0.0)))
     bad = (np.abs(out - ref) > bound) | (np.isnan(out) != np.isnan(ref))
     index = tuple(int(i) for i in np.argwhere(bad)[0])
     result.first_index, result.output = index, names[worst]
@@ -684,7 +705,7 @@ def _check_gradients(
         return
     theirs = _reference_gradients(case, inputs, floats, names, weights)
     mine = [None if g is None else np.moveaxis(g, axis, case.time_dim) for g in yours]
-    compare_gradients(result, floats, mine, theirs, dtype)
+    compare_gradients(result, floats, mine, theirs, tolerance_for(spec, dtype))
 
 
 def compare_gradients(
@@ -692,17 +713,17 @@ def compare_gradients(
     floats: Sequence[str],
     yours: Sequence[np.ndarray | None],
     theirs: Sequence[np.ndarray],
-    dtype: str,
+    tolerance: float,
 ) -> str:
-    """Set ``result``'s gradient error (the worst over ``floats``) and fail it past the
-    tolerance; returns the argument with the worst error."""
+    """Set ``result``'s gradient error (the worst over ``floats``) and fail it past
+    ``tolerance``; returns the argument with the worst error."""
     worst, where = 0.0, ""
     for name, g, ref in zip(floats, yours, theirs, strict=True):
         error = scaled_error(np.zeros_like(ref) if g is None else g, ref)
         if error > worst:
             worst, where = error, name
     result.gradient_error = worst
-    if worst > TOLERANCE[dtype]:
+    if worst > tolerance:
         result.status = "fail"
         result.explanation = (
             f"outputs match but the gradient w.r.t. {where} differs (scaled error {worst:.2e})"

@@ -59,6 +59,18 @@ from typing import Any
 import numpy as np
 from arrayrl.backends import backend_of
 
+from .check import (
+    CaseResult,
+    _caller,
+    _differentiable,
+    _differentiates,
+    _framework,
+    _Graph,
+    _measure,
+    check_tolerances,
+    compare_gradients,
+    tolerance_for,
+)
 from .runner import SEED, TOLERANCE, scaled_error
 
 __all__ = ["TERMS", "Term", "TermCase", "TermSpec", "check_term", "term_cases"]
@@ -113,14 +125,17 @@ class TermCase:
 class TermSpec:
     """What :func:`~.check.check` checks for a loss term: ``function`` (a :data:`TERMS`
     name), ``argnames`` (``{our name: your name}``, called by keyword when given) and the
-    ``outputs`` ``fn`` returns, in order (default: all of the term's)."""
+    ``outputs`` ``fn`` returns, in order (default: all of the term's), ``tolerances``
+    (``{dtype: scaled error}``, as :class:`~.check.EstimatorSpec`'s)."""
 
     function: str
     argnames: Mapping[str, str] | None = None
     outputs: tuple[str, ...] | None = None
     convention: str = "batch"
+    tolerances: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
+        check_tolerances(self.tolerances)
         if self.function not in TERMS:
             raise ValueError(f"unknown loss term {self.function!r}; one of {', '.join(TERMS)}")
         unknown = [o for o in self.outputs or () if o not in self.term.outputs]
@@ -689,7 +704,6 @@ def _check_case(
     gradients: bool,
     float64_passed: bool | None,
 ) -> Any:
-    from .check import CaseResult, _differentiates, _measure
 
     term = spec.term
     result = CaseResult(case.name, dtype, "fail")
@@ -708,9 +722,9 @@ def _check_case(
     if problem:
         result.explanation = problem
         return result
-    _measure(result, outs, reference, names, dtype)
+    _measure(result, outs, reference, names, tolerance_for(spec, dtype))
     if graph is not None and result.passed:
-        _check_gradients(result, term, inputs, graph, names, dtype)
+        _check_gradients(result, term, inputs, graph, names, tolerance_for(spec, dtype))
     if not result.passed and not result.explanation:
         result.explanation = _explain(term, inputs, outs, names, dtype, float64_passed)
     return result
@@ -719,7 +733,6 @@ def _check_case(
 def _call_user(
     fn: Callable[..., Any], spec: TermSpec, inputs: Mapping[str, Any], target: Any, grad: bool
 ) -> tuple[list[np.ndarray], Any]:
-    from .check import _caller, _differentiable, _framework, _Graph
 
     def convert(value: Any, network_output: bool) -> Any:
         if not isinstance(value, np.ndarray):
@@ -759,11 +772,10 @@ def _check_gradients(
     inputs: Mapping[str, Any],
     graph: Any,
     names: tuple[str, ...],
-    dtype: str,
+    tolerance: float,
 ) -> None:
-    """Gradient of ``Σ out · w`` over the smooth outputs w.r.t. every float input,
-    against the reference's torch gradient (zero for the targets' inputs)."""
-    from .check import compare_gradients
+    """Gradient of ``Σ out · w`` over the smooth outputs w.r.t. the network outputs
+    (:attr:`Term.wrt`), against the reference's torch gradient (zero for the targets')."""
 
     chosen = [i for i, n in enumerate(names) if n in term.smooth]
     if not chosen:
@@ -776,7 +788,7 @@ def _check_gradients(
         result.explanation = yours
         return
     theirs = _reference_gradients(term, inputs, floats, weights)
-    where = compare_gradients(result, floats, yours, theirs, dtype)
+    where = compare_gradients(result, floats, yours, theirs, tolerance)
     if not result.passed and where in term.constants:
         result.explanation += (
             f": {where} feeds the target, which must be a constant (stop its gradient)"

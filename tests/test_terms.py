@@ -384,3 +384,49 @@ def test_jax_function_that_cannot_be_traced_is_checked_by_value_and_says_so():
     assert report.passed
     assert all("gradients not checked: jax.vjp" in r.explanation for r in report.results)
     assert "gradients not checked" in str(report)
+
+
+########################################################################
+# tolerances per dtype in the spec
+
+
+def test_a_spec_tolerance_judges_values_for_its_dtype_only():
+    """A float32 accumulator fails float64 at the suite's 1e-10, passes at 1e-6."""
+
+    def in_float32(log_prob, prev_log_prob, advantage, eps):
+        args = (np.asarray(x, np.float32) for x in (log_prob, prev_log_prob, advantage))
+        return surrogate(*args, eps)[0].astype(log_prob.dtype)
+
+    strict = check(in_float32, TermSpec("clipped_surrogate", outputs=("loss_objective",)))
+    assert {r.dtype for r in strict.failures} == {"float64"}
+    loose = TermSpec("clipped_surrogate", outputs=("loss_objective",), tolerances={"float64": 1e-6})
+    assert check(in_float32, loose).passed
+
+
+def test_an_estimator_spec_takes_tolerances_too():
+    from arrayrl.conformance import EstimatorSpec
+
+    from arrayrl.objectives.value.functional import reward2go
+
+    def rounded(reward, done, gamma):
+        return reward2go(np.asarray(reward, np.float32), done, gamma).astype(reward.dtype)
+
+    cases = ["reward2go[B4_T16_F1"]
+    assert not check(rounded, "reward2go", cases=cases, dtypes=("float64",)).passed
+    spec = EstimatorSpec("reward2go", tolerances={"float64": 1e-5})
+    assert check(rounded, spec, cases=cases, dtypes=("float64",)).passed
+
+
+@pytest.mark.parametrize(
+    ("tolerances", "error", "words"),
+    [
+        ({"float16": 1e-3}, ValueError, "unknown dtype"),
+        ({"float32": -1.0}, ValueError, "positive and finite"),
+        ({"float32": float("nan")}, ValueError, "positive and finite"),
+        ({"float32": "1e-3"}, TypeError, "must be a float"),
+        ({"float32": True}, TypeError, "must be a float"),
+    ],
+)
+def test_bad_tolerances_are_refused_by_name(tolerances, error, words):
+    with pytest.raises(error, match=words):
+        TermSpec("q_learning", tolerances=tolerances)
