@@ -13,6 +13,10 @@ import numpy as np
 KERNEL_NAMES = ("auto", "reference", "numba", "cuda")
 
 
+#: Above this argument, ``softplus(x)`` is ``x`` (torch's ``threshold`` default).
+_SOFTPLUS_THRESHOLD = 20.0
+
+
 @dataclass(frozen=True)
 class ScanKernels:
     """The scans one backend runs, for one choice of ``kernel=``.
@@ -114,8 +118,12 @@ class Backend:
         return self.xp.clip(x, min=0.0)
 
     def softplus(self, x: Any) -> Any:
-        """``log(1 + exp(x))`` element-wise."""
-        return self.xp.logaddexp(x, self.xp.zeros_like(x))
+        """``log(1 + exp(x))`` element-wise, and ``x`` itself above 20 (torch's
+        ``softplus`` threshold); the exponential only sees the clamped argument, so no
+        overflow and finite gradients."""
+        xp = self.xp
+        big = x > _SOFTPLUS_THRESHOLD
+        return xp.where(big, x, xp.log1p(xp.exp(xp.where(big, 0.0, x))))
 
     def smooth_l1(self, v1: Any, v2: Any) -> Any:
         """Huber distance with δ = 1, element-wise: ``0.5 d²`` where ``|d| < 1``, else

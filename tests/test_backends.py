@@ -130,3 +130,19 @@ def test_torch_scatter_add_is_differentiable_in_the_values():
     (backend.scatter_add(3, index, values) * weights).sum().backward()
     # d/d values[r, j] = weights[r, index[r, j]]
     assert values.grad.tolist() == [[1.0, 100.0, 100.0], [1e4, 1e4, 1000.0]]
+
+
+def test_softplus_is_torchs_on_every_backend():
+    """``Backend.softplus`` is torch's thresholded softplus (``x`` above 20) on NumPy and
+    array-api-strict too: equal to ``torch.nn.functional.softplus`` in float64, finite
+    at ±1000, and its NumPy value is exactly ``x`` above the threshold."""
+    torch = pytest.importorskip("torch")
+    import array_api_strict as xps
+
+    x = np.array([-1000.0, -30.0, -5.0, 0.0, 1e-3, 5.0, 19.5, 20.0, 20.5, 30.0, 1000.0])
+    expected = torch.nn.functional.softplus(torch.from_numpy(x)).numpy()
+    ours = backend_of(x).softplus(x)
+    np.testing.assert_allclose(ours, expected, rtol=1e-15, atol=0)
+    assert np.all(np.isfinite(ours)) and np.array_equal(ours[x > 20], x[x > 20])
+    strict = backend_of(xps.asarray(x)).softplus(xps.asarray(x))
+    np.testing.assert_array_equal(np.asarray(strict), ours)

@@ -19,10 +19,6 @@ __all__ = ["Distribution"]
 
 Shape = tuple[int, ...]
 
-#: Above this argument, ``softplus(z)`` is ``z`` (torch's ``threshold`` default).
-_SOFTPLUS_THRESHOLD = 20.0
-
-
 class Distribution:
     """Base class of the arrayrl distributions.
 
@@ -235,13 +231,6 @@ def resolution(xp: Any, dtype: Any) -> float:
     1e-6 for float32, 1e-15 for float64."""
     eps = float(xp.finfo(dtype).eps)
     return 10.0 ** -math.floor(-math.log10(eps))
-
-
-def softplus(z: Any, xp: Any) -> Any:
-    r"""``log(1 + e^z)``, and ``z`` itself above 20 (as ``torch.nn.functional.softplus``);
-    the exponential only sees the clamped argument, so no overflow and finite gradients."""
-    big = z > _SOFTPLUS_THRESHOLD
-    return xp.where(big, z, xp.log1p(xp.exp(xp.where(big, 0.0, z))))
 
 
 def straight_through(value: Any, x: Any, backend: Backend) -> Any:

@@ -21,7 +21,6 @@ from ._base import (
     is_array_like,
     safe_atanh,
     safe_tanh,
-    softplus,
     sum_rightmost,
 )
 
@@ -238,7 +237,7 @@ class _TanhBox:
 
     def log_abs_det_jacobian(self, x: Any) -> Any:
         r""":math:`\log|dy/dx| = 2(\log 2 - x - \mathrm{softplus}(-2x)) + \log(\text{half})`."""
-        ladj = 2.0 * (_LOG_2 - x - softplus(-2.0 * x, self.backend.xp))
+        ladj = 2.0 * (_LOG_2 - x - self.backend.softplus(-2.0 * x))
         return ladj + self.log_half if self.affine else ladj
 
     def shapes(self) -> dict[str, Shape]:
