@@ -89,7 +89,7 @@ class AgainstReport:
     def _summary(self) -> tuple[list[str], list[list[str]]]:
         """Rows ``estimator × framework`` of the counts ``pass/known/n-e/fail`` and the
         largest scaled error of the cases that ran (passing or known)."""
-        header = ["estimator", *self.frameworks]
+        header = ["estimator or loss term", *self.frameworks]
         rows = []
         for function in self.functions:
             row = [function]

@@ -316,6 +316,10 @@ def _q_mistakes(double: bool) -> tuple[tuple[str, Callable[..., Outputs]], ...]:
         out = reference(**inputs)
         return {**out, "td_error": -out["td_error"]}
 
+    def halved(**inputs: Any) -> Outputs:
+        out = reference(**inputs)
+        return {**out, "l2_loss": 0.5 * out["l2_loss"]}
+
     found = [
         ("your target does not cut the bootstrap at termination (terminated is ignored)", no_cut),
         (
@@ -324,6 +328,7 @@ def _q_mistakes(double: bool) -> tuple[tuple[str, Callable[..., Outputs]], ...]:
             online,
         ),
         ("the TD error has the wrong sign: Q(s, a) − target instead of target − Q(s, a)", flipped),
+        ("the L2 loss has a ½: mean(δ²) / 2 (RLax's l2_loss), not mean(δ²)", halved),
     ]
     if double:
 
@@ -388,17 +393,27 @@ def _softmax(xp: Any, backend: Any, x: Any) -> Any:
     return xp.exp(x - backend.logsumexp(x, axis=-1)[..., None])
 
 
-def _categorical_case(shape: tuple[int, ...], reward_scale: float, p_terminated: float) -> Callable:
+def _categorical_case(
+    shape: tuple[int, ...], reward_scale: float, p_terminated: float, plain: bool = False
+) -> Callable:
+    """``plain``: the selector is the target distribution's mean (plain C51, no double Q)."""
+
     def build(rng: np.random.Generator, dtype: str) -> Inputs:
         actions, atoms = 3, 11
+        support = np.linspace(-5.0, 5.0, atoms)
+        next_logits = rng.normal(0.0, 1.0, (*shape, actions, atoms))
+        selector = rng.normal(0.0, 1.0, (*shape, actions))
+        if plain:
+            probs = np.exp(next_logits - next_logits.max(-1, keepdims=True))
+            selector = (probs / probs.sum(-1, keepdims=True) * support).sum(-1)
         return {
             "logits": rng.normal(0.0, 1.0, (*shape, actions, atoms)),
             "action": rng.integers(0, actions, shape),
             "reward": rng.normal(0.0, reward_scale, shape),
             "terminated": rng.random(shape) < p_terminated,
-            "next_logits": rng.normal(0.0, 1.0, (*shape, actions, atoms)),
-            "next_q_selector": rng.normal(0.0, 1.0, (*shape, actions)),
-            "support": np.linspace(-5.0, 5.0, atoms),
+            "next_logits": next_logits,
+            "next_q_selector": selector,
+            "support": support,
             "gamma": 0.9,
         }
 
@@ -608,6 +623,7 @@ TERMS: dict[str, Term] = {
         cases={
             "B32": _categorical_case((32,), 1.0, 0.2),
             "B4x6,rewards_beyond_support": _categorical_case((4, 6), 6.0, 0.2),
+            "B32,plain_c51": _categorical_case((32,), 1.0, 0.2, plain=True),
         },
         mistakes=_categorical_mistakes(),
         wrt=("logits", "next_logits", "next_q_selector"),

@@ -17,6 +17,7 @@ pytest.importorskip("rlax", reason="rlax is not installed (pip install rlax)")
 from arrayrl.conformance.check import check
 from arrayrl.conformance.frameworks import framework
 from arrayrl.conformance.frameworks import rlax as rlax_framework
+from arrayrl.conformance.terms import TERMS, TermSpec
 
 FRAMEWORK = framework("rlax")
 IMPLEMENTATIONS = {impl.name: impl for impl in FRAMEWORK.implementations()}
@@ -70,7 +71,10 @@ def test_implementation_passes_except_its_disagreements(name: str, reports: dict
         if not any(d.covers(r.case) for d in impl.disagreements)
     ]
     assert uncovered == []
-    assert sum(r.passed for r in report.results) >= 42
+    if isinstance(impl.spec, TermSpec):  # a loss term: 2 to 4 cases, two dtypes
+        assert len(report.results) >= 4
+    else:
+        assert sum(r.passed for r in report.results) >= 42
     # a disagreement is not a blanket: every case it covers does differ
     for r in report.results:
         if any(d.covers(r.case) for d in impl.disagreements):
@@ -89,6 +93,12 @@ def test_counts(reports: dict) -> None:
     assert counts("rlax.discounted_returns") == (52, 2, 0)
     assert counts("rlax.td_learning") == (42, 0, 0)
     assert counts("rlax.vtrace_td_error_and_advantage") == (52, 2, 0)
+    assert counts("rlax.clipped_surrogate_pg_loss") == (8, 0, 0)
+    assert counts("rlax.q_learning") == (6, 0, 0)
+    assert counts("rlax.l2_loss(q_learning)") == (0, 6, 0)
+    assert counts("rlax.huber_loss(q_learning)") == (6, 0, 0)
+    assert counts("rlax.double_q_learning") == (4, 0, 0)
+    assert counts("rlax.categorical_double_q_learning") == (6, 0, 0)
 
 
 def test_gae_not_expressible_only_with_truncations(reports: dict) -> None:
@@ -309,3 +319,105 @@ def test_clip_ppo_objective_is_rlax_clipped_surrogate() -> None:
     theirs = rlax.clipped_surrogate_pg_loss(np.exp(new - old), advantage[:, 0], 0.2)
     np.testing.assert_allclose(out["loss_objective"], float(theirs), rtol=1e-12)
     assert 0 < float(out["clip_fraction"]) < 1  # both sides of the clip are exercised
+
+
+# -- loss terms as check targets: RLax's per-sample functions, vmapped ------------------
+TERM_IMPLEMENTATIONS = {
+    name: impl for name, impl in IMPLEMENTATIONS.items() if isinstance(impl.spec, TermSpec)
+}
+
+
+def test_term_implementations_cover_every_rlax_loss_term() -> None:
+    assert {impl.spec.function for impl in TERM_IMPLEMENTATIONS.values()} == {
+        "clipped_surrogate",
+        "q_learning",
+        "double_q_learning",
+        "categorical_double_q_learning",
+    }
+    for impl in TERM_IMPLEMENTATIONS.values():
+        assert "discount_t = gamma * (1 - terminated)" in impl.note or "clip" in impl.note
+        assert impl.spec.outputs is not None  # RLax computes some of the outputs only
+
+
+@pytest.mark.parametrize("name", sorted(TERM_IMPLEMENTATIONS))
+def test_term_implementation_runs_every_case_in_both_dtypes(name: str, reports: dict) -> None:
+    impl, report = TERM_IMPLEMENTATIONS[name], reports[name]
+    expected = {(c, d) for c in TERMS[impl.spec.function].cases for d in ("float64", "float32")}
+    seen = {(r.case.split("[", 1)[1][:-1], r.dtype) for r in report.results}
+    assert seen == expected
+    for r in report.results:
+        if impl.disagreements:
+            assert r.status == "fail" and r.scaled_error == pytest.approx(0.5, rel=1e-6)
+        else:
+            assert r.passed, str(r)
+
+
+def test_l2_loss_half_reproducer_by_hand() -> None:
+    # Q(s, 0) = 1, r = 3, terminated: δ = 3 - 1 = 2; RLax ½ δ² = 2, the reference δ² = 4
+    assert rlax_framework.reproduce_l2_loss_half() == (2.0, 4.0)
+    assert rlax_framework.L2_HALF.reproducer.endswith(".reproduce_l2_loss_half")
+
+
+def _against(impl) -> list:
+    from arrayrl.conformance.against import AgainstReport, _run_implementation
+
+    report = AgainstReport()
+    _run_implementation(report, "rlax", impl, ("float64",))
+    return report.cells
+
+
+def test_l2_cells_are_known_and_would_fail_without_the_disagreement() -> None:
+    import dataclasses
+
+    impl = IMPLEMENTATIONS["rlax.l2_loss(q_learning)"]
+    cells = _against(impl)
+    assert cells and {c.status for c in cells} == {"known"}
+    assert {c.disagreement for c in cells} == {"rlax-l2-loss-half"}
+    planted = _against(dataclasses.replace(impl, disagreements=()))
+    assert {c.status for c in planted} == {"fail"}
+
+
+def test_a_wrong_mapping_would_fail_the_cell() -> None:
+    """Planted mistakes in the wrapper (not in RLax) are caught and explained."""
+    import jax.numpy as jnp
+
+    def discount_ignores_termination(q, a, r, terminated, next_q, gamma):
+        return rlax_framework.q_learning(q, a, r, jnp.zeros_like(terminated), next_q, gamma)
+
+    spec = TermSpec("q_learning", outputs=("td_error",))
+    report = check(discount_ignores_termination, spec, backend="jax", dtypes=("float64",))
+    assert not report.passed
+    assert all("does not cut the bootstrap" in r.explanation for r in report.results)
+
+    def selector_swapped(q, a, r, terminated, next_q, selector, gamma):
+        return rlax_framework.double_q_learning(q, a, r, terminated, selector, next_q, gamma)
+
+    spec = TermSpec("double_q_learning", outputs=("td_error",))
+    report = check(selector_swapped, spec, backend="jax", dtypes=("float64",))
+    assert not report.passed
+    assert all("swapped" in r.explanation for r in report.results)
+
+
+def test_clipped_surrogate_is_the_mean_over_the_flattened_batch() -> None:
+    import jax.numpy as jnp
+
+    log_prob = jnp.log(jnp.array([[1.5, 0.5], [1.1, 0.9]]))  # ratios, prev_log_prob = 0
+    advantage = jnp.array([[1.0, -1.0], [2.0, -0.5]])
+    out = rlax_framework.clipped_surrogate_pg_loss(log_prob, jnp.zeros((2, 2)), advantage, 0.2)
+    # min(rA, clip(r)A): r = 1.5 → 1.2·1 (A > 0), r = 0.5 → 0.8·(-1) (A < 0), 1.1 and 0.9 inside
+    expected = -np.mean([1.2 * 1.0, 0.8 * -1.0, 1.1 * 2.0, 0.9 * -0.5])
+    assert float(out) == pytest.approx(expected, abs=1e-12)
+
+
+def test_q_learning_keeps_the_batch_shape() -> None:
+    import jax.numpy as jnp
+
+    q = jnp.arange(12.0).reshape(2, 3, 2)
+    action = jnp.array([[0, 1, 0], [1, 1, 0]])
+    reward = jnp.ones((2, 3))
+    terminated = jnp.array([[False, True, False], [False, False, True]])
+    out = np.asarray(rlax_framework.q_learning(q, action, reward, terminated, q + 1, 0.5))
+    chosen = np.take_along_axis(np.asarray(q), np.asarray(action)[..., None], -1)[..., 0]
+    best = np.asarray(q).max(-1) + 1
+    expected = 1 + 0.5 * best * ~np.asarray(terminated) - chosen
+    np.testing.assert_allclose(out, expected, rtol=1e-12)

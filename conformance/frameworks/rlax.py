@@ -1,4 +1,5 @@
-"""RLax's value estimators (``rlax``, DeepMind's JAX RL library), as ``check`` targets.
+"""RLax's value estimators and loss terms (``rlax``, DeepMind's JAX RL library), as
+``check`` targets.
 
 RLax works on *one trajectory* at a time (``[T]`` arrays, no batch, no ``done``): the end
 of an episode is a zero ``discount_t``, and a bootstrap value sits after the last step.
@@ -20,10 +21,21 @@ Two differences are by design and recorded as :class:`Disagreement` s with repro
 RLax's discounts are always rolling (``rolling_gamma=False`` has no RLax equivalent) and
 RLax's V-trace clips the trace coefficient at 1 (``c = λ min(1, ρ)``), so ``c_thresh``
 other than 1 cannot be passed.
+
+Loss terms (:mod:`..terms`, ``TermSpec`` targets): RLax's per-sample functions
+(``rlax.q_learning``, ``rlax.double_q_learning``, ``rlax.categorical_double_q_learning``)
+are called through ``jax.vmap`` on the batch flattened to ``[M]``, with ``discount_t =
+γ (1 - terminated)``, and their output reshaped back to the batch;
+``rlax.clipped_surrogate_pg_loss`` takes the flattened ``[M]`` ratios and advantages
+and returns their mean loss. Each checks the outputs RLax computes (``td_error``,
+``cross_entropy``, ``loss_objective_mean``); the means of ``rlax.huber_loss`` and
+``rlax.l2_loss`` of the TD errors are checked against ``smooth_l1_loss`` and ``l2_loss``:
+``rlax.l2_loss`` is ``½ x²``, half the reference's (``rlax-l2-loss-half``).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +48,7 @@ from . import Disagreement, Framework, Implementation
 __all__ = [
     "DISAGREEMENTS",
     "FRAMEWORK",
+    "reproduce_l2_loss_half",
     "reproduce_rolling_discounts",
     "reproduce_vtrace_c_threshold",
 ]
@@ -339,6 +352,155 @@ def vtrace(
 
 
 ########################################################################
+# loss terms: RLax's per-sample functions, vmapped over the flattened batch
+
+
+def _per_sample(rlax_fn: Callable[..., Any], batched: list[Any], shared: list[Any]) -> Any:
+    """``rlax_fn(*sample, *shared)`` for every sample of ``batched`` (arrays whose batch
+    dimensions were flattened into one) through ``jax.vmap`` (``shared`` not mapped)."""
+    axes = (0,) * len(batched) + (None,) * len(shared)
+    return _jax().vmap(rlax_fn, in_axes=axes)(*batched, *shared)
+
+
+def _jitted(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` under ``jax.jit``, compiled on the first call (once per shape and dtype),
+    so that importing this module imports neither JAX nor RLax."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if fn not in _COMPILED:
+            _COMPILED[fn] = _jax().jit(fn)
+        return _COMPILED[fn](*args, **kwargs)
+
+    return call
+
+
+def _flat(x: Any, batch: tuple[int, ...]) -> Any:
+    """``[*batch, *rest]`` -> ``[prod(batch), *rest]``."""
+    return x.reshape((-1, *x.shape[len(batch) :]))
+
+
+def _discount(gamma: float, terminated: Any, like: Any) -> Any:
+    """``discount_t = γ (1 - terminated)`` in ``like``'s dtype."""
+    return (gamma * (1 - terminated.astype(like.dtype))).astype(like.dtype)
+
+
+@_jitted
+def clipped_surrogate_pg_loss(
+    log_prob: Any, prev_log_prob: Any, advantage: Any, clip_epsilon: float
+) -> Any:
+    """The ``clipped_surrogate`` term's ``loss_objective_mean`` through
+    ``rlax.clipped_surrogate_pg_loss`` on the flattened batch (a ``[T]`` vector: RLax
+    averages over it), with ``prob_ratios_t = exp(log_prob - prev_log_prob)``."""
+    import jax.numpy as jnp
+    import rlax
+
+    ratio = jnp.exp(log_prob - prev_log_prob).reshape(-1)
+    return rlax.clipped_surrogate_pg_loss(ratio, advantage.reshape(-1), clip_epsilon)
+
+
+@_jitted
+def q_learning(
+    q_values: Any, action: Any, reward: Any, terminated: Any, next_q_values: Any, gamma: float
+) -> Any:
+    """The ``q_learning`` term's ``td_error`` through ``rlax.q_learning``, per sample."""
+    import rlax
+
+    batch = reward.shape
+    flat = [_flat(x, batch) for x in (q_values, action, reward)]
+    flat += [_flat(_discount(gamma, terminated, reward), batch), _flat(next_q_values, batch)]
+    return _per_sample(rlax.q_learning, flat, []).reshape(batch)
+
+
+@_jitted
+def double_q_learning(
+    q_values: Any,
+    action: Any,
+    reward: Any,
+    terminated: Any,
+    next_q_values: Any,
+    next_q_selector: Any,
+    gamma: float,
+) -> Any:
+    """The ``double_q_learning`` term's ``td_error`` through ``rlax.double_q_learning``
+    (``q_t_value = next_q_values``, ``q_t_selector = next_q_selector``), per sample."""
+    import rlax
+
+    batch = reward.shape
+    discount = _discount(gamma, terminated, reward)
+    arrays = (q_values, action, reward, discount, next_q_values, next_q_selector)
+    flat = [_flat(x, batch) for x in arrays]
+    return _per_sample(rlax.double_q_learning, flat, []).reshape(batch)
+
+
+def _q_losses(loss: str) -> Callable[..., Any]:
+    """The mean of ``rlax.<loss>`` (``"l2_loss"`` or ``"huber_loss"``, δ = 1) of
+    ``rlax.q_learning``'s TD errors: what an RLax DQN agent minimises."""
+
+    @_jitted
+    def mean_loss(
+        q_values: Any, action: Any, reward: Any, terminated: Any, next_q_values: Any, gamma: float
+    ) -> Any:
+        import jax.numpy as jnp
+        import rlax
+
+        td_error = q_learning(q_values, action, reward, terminated, next_q_values, gamma)
+        per_sample = rlax.l2_loss(td_error) if loss == "l2_loss" else rlax.huber_loss(td_error, 1.0)
+        return jnp.mean(per_sample)
+
+    mean_loss.__name__ = f"q_learning_{loss}"
+    mean_loss.__doc__ = f"``mean(rlax.{loss}(rlax.q_learning(...)))``."
+    return mean_loss
+
+
+q_learning_l2_loss = _q_losses("l2_loss")
+q_learning_huber_loss = _q_losses("huber_loss")
+
+
+def _categorical_one(
+    q_logits_tm1: Any,
+    a_tm1: Any,
+    r_t: Any,
+    discount_t: Any,
+    q_logits_t: Any,
+    q_t_selector: Any,
+    atoms: Any,
+) -> Any:
+    """``rlax.categorical_double_q_learning`` on one sample, ``atoms`` both supports."""
+    import warnings
+
+    import rlax
+
+    with warnings.catch_warnings():  # its cross-entropy is to move to distrax
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        return rlax.categorical_double_q_learning(
+            atoms, q_logits_tm1, a_tm1, r_t, discount_t, atoms, q_logits_t, q_t_selector
+        )
+
+
+@_jitted
+def categorical_double_q_learning(
+    logits: Any,
+    action: Any,
+    reward: Any,
+    terminated: Any,
+    next_logits: Any,
+    next_q_selector: Any,
+    support: Any,
+    gamma: float,
+) -> Any:
+    """The ``categorical_double_q_learning`` term's ``cross_entropy`` through
+    ``rlax.categorical_double_q_learning``, per sample: ``q_atoms_tm1 = q_atoms_t =
+    support``, ``q_logits_tm1 = logits``, ``q_logits_t = next_logits`` (``[A, N]`` per
+    sample, as RLax lays them out), ``q_t_selector = next_q_selector``."""
+    batch = reward.shape
+    discount = _discount(gamma, terminated, reward)
+    arrays = (logits, action, reward, discount, next_logits, next_q_selector)
+    flat = [_flat(x, batch) for x in arrays]
+    return _per_sample(_categorical_one, flat, [support]).reshape(batch)
+
+
+########################################################################
 # disagreements and their reproducers (3-step trajectories)
 
 
@@ -398,13 +560,113 @@ VTRACE_C = Disagreement(
     reproducer="arrayrl.conformance.frameworks.rlax.reproduce_vtrace_c_threshold",
 )
 
-DISAGREEMENTS: tuple[Disagreement, ...] = (ROLLING, VTRACE_C)
+
+def reproduce_l2_loss_half() -> tuple[float, float]:
+    """``l2_loss`` of one transition whose TD error is 2: ``(RLax, reference)`` = ``(2, 4)``."""
+    from ..terms import TERMS
+
+    inputs = {
+        "q_values": np.array([[1.0, 0.0]]),
+        "action": np.array([0]),
+        "reward": np.array([3.0]),
+        "terminated": np.array([True]),
+        "next_q_values": np.array([[5.0, 5.0]]),
+        "gamma": 0.9,
+    }
+    jax_inputs = {n: _as_jax(v) if isinstance(v, np.ndarray) else v for n, v in inputs.items()}
+    ours = float(q_learning_l2_loss(**jax_inputs))
+    reference = float(TERMS["q_learning"].reference(**inputs)["l2_loss"])
+    return ours, reference
+
+
+L2_HALF = Disagreement(
+    key="rlax-l2-loss-half",
+    covers=lambda case: case.startswith("q_learning["),
+    explanation=(
+        "rlax.l2_loss(x) is ½ x² (its docstring: the ½ of Bishop's convention), so the "
+        "mean of rlax.l2_loss over the TD errors is half the reference's l2_loss = "
+        "mean(δ²), TorchRL's distance_loss(..., 'l2') (F.mse_loss). Same minimiser, half "
+        "the gradient; rlax.huber_loss(x, 1) is TorchRL's smooth_l1 exactly (δ = 1)."
+    ),
+    upstream=None,
+    reproducer="arrayrl.conformance.frameworks.rlax.reproduce_l2_loss_half",
+)
+
+DISAGREEMENTS: tuple[Disagreement, ...] = (ROLLING, VTRACE_C, L2_HALF)
 
 _PER_TRAJECTORY = (
     "one RLax call per trajectory (a row and feature of [*B, T, F] cut after each done), "
     "vmapped over trajectories right-aligned in zero-padded rows; "
 )
 _DISCOUNT = "discount_t = gamma * (1 - terminated), v_t = next_state_value"
+
+
+_PER_SAMPLE = "jax.vmap over the batch flattened to [M]; discount_t = gamma * (1 - terminated)"
+
+
+def _term_implementations() -> list[Implementation]:
+    from ..terms import TermSpec
+
+    def made(name, function, outputs, fn, note, disagreements=()):
+        return Implementation(
+            name=f"rlax.{name}",
+            spec=TermSpec(function, outputs=outputs),
+            backend="jax",
+            fn=fn,
+            note=note,
+            disagreements=tuple(disagreements),
+        )
+
+    return [
+        made(
+            "clipped_surrogate_pg_loss",
+            "clipped_surrogate",
+            ("loss_objective_mean",),
+            clipped_surrogate_pg_loss,
+            "one call on the batch flattened to [M] (RLax returns the mean of -min(r A, "
+            "clip(r) A) over its [T] vector), prob_ratios_t = exp(log_prob - "
+            "prev_log_prob), adv_t = advantage (RLax stops its gradient), epsilon = "
+            "clip_epsilon",
+        ),
+        made(
+            "q_learning",
+            "q_learning",
+            ("td_error",),
+            q_learning,
+            _PER_SAMPLE + ", q_tm1 = q_values, a_tm1 = action, q_t = next_q_values",
+        ),
+        made(
+            "l2_loss(q_learning)",
+            "q_learning",
+            ("l2_loss",),
+            q_learning_l2_loss,
+            "mean of rlax.l2_loss of rlax.q_learning's TD errors (" + _PER_SAMPLE + ")",
+            [L2_HALF],
+        ),
+        made(
+            "huber_loss(q_learning)",
+            "q_learning",
+            ("smooth_l1_loss",),
+            q_learning_huber_loss,
+            "mean of rlax.huber_loss(delta=1) of rlax.q_learning's TD errors (" + _PER_SAMPLE + ")",
+        ),
+        made(
+            "double_q_learning",
+            "double_q_learning",
+            ("td_error",),
+            double_q_learning,
+            _PER_SAMPLE + ", q_t_value = next_q_values, q_t_selector = next_q_selector",
+        ),
+        made(
+            "categorical_double_q_learning",
+            "categorical_double_q_learning",
+            ("cross_entropy",),
+            categorical_double_q_learning,
+            _PER_SAMPLE + ", q_atoms_tm1 = q_atoms_t = support, q_logits_tm1 = logits, "
+            "q_logits_t = next_logits ([A, N] per sample), q_t_selector = next_q_selector; "
+            "RLax projects with categorical_l2_project",
+        ),
+    ]
 
 
 def _implementations() -> list[Implementation]:
@@ -437,6 +699,7 @@ def _implementations() -> list[Implementation]:
 
     return [
         gae,
+        *_term_implementations(),
         made(
             "lambda_returns",
             "td_lambda_return_estimate",
