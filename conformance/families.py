@@ -21,6 +21,7 @@ FAMILY_MODULES: tuple[str, ...] = (
     "td3_bc_cases",
     "mappo_cases",
     "qmixer_cases",
+    "dreamer_cases",
 )
 
 

@@ -48,8 +48,9 @@ _OFF_POLICY = (
 _Q_LEARNING = ("DQNLoss", "DistributionalDQNLoss")
 _OFFLINE = ("CQLLoss", "DiscreteCQLLoss", "IQLLoss", "DiscreteIQLLoss", "TD3BCLoss", "BCLoss")
 _MULTI_AGENT = ("MAPPOLoss", "IPPOLoss", "QMixerLoss")
+_DREAMER = ("DreamerModelLoss", "DreamerActorLoss", "DreamerValueLoss")
 _LOSSES = ("PPOLoss", "ClipPPOLoss", "KLPENPPOLoss", "A2CLoss", "ReinforceLoss", *_OFF_POLICY,
-           *_Q_LEARNING, *_OFFLINE, *_MULTI_AGENT)  # fmt: skip
+           *_Q_LEARNING, *_OFFLINE, *_MULTI_AGENT, *_DREAMER)  # fmt: skip
 
 #: family -> (the functions or loss classes it selects, other names it is known by).
 #: Names are compared after :func:`normalize` (case, ``-``, ``_``, spaces, brackets).
@@ -90,6 +91,7 @@ FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "ippo": (("IPPOLoss",), ("independent-ppo",)),
     "qmixer": (("QMixerLoss",), ("qmix", "vdn", "q-mixer")),
     "multiagent": (_MULTI_AGENT, ("multi-agent", "marl")),
+    "dreamer": (_DREAMER, ("dreamer-v1", "model-based")),
     "estimators": (_ESTIMATORS, ("values", "value-estimators")),
     "losses": (_LOSSES, ("objectives",)),
 }

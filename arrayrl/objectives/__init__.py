@@ -12,6 +12,7 @@ from .cql import CQLLoss, DiscreteCQLLoss
 from .crossq import CrossQLoss
 from .ddpg import DDPGLoss
 from .dqn import DistributionalDQNLoss, DQNLoss, categorical_projection
+from .dreamer import DreamerActorLoss, DreamerModelLoss, DreamerValueLoss
 from .iql import DiscreteIQLLoss, IQLLoss, expectile_loss
 from .multiagent import IPPOLoss, MAPPOLoss, QMixerLoss
 from .ppo import ClipPPOLoss, KLPENPPOLoss, PPOLoss
@@ -36,6 +37,9 @@ __all__ = [
     "DiscreteIQLLoss",
     "DiscreteSACLoss",
     "DistributionalDQNLoss",
+    "DreamerActorLoss",
+    "DreamerModelLoss",
+    "DreamerValueLoss",
     "HardUpdate",
     "IPPOLoss",
     "IQLLoss",
