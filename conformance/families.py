@@ -22,6 +22,7 @@ FAMILY_MODULES: tuple[str, ...] = (
     "mappo_cases",
     "qmixer_cases",
     "dreamer_cases",
+    "model_based_cases",
 )
 
 

@@ -49,8 +49,12 @@ _Q_LEARNING = ("DQNLoss", "DistributionalDQNLoss")
 _OFFLINE = ("CQLLoss", "DiscreteCQLLoss", "IQLLoss", "DiscreteIQLLoss", "TD3BCLoss", "BCLoss")
 _MULTI_AGENT = ("MAPPOLoss", "IPPOLoss", "QMixerLoss")
 _DREAMER = ("DreamerModelLoss", "DreamerActorLoss", "DreamerValueLoss")
+_DREAMER_V3_FUNCTIONS = ("symlog", "symexp", "_default_bins", "two_hot_encode", "two_hot_decode",
+                         "two_hot_cross_entropy", "categorical_kl_terms",
+                         "categorical_kl_balanced")  # fmt: skip
+_MODEL_BASED = (*_DREAMER, *_DREAMER_V3_FUNCTIONS, "ExponentialQuadraticCost", "WorldModelLoss")
 _LOSSES = ("PPOLoss", "ClipPPOLoss", "KLPENPPOLoss", "A2CLoss", "ReinforceLoss", *_OFF_POLICY,
-           *_Q_LEARNING, *_OFFLINE, *_MULTI_AGENT, *_DREAMER)  # fmt: skip
+           *_Q_LEARNING, *_OFFLINE, *_MULTI_AGENT, *_MODEL_BASED)  # fmt: skip
 
 #: family -> (the functions or loss classes it selects, other names it is known by).
 #: Names are compared after :func:`normalize` (case, ``-``, ``_``, spaces, brackets).
@@ -91,7 +95,11 @@ FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "ippo": (("IPPOLoss",), ("independent-ppo",)),
     "qmixer": (("QMixerLoss",), ("qmix", "vdn", "q-mixer")),
     "multiagent": (_MULTI_AGENT, ("multi-agent", "marl")),
-    "dreamer": (_DREAMER, ("dreamer-v1", "model-based")),
+    "dreamer": (_DREAMER, ("dreamer-v1",)),
+    "dreamerv3functions": (_DREAMER_V3_FUNCTIONS, ("dreamer-v3-functions", "two-hot")),
+    "pilco": (("ExponentialQuadraticCost",), ("exponential-quadratic-cost",)),
+    "worldmodel": (("WorldModelLoss",), ("world-model", "world-model-loss")),
+    "modelbased": (_MODEL_BASED, ("model-based",)),
     "estimators": (_ESTIMATORS, ("values", "value-estimators")),
     "losses": (_LOSSES, ("objectives",)),
 }

@@ -25,6 +25,7 @@ from .adapt import as_module, as_value_norm
 from .batchrenorm import BatchRenorm1d
 from .dict_module import DictModule, Module
 from .ensemble import Ensemble, ensemble_params, stack_params, unstack_params
+from .functional import symexp, symlog
 from .layers import ELU, MLP, Identity, Layer, Linear, NormalParamExtractor, ReLU, Sequential, Tanh
 from .multiagent import Mixer, MultiAgentMLP, QMixer, VDNMixer
 from .value_norm import PercentileValueNorm, PopArtValueNorm, RunningValueNorm, ValueNorm
@@ -72,6 +73,8 @@ __all__ = [
     "from_torch",
     "map_params",
     "stack_params",
+    "symexp",
+    "symlog",
     "unflatten_params",
     "unstack_params",
 ]

@@ -13,8 +13,18 @@ from .crossq import CrossQLoss
 from .ddpg import DDPGLoss
 from .dqn import DistributionalDQNLoss, DQNLoss, categorical_projection
 from .dreamer import DreamerActorLoss, DreamerModelLoss, DreamerValueLoss
+from .dreamer_v3 import (
+    categorical_kl_balanced,
+    categorical_kl_terms,
+    symexp,
+    symlog,
+    two_hot_cross_entropy,
+    two_hot_decode,
+    two_hot_encode,
+)
 from .iql import DiscreteIQLLoss, IQLLoss, expectile_loss
 from .multiagent import IPPOLoss, MAPPOLoss, QMixerLoss
+from .pilco import ExponentialQuadraticCost
 from .ppo import ClipPPOLoss, KLPENPPOLoss, PPOLoss
 from .redq import REDQLoss
 from .reinforce import ReinforceLoss
@@ -23,6 +33,7 @@ from .td3 import TD3Loss
 from .td3_bc import TD3BCLoss
 from .tqc import TQCLoss
 from .utils import HardUpdate, SoftUpdate, TargetNetUpdater, ValueEstimators, distance_loss
+from .world_model_loss import WorldModelLoss
 
 __all__ = [
     "AUTO_LOSS_MASK_KEYS",
@@ -40,6 +51,7 @@ __all__ = [
     "DreamerActorLoss",
     "DreamerModelLoss",
     "DreamerValueLoss",
+    "ExponentialQuadraticCost",
     "HardUpdate",
     "IPPOLoss",
     "IQLLoss",
@@ -57,7 +69,15 @@ __all__ = [
     "TQCLoss",
     "TargetNetUpdater",
     "ValueEstimators",
+    "WorldModelLoss",
+    "categorical_kl_balanced",
+    "categorical_kl_terms",
     "categorical_projection",
     "distance_loss",
     "expectile_loss",
+    "symexp",
+    "symlog",
+    "two_hot_cross_entropy",
+    "two_hot_decode",
+    "two_hot_encode",
 ]
