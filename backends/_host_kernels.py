@@ -23,8 +23,13 @@ def numba_kernels(
     from . import _numba_cpu
 
     def bind(kernel: Callable[..., Any]) -> Callable[..., Any]:
-        def run(*arrays: Any) -> Any:
-            result = kernel(*[to_view(x) for x in arrays])
+        def run(*arrays: Any, **out: Any) -> Any:
+            # ``out=`` (the fused estimators only): the caller's buffers, viewed alike.
+            if out.get("out") is not None:
+                given = out["out"]
+                out = {"out": tuple(map(to_view, given)) if isinstance(given, tuple)
+                       else to_view(given)}
+            result = kernel(*[to_view(x) for x in arrays], **out)
             if isinstance(result, tuple):
                 return tuple(from_view(y) for y in result)
             return from_view(result)

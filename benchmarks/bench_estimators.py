@@ -17,6 +17,10 @@ TD(λ)
     ``vec_td_lambda_return_estimate``, and ``copy``.
 V-trace
     ``arrayrl-numba`` against TorchRL's ``vtrace_advantage_estimate``, and ``copy``.
+All three
+    ``arrayrl-out``: ``arrayrl-numba`` writing into preallocated ``out=`` buffers (made
+    on the warm-up call and reused), as a training loop would; it does not pay the
+    first-touch page zeroing of fresh outputs, like the copy.
 
 The copy floor
 --------------
@@ -210,6 +214,24 @@ def to_numpy(x: Any) -> np.ndarray:
 # Competitors
 
 
+def with_out(count: int, call: Callable[[dict[str, Any], Any], Any]) -> Callable:
+    """``call(x, out)`` with ``out`` buffers (``count`` of them) kept per input shape, so
+    that every call after the warm-up writes into memory already touched."""
+    buffers: dict[tuple, Any] = {}
+
+    def run(x: dict[str, Any]) -> Any:
+        like = x["reward"]
+        key = (like.shape, like.dtype)
+        if key not in buffers:
+            outs = tuple(np.empty_like(like) for _ in range(count))
+            buffers.clear()  # one shape at a time: free the previous shape's memory
+            buffers[key] = outs if count > 1 else outs[0]
+        result = call(x, buffers[key])
+        return result[0] if isinstance(result, tuple) else result
+
+    return run
+
+
 def gae_competitors() -> list[Competitor]:
     """arrayrl (Numba, torch, reference) and TorchRL (loop, vec) GAE."""
     import torchrl.objectives.value.functional as trl
@@ -232,8 +254,15 @@ def gae_competitors() -> list[Competitor]:
 
         return run
 
+    def gae_out(x: dict[str, Any], out: Any) -> Any:
+        return F.generalized_advantage_estimate(
+            GAMMA, LMBDA, x["value"], x["next_value"], x["reward"], x["done"],
+            x["terminated"], out=out,
+        )
+
     return [
         Competitor("arrayrl-numba", arrayrl_gae("auto")),
+        Competitor("arrayrl-out", with_out(2, gae_out)),
         Competitor("arrayrl-torch", arrayrl_gae("auto"), torch_inputs=True),
         Competitor("arrayrl-reference", arrayrl_gae("reference"), limit_s=2.0),
         Competitor("trl-loop", torchrl_gae(trl.generalized_advantage_estimate),
@@ -260,8 +289,14 @@ def td_lambda_competitors() -> list[Competitor]:
 
         return run
 
+    def td_out(x: dict[str, Any], out: Any) -> Any:
+        return F.td_lambda_return_estimate(
+            GAMMA, LMBDA, x["next_value"], x["reward"], x["done"], x["terminated"], out=out
+        )
+
     return [
         Competitor("arrayrl-numba", arrayrl_td),
+        Competitor("arrayrl-out", with_out(1, td_out)),
         Competitor("trl-loop", torchrl_td(trl.td_lambda_return_estimate),
                    torch_inputs=True, limit_s=5.0, torchrl=True),
         Competitor("trl-vec", torchrl_td(trl.vec_td_lambda_return_estimate),
@@ -282,8 +317,15 @@ def vtrace_competitors() -> list[Competitor]:
 
         return run
 
+    def vtrace_out(x: dict[str, Any], out: Any) -> Any:
+        return F.vtrace_advantage_estimate(
+            GAMMA, x["log_pi"], x["log_mu"], x["value"], x["next_value"], x["reward"],
+            x["done"], x["terminated"], out=out,
+        )
+
     return [
         Competitor("arrayrl-numba", vtrace(F.vtrace_advantage_estimate)),
+        Competitor("arrayrl-out", with_out(2, vtrace_out)),
         Competitor("trl-loop", vtrace(trl.vtrace_advantage_estimate),
                    torch_inputs=True, limit_s=5.0, torchrl=True),
     ]
@@ -544,6 +586,8 @@ def ratios(row: Row, est: Estimator) -> dict[str, str]:
         limit = min(c.limit_s for c in est.competitors if c.torchrl)
         best = f">{limit / numba_t:.0f}x"
     out = {"trl-best/numba": best, "numba/copy": f"{numba_t / med['copy']:.2f}x"}
+    if "arrayrl-out" in med:
+        out["out/copy"] = f"{med['arrayrl-out'] / med['copy']:.2f}x"
     if "arrayrl-torch" in med:
         out["torch/numba"] = f"{med['arrayrl-torch'] / numba_t:.2f}x"
     return out

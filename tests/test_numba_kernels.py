@@ -213,17 +213,22 @@ def as_tuple(x) -> tuple:
 
 
 def run_kernel(kernel: str, inputs: dict) -> tuple[np.ndarray, ...]:
-    """Run the kernel; check that it left its inputs alone and returned fresh C arrays."""
+    """Run the kernel; check that it left its inputs alone and returned fresh arrays (C
+    order, or time-major for the estimators on time-major inputs)."""
     before = {k: v.copy() for k, v in inputs.items()}
     outputs = as_tuple(getattr(K, kernel)(**inputs))
     for name, x in inputs.items():
         np.testing.assert_array_equal(x, before[name], err_msg=f"{kernel} modified {name}")
     shape = next(v.shape for k, v in inputs.items() if k != "init")
     dtype = next(v.dtype for v in inputs.values() if v.dtype != bool)
+    time_major = kernel in FUSED and K._is_time_major(inputs["reward"])
     for out in outputs:
         assert out.shape == shape
         assert out.dtype == dtype
-        assert out.flags.c_contiguous
+        if time_major:  # the estimators lay their outputs out like their inputs
+            assert np.swapaxes(out, 0, 1).flags.c_contiguous
+        else:
+            assert out.flags.c_contiguous
         assert not any(np.shares_memory(out, x) for x in inputs.values())
     return outputs
 
@@ -393,3 +398,153 @@ def test_rejects_non_bool_done():
     x = np.zeros((2, 3, 1))
     with pytest.raises(TypeError):
         K.reward2go(x, x, x)
+
+
+# ---------------------------------------------------------------------------------------
+# Batch-major tiles (issue 13): awkward shapes, bitwise agreement with the row kernels,
+# the float32 exp, property tests, out=
+# ---------------------------------------------------------------------------------------
+FUSED = ("gae", "td_lambda", "vtrace", "reward2go")
+R, TB = K._TILE_ROWS, K._TILE_STEPS
+#: Rows around a multiple of the tile height, steps around the tile block length.
+TILE_SHAPES = [
+    (1, 1, 1),
+    (R - 1, 5, 1),
+    (R + 1, TB + 1, 1),
+    (2 * R + 3, 3, 2),
+    (3, 2 * TB + 5, 1),
+    (R, TB, 3),
+    (1, TB - 1, 1),
+]
+
+
+@pytest.mark.parametrize("shape", TILE_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("kernel", FUSED)
+def test_tiles_match_oracle(kernel, dtype, shape, path):
+    # Broadcast hyper-parameters on float64, per-step ones on float32: both row readers.
+    hyper = "broadcast" if np.dtype(dtype) == np.float64 else "per_step"
+    inputs = make_inputs(kernel, shape, dtype, seed=11, hyper=hyper, flags="random")
+    assert not K._is_time_major(inputs["reward"])
+    check_against_oracle(kernel, inputs)
+
+
+@pytest.mark.parametrize("hyper", ["broadcast", "per_step"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("kernel", FUSED)
+def test_tiles_equal_time_major_kernels(kernel, dtype, hyper):
+    """Same expressions in the same order in both layouts: bitwise equal results."""
+    batch = make_inputs(kernel, (R + 5, TB + 7, 2), dtype, seed=12, hyper=hyper)
+    time = {k: lay_out(v, "time") if v.strides[0] else v for k, v in batch.items()}
+    assert not K._is_time_major(batch["reward"]) and K._is_time_major(time["reward"])
+    got = as_tuple(getattr(K, kernel)(**batch))
+    want = as_tuple(getattr(K, kernel)(**time))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_exp_float32_within_two_ulp():
+    import numba
+
+    @numba.njit
+    def exp_all(x, y):
+        for k in range(x.size):
+            y[k] = K._exp_fast(x[k])
+
+    rng = np.random.default_rng(13)
+    specials = [0.0, -0.0, 1e-30, -1e-30, 88.0, 88.7, 88.73, 89.0, 100.0, -87.3, -88.0,
+                -103.0, -103.9, -104.0, -120.0, np.inf, -np.inf, np.nan]
+    x = np.concatenate([rng.uniform(-110, 95, 200_000), specials]).astype(np.float32)
+    y = np.empty_like(x)
+    exp_all(x, y)
+    with np.errstate(over="ignore"):  # exp(> 88.72) is inf in float32, as it should be
+        want = np.exp(x.astype(np.float64)).astype(np.float32)  # correctly rounded (nearly)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(want))
+    normal = np.isfinite(want) & (want > np.finfo(np.float32).tiny)
+    ulps = np.abs(y[normal].view(np.int32).astype(np.int64) - want[normal].view(np.int32))
+    assert ulps.max() <= 2
+    tiny = np.isfinite(want) & ~normal  # subnormal results: within one subnormal step
+    assert np.all(np.abs(y[tiny] - want[tiny]) <= 2 * np.float32(1.4e-45))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+def test_tiles_propagate_nan_and_inf():
+    inputs = make_inputs("vtrace", (R + 1, 40, 1), np.float32, seed=14, hyper="per_step")
+    inputs["log_pi"][3, 10, 0] = np.nan
+    inputs["log_pi"][5, 20, 0] = np.inf
+    inputs["reward"][7, 30, 0] = -np.inf
+    check_against_oracle("vtrace", inputs)
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    kernel=st.sampled_from(FUSED),
+    rows=st.integers(1, 2 * R + 2),
+    steps=st.sampled_from([1, 2, 9, TB - 1, TB, TB + 1]),
+    feats=st.integers(1, 2),
+    dtype=st.sampled_from(DTYPES),
+    hyper=st.sampled_from(["broadcast", "per_step"]),
+    layout=st.sampled_from(["batch", "time", "negative"]),
+    flags=st.sampled_from(["random", "edges", "all", "none"]),
+    seed=st.integers(0, 2**16),
+)
+def test_tiles_property(kernel, rows, steps, feats, dtype, hyper, layout, flags, seed):
+    shape = (rows, steps, feats)
+    inputs = make_inputs(kernel, shape, dtype, seed=seed, layout=layout, hyper=hyper,
+                         flags=flags)
+    check_against_oracle(kernel, inputs)
+
+
+OUT_COUNT = {"gae": 2, "td_lambda": 1, "vtrace": 2, "reward2go": 1}
+
+
+def _buffers(kernel, shape, dtype, layout="batch"):
+    outs = tuple(lay_out(np.full(shape, -7.0, dtype), layout) for _ in range(OUT_COUNT[kernel]))
+    return outs if len(outs) > 1 else outs[0]
+
+
+@pytest.mark.parametrize("layout", ["batch", "time"])
+@pytest.mark.parametrize("kernel", FUSED)
+def test_out_written_in_place(kernel, layout, path):
+    shape = (R + 3, 50, 2)
+    inputs = make_inputs(kernel, shape, np.float32, seed=15, layout=layout)
+    want = as_tuple(getattr(K, kernel)(**inputs))
+    out = _buffers(kernel, shape, np.float32, layout)
+    got = getattr(K, kernel)(**inputs, out=out)
+    assert all(g is o for g, o in zip(as_tuple(got), as_tuple(out), strict=True))
+    for g, w in zip(as_tuple(out), want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize(
+    ("make_out", "error", "match"),
+    [
+        (lambda s: np.empty(s, np.float32), ValueError, "tuple of 2"),
+        (lambda s: (np.empty(s, np.float64), np.empty(s, np.float32)), ValueError, r"out\[0\]"),
+        (lambda s: (np.empty(s, np.float32), np.empty(s[:2], np.float32)), ValueError,
+         r"out\[1\]"),
+        (lambda s: (np.broadcast_to(np.float32(0), s), np.empty(s, np.float32)), ValueError,
+         "writable"),
+        (lambda s: ([0.0], np.empty(s, np.float32)), TypeError, "NumPy"),
+    ],
+)
+def test_out_rejected(make_out, error, match):
+    inputs = make_inputs("gae", (4, 6, 1), np.float32, seed=16)
+    with pytest.raises(error, match=match):
+        K.gae(**inputs, out=make_out((4, 6, 1)))
+
+
+def test_out_must_not_overlap_inputs():
+    inputs = make_inputs("reward2go", (4, 6, 1), np.float32, seed=17)
+    with pytest.raises(ValueError, match="overlaps"):
+        K.reward2go(**inputs, out=inputs["reward"])
+    shared = np.empty((4, 6, 1), np.float32)
+    gae_inputs = make_inputs("gae", (4, 6, 1), np.float32, seed=17)
+    with pytest.raises(ValueError, match="overlaps"):
+        K.gae(**gae_inputs, out=(shared, shared))

@@ -93,10 +93,53 @@ class ScanInputs:
     arrays: dict[str, Any]
     params: dict[str, Any]
     layout: Layout
+    needs_grad: bool = False
 
     @property
     def xp(self) -> Any:
         return self.backend.xp
+
+    def out_views(self, out: Any, count: int) -> Any:
+        """Check the caller's ``out`` buffers; return what the fused kernel should write
+        into, or ``None`` when the results are to be computed and then copied.
+
+        ``out`` is one array (``count == 1``) or a tuple of two, each of the inputs'
+        shape, the result dtype, the inputs' backend and device, C-contiguous, and not
+        requiring a gradient (nor may the inputs: autograd records no writes into a
+        buffer). The returned ``[N, T, F]`` views (one array, or a tuple) go to the Numba
+        kernels only, and only where they are views of ``out`` (not copies).
+        """
+        if out is None:
+            return None
+        names = ("out",) if count == 1 else tuple(f"out[{k}]" for k in range(count))
+        if count == 1 and isinstance(out, (tuple, list)):
+            raise TypeError("out must be one array for this estimator, not a sequence")
+        if count > 1 and not (isinstance(out, tuple) and len(out) == count):
+            raise TypeError(f"out must be a tuple of {count} arrays, got {type(out).__name__}")
+        outs = (out,) if count == 1 else out
+        for name, y in zip(names, outs):
+            _check_out(name, y, self)
+        if count > 1 and any(outs[k] is outs[j] for k in range(count) for j in range(k)):
+            raise ValueError("out must hold distinct arrays, one per output")
+        if self.kernels.name != "numba":
+            return None
+        views = tuple(self.layout.to_ntf(y, self.xp) for y in outs)
+        if not all(_aliases(v, y) for v, y in zip(views, outs)):
+            return None
+        return views[0] if count == 1 else views
+
+    def deliver(self, results: tuple[Any, ...], out: Any) -> Any:
+        """The ``[N, T, F]`` ``results`` in the caller's layout: new arrays, or written
+        into ``out`` (where the kernel did not already write them there) and ``out``
+        itself returned."""
+        if out is None:
+            restored = tuple(self.restore(y) for y in results)
+            return restored[0] if len(restored) == 1 else restored
+        outs = out if isinstance(out, tuple) else (out,)
+        for y, target in zip(results, outs):
+            if not _aliases(y, target):
+                target[...] = self.restore(y)
+        return out
 
     def restore(self, y: Any) -> Any:
         """``y`` (``[N, T, F]``) back in the caller's shape and time axis."""
@@ -172,6 +215,56 @@ def _stays_array(value: Any) -> bool:
     return backend.device is None or backend.requires_grad(value)
 
 
+#: Backends whose arrays cannot be written in place (immutable or lazy).
+_NOT_WRITABLE = ("jax", "dask")
+
+
+def _check_out(name: str, y: Any, s: ScanInputs) -> None:
+    """Errors naming ``name`` for an ``out`` buffer the estimator cannot write into."""
+    backend = s.backend
+    if not hasattr(y, "shape") or not backend.is_array(y):
+        raise TypeError(
+            f"{name} must be a {backend.name} array like the inputs, got {type(y).__name__}"
+        )
+    if backend_of(y) != backend:
+        raise ValueError(f"{name} must be on the inputs' device {backend.device!r}")
+    if backend.name in _NOT_WRITABLE:
+        raise TypeError(f"{name}: {backend.name} arrays cannot be written in place; drop out=")
+    if tuple(y.shape) != s.layout.caller_shape:
+        raise ValueError(
+            f"{name} must have the inputs' shape {s.layout.caller_shape}, got {tuple(y.shape)}"
+        )
+    if y.dtype != s.dtype:
+        raise TypeError(f"{name} must have the result dtype {s.dtype}, got {y.dtype}")
+    if s.needs_grad or backend.requires_grad(y):
+        raise ValueError(
+            f"{name} cannot be used when an input (or {name}) requires grad: autograd "
+            "records no writes into a caller's buffer; drop out= (or detach the inputs)"
+        )
+    if not _is_c_contiguous(y):
+        raise ValueError(f"{name} must be C-contiguous")
+
+
+def _is_c_contiguous(y: Any) -> bool:
+    flags = getattr(y, "flags", None)
+    if flags is not None and hasattr(flags, "c_contiguous"):
+        return bool(flags.c_contiguous)
+    if hasattr(y, "is_contiguous"):
+        return bool(y.is_contiguous())
+    return True
+
+
+def _aliases(view: Any, target: Any) -> bool:
+    """Whether ``view`` lies in ``target``'s memory (NumPy arrays and torch tensors;
+    ``False`` for other libraries, whose results are then copied)."""
+    if isinstance(view, np.ndarray) and isinstance(target, np.ndarray):
+        return bool(np.may_share_memory(view, target))
+    if hasattr(view, "data_ptr") and hasattr(target, "data_ptr"):  # torch
+        start = target.data_ptr()
+        return start <= view.data_ptr() < start + target.numel() * target.element_size()
+    return False
+
+
 def _is_python_scalar(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
@@ -211,6 +304,7 @@ def prepare(
         arrays=arrays,
         params={k: _param_array(k, p, backend, dtype, layout) for k, p in params.items()},
         layout=layout,
+        needs_grad=needs_grad,
     )
 
 
@@ -233,6 +327,11 @@ def _param_array(name: str, p: Any, backend: Backend, dtype: Any, layout: Layout
     """A hyper-parameter as an ``[N, T, F]`` array (a broadcast view for scalars)."""
     xp = backend.xp
     if _is_python_scalar(p):
+        # Issue 13 (Dask): a backend may build the scalar itself; Dask keeps it [1, 1, 1]
+        # for its element-wise maths to broadcast, not one full-size chunk.
+        own = getattr(backend, "scalar_param", None)
+        if own is not None:
+            return own(float(p), dtype, layout.ntf)
         return _broadcast_scalar(backend, float(p), dtype, layout.ntf, backend.creation_state())
     if not hasattr(p, "shape"):
         raise TypeError(f"{name} must be a float or a floating array, got {type(p).__name__}")

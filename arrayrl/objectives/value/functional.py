@@ -54,6 +54,11 @@ def _discounts(gamma: Any, lmbda: Any = 0.0) -> tuple[Any, Any]:
     )
 
 
+def _out_kw(views: Any) -> dict[str, Any]:
+    """The ``out=`` keyword for a fused kernel: empty when there is nothing to write into."""
+    return {} if views is None else {"out": views}
+
+
 def _require(owner: str, **arrays: Any) -> None:
     """``TypeError`` naming the first of ``arrays`` that is ``None`` or not an array."""
     for name, value in arrays.items():
@@ -75,6 +80,7 @@ def generalized_advantage_estimate(
     *,
     time_dim: int = -2,
     kernel: str = "auto",
+    out: tuple[Any, Any] | None = None,
 ) -> tuple[Any, Any]:
     r"""Generalized advantage estimate (Schulman et al., 2016, arXiv:1506.02438).
 
@@ -97,11 +103,22 @@ def generalized_advantage_estimate(
         The time axis (default ``-2``).
     kernel : {"auto", "reference", "numba", "cuda"}
         Which scan runs the recurrence.
+    out : tuple of two arrays, optional
+        ``(advantage, value_target)`` buffers to write into; see below.
 
     Returns
     -------
     advantage, value_target : arrays of the inputs' shape
-        :math:`A_t` and :math:`A_t + V(s_t)`.
+        :math:`A_t` and :math:`A_t + V(s_t)` (``out`` itself when given).
+
+    Notes
+    -----
+    ``out`` : caller-provided buffers for the results, written in place and returned
+    (the same objects), so that a training loop reuses its memory instead of paying for
+    fresh pages on every call. Each must have the inputs' shape, the result dtype, the
+    inputs' backend and device, and be C-contiguous; refused on JAX and Dask arrays, and
+    when an input requires grad (autograd records no in-place writes). The other
+    estimators that take ``out`` follow the same rules.
     """
     _require(
         "generalized_advantage_estimate", state_value=state_value,
@@ -115,19 +132,20 @@ def generalized_advantage_estimate(
         time_dim=time_dim,
         kernel=kernel,
     )
+    views = s.out_views(out, 2)
     a, p = s.arrays, s.params
     term = a.get("terminated", a["done"])
     fused = s.kernels.fused.get("gae")
     if fused is not None:
         adv, target = fused(
             p["gamma"], p["lmbda"], a["state_value"], a["next_state_value"], a["reward"],
-            a["done"], term,
+            a["done"], term, **_out_kw(views),
         )
-        return s.restore(adv), s.restore(target)
+        return s.deliver((adv, target), out)
     delta = a["reward"] + p["gamma"] * _not(term, s) * a["next_state_value"] - a["state_value"]
     trace = p["gamma"] * p["lmbda"] * _not(a["done"], s)
     adv = s.kernels.linear_scan(delta, trace, s.zeros_carry())
-    return s.restore(adv), s.restore(adv + a["state_value"])
+    return s.deliver((adv, adv + a["state_value"]), out)
 
 
 ########################################################################
@@ -256,14 +274,17 @@ def _non_rolling(s: ScanInputs, lmbda: Any) -> Any:
     return xp.take(y, diagonal, axis=1)
 
 
-def _td_lambda(s: ScanInputs, lmbda: Any, rolling_gamma: bool | None) -> Any:
+def _td_lambda(s: ScanInputs, lmbda: Any, rolling_gamma: bool | None, views: Any = None) -> Any:
     if rolling_gamma is False:
         return _non_rolling(s, lmbda)
     fused = s.kernels.fused.get("td_lambda")
     a = s.arrays
     if fused is not None:
         term = a.get("terminated", a["done"])
-        return fused(s.params["gamma"], lmbda, a["next_state_value"], a["reward"], a["done"], term)
+        return fused(
+            s.params["gamma"], lmbda, a["next_state_value"], a["reward"], a["done"], term,
+            **_out_kw(views),
+        )
     offset, trace, init = _td_lambda_terms(s, lmbda)
     return s.kernels.linear_scan(offset, trace, init)
 
@@ -287,6 +308,7 @@ def td_lambda_return_estimate(
     *,
     time_dim: int = -2,
     kernel: str = "auto",
+    out: Any | None = None,
 ) -> Any:
     r"""TD(λ) return (Sutton & Barto, 2018, §12.1), in TorchRL's recursive form.
 
@@ -298,8 +320,9 @@ def td_lambda_return_estimate(
 
     with :math:`\bar V_t = (1 - \text{terminated}_t) V(s'_t)`. ``rolling_gamma=False``
     (per-step discounts only) gives every start step ``k`` its own :math:`\gamma_k,
-    \lambda_k` for the rest of the trajectory. See :func:`generalized_advantage_estimate`
-    for the other arguments.
+    \lambda_k` for the rest of the trajectory. ``out`` (one array) receives the returns
+    and is returned; see :func:`generalized_advantage_estimate` for it and the other
+    arguments.
     """
     _require(
         "td_lambda_return_estimate", next_state_value=next_state_value, reward=reward,
@@ -314,7 +337,8 @@ def td_lambda_return_estimate(
         time_dim=time_dim,
         kernel=kernel,
     )
-    return s.restore(_td_lambda(s, s.params["lmbda"], rolling_gamma))
+    views = s.out_views(out, 1)
+    return s.deliver((_td_lambda(s, s.params["lmbda"], rolling_gamma, views),), out)
 
 
 def td_lambda_advantage_estimate(
@@ -329,8 +353,13 @@ def td_lambda_advantage_estimate(
     time_dim: int = -2,
     *,
     kernel: str = "auto",
+    out: Any | None = None,
 ) -> Any:
-    """TD(λ) advantage: :func:`td_lambda_return_estimate` minus ``state_value``."""
+    """TD(λ) advantage: :func:`td_lambda_return_estimate` minus ``state_value``.
+
+    ``out`` (one array) receives the advantage and is returned; see
+    :func:`generalized_advantage_estimate`.
+    """
     _require(
         "td_lambda_advantage_estimate", state_value=state_value,
         next_state_value=next_state_value, reward=reward, done=done,
@@ -338,9 +367,12 @@ def td_lambda_advantage_estimate(
     _check_same_shape(state_value, next_state_value)
     returns = td_lambda_return_estimate(
         gamma, lmbda, next_state_value, reward, done, terminated, rolling_gamma,
-        time_dim=time_dim, kernel=kernel,
+        time_dim=time_dim, kernel=kernel, out=out,
     )
-    return returns - state_value
+    if out is None:
+        return returns - state_value
+    out -= state_value
+    return out
 
 
 def td1_return_estimate(
@@ -353,6 +385,7 @@ def td1_return_estimate(
     *,
     time_dim: int = -2,
     kernel: str = "auto",
+    out: Any | None = None,
 ) -> Any:
     r"""TD(1) (Monte-Carlo, bootstrapped at truncation) return: TD(λ) with λ = 1.
 
@@ -366,7 +399,7 @@ def td1_return_estimate(
     _require("td1_return_estimate", next_state_value=next_state_value, reward=reward, done=done)
     return td_lambda_return_estimate(
         gamma, 1.0, next_state_value, reward, done, terminated, rolling_gamma,
-        time_dim=time_dim, kernel=kernel,
+        time_dim=time_dim, kernel=kernel, out=out,
     )
 
 
@@ -381,15 +414,17 @@ def td1_advantage_estimate(
     time_dim: int = -2,
     *,
     kernel: str = "auto",
+    out: Any | None = None,
 ) -> Any:
-    """TD(1) advantage: :func:`td1_return_estimate` minus ``state_value``."""
+    """TD(1) advantage: :func:`td1_return_estimate` minus ``state_value`` (``out`` as in
+    :func:`td_lambda_advantage_estimate`)."""
     _require(
         "td1_advantage_estimate", state_value=state_value, next_state_value=next_state_value,
         reward=reward, done=done,
     )
     return td_lambda_advantage_estimate(
         gamma, 1.0, state_value, next_state_value, reward, done, terminated, rolling_gamma,
-        time_dim, kernel=kernel,
+        time_dim, kernel=kernel, out=out,
     )
 
 
@@ -419,6 +454,7 @@ def vtrace_advantage_estimate(
     time_dim: int = -2,
     *,
     kernel: str = "auto",
+    out: tuple[Any, Any] | None = None,
 ) -> tuple[Any, Any]:
     r"""V-trace targets and advantages (Espeholt et al., 2018, arXiv:1802.01561).
 
@@ -436,6 +472,9 @@ def vtrace_advantage_estimate(
 
     At a truncation inside the batch the advantage bootstraps from :math:`V(s'_t)`, not
     from the next trajectory's target (TorchRL fixed this in 0.14.1; issue 4209).
+
+    ``out``, a tuple of two arrays, receives ``(advantage, value_target)`` and is
+    returned; see :func:`generalized_advantage_estimate`.
 
     Returns
     -------
@@ -459,16 +498,17 @@ def vtrace_advantage_estimate(
         time_dim=time_dim,
         kernel=kernel,
     )
+    views = s.out_views(out, 2)
     a, p = s.arrays, s.params
     term = a.get("terminated", a["done"])
     fused = s.kernels.fused.get("vtrace")
     if fused is not None:
         adv, vs = fused(
             p["gamma"], a["log_pi"], a["log_mu"], a["state_value"], a["next_state_value"],
-            a["reward"], a["done"], term, p["rho_thresh"], p["c_thresh"],
+            a["reward"], a["done"], term, p["rho_thresh"], p["c_thresh"], **_out_kw(views),
         )
-        return s.restore(adv), s.restore(vs)
-    return tuple(s.restore(y) for y in _vtrace(s, term))
+        return s.deliver((adv, vs), out)
+    return s.deliver(_vtrace(s, term), out)
 
 
 def _vtrace(s: ScanInputs, term: Any) -> tuple[Any, Any]:
@@ -497,12 +537,15 @@ def reward2go(
     *,
     time_dim: int = -2,
     kernel: str = "auto",
+    out: Any | None = None,
 ) -> Any:
     r"""Discounted reward-to-go, restarted at every ``done``.
 
     .. math:: R_t = r_t + \gamma_t (1 - \text{done}_t) R_{t+1}, \qquad R_T = 0
 
     No bootstrap: the last, unfinished trajectory of the batch sums its rewards only.
+    ``out`` (one array) receives the returns and is returned; see
+    :func:`generalized_advantage_estimate`.
     """
     _require("reward2go", reward=reward, done=done)
     gamma, _ = _discounts(gamma)
@@ -513,12 +556,13 @@ def reward2go(
         time_dim=time_dim,
         kernel=kernel,
     )
+    views = s.out_views(out, 1)
     a = s.arrays
     fused = s.kernels.fused.get("reward2go")
     if fused is not None:
-        return s.restore(fused(s.params["gamma"], a["reward"], a["done"]))
+        return s.deliver((fused(s.params["gamma"], a["reward"], a["done"], **_out_kw(views)),), out)
     trace = s.params["gamma"] * _not(a["done"], s)
-    return s.restore(s.kernels.linear_scan(a["reward"], trace, s.zeros_carry()))
+    return s.deliver((s.kernels.linear_scan(a["reward"], trace, s.zeros_carry()),), out)
 
 
 # TorchRL's vectorised variants: the same functions here.
