@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 #: Names accepted by the ``kernel=`` keyword of the estimators.
-KERNEL_NAMES = ("auto", "reference", "numba", "cuda")
+KERNEL_NAMES = ("auto", "reference", "numba", "cuda", "jax")
 
 
 #: Above this argument, ``softplus(x)`` is ``x`` (torch's ``threshold`` default).

@@ -30,8 +30,10 @@ def _library_of(x: Any) -> str | None:
         return "cupy"
     if module == "array_api_strict":
         return "array_api_strict"
-    if module in ("jax", "jaxlib"):
-        return "generic"
+    if module == "dask" and "dask" in sys.modules:  # dask.array.core.Array
+        return "dask"
+    if module in ("jax", "jaxlib"):  # arrays and tracers (jit, grad, vmap)
+        return "jax"
     if isinstance(x, np.ndarray):
         return "numpy"
     if hasattr(x, "__array_namespace__"):
@@ -52,6 +54,14 @@ def _make_backend(library: str, x: Any) -> Backend:
         from ._cupy import CupyBackend
 
         return CupyBackend(x.device)
+    if library == "dask":
+        from ._dask import DaskBackend
+
+        return DaskBackend()
+    if library == "jax":
+        from ._jax import JaxBackend
+
+        return JaxBackend.for_array(x)
     from ._generic import GenericBackend
 
     return GenericBackend.for_array(x)
@@ -65,7 +75,7 @@ def _device_key(library: str, x: Any) -> str:
 
 def _backend_for(library: str, x: Any) -> Backend:
     key = (library, _device_key(library, x))
-    if library == "generic":
+    if library in ("generic", "jax"):
         key = (type(x).__module__ + "." + type(x).__qualname__, key[1])
     backend = _CACHE.get(key)
     if backend is None:
@@ -187,7 +197,7 @@ def get_backend(name: str, device: Any = None) -> Backend:
         import jax.numpy as jnp
 
         x = jnp.empty(0) if device is None else jax_put(jnp.empty(0), device)
-        return _backend_for("generic", x)
+        return _backend_for("jax", x)
     raise ValueError(f"unknown backend {name!r}; expected one of {BACKEND_NAMES}")
 
 

@@ -72,7 +72,10 @@ def available_targets() -> list[Target]:
         import jax.numpy as jnp
 
         _configure_jax()
-        targets.append(Target("jax", "reference", jnp.asarray, np.asarray))
+        targets += [
+            Target("jax", "jax", jnp.asarray, np.asarray),
+            Target("jax", "reference", jnp.asarray, np.asarray),
+        ]
     if _have("cupy") and _cupy_has_gpu():
         import cupy
 

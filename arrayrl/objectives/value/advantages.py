@@ -312,7 +312,7 @@ class ValueEstimatorBase:
     time_dim : int, optional
         The batch's time axis (default: a dimension named ``"time"``, else the last
         batch dimension); a call's ``time_dim`` overrides it.
-    kernel : {"auto", "reference", "numba", "cuda"}, default "auto"
+    kernel : {"auto", "reference", "numba", "cuda", "jax"}, default "auto"
         Which scan runs the recurrence (arrayrl extension).
     advantage_key, value_target_key, value_key, group_key
         Not supported: the first three raise ``RuntimeError`` (as in TorchRL 0.14.1; use
