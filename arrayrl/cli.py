@@ -248,6 +248,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_conformance_parser(commands)
     _add_train_parser(commands)
     _add_collect_parser(commands)
+    _add_advantages_parser(commands)
     return parser
 
 
@@ -1044,6 +1045,91 @@ def _record_and_write(args: argparse.Namespace, policy: Any, env: Any, offline: 
     return 0
 
 
+_ADVANTAGES_EPILOG = """\
+The dataset holds arrays of one shape [B, T, 1] (time at --time-dim), in TorchRL's
+layout: state_value, next/state_value, next/reward, next/done, next/terminated
+(terminated defaults to done). --key NAME=PATH renames one, e.g. --key reward=rewards.
+The results are written as advantage and value_target in the same Zarr group or HDF5
+file. Needs the dask extra (dask, distributed, zarr; h5py for HDF5 files).
+
+example:
+  arrayrl advantages data.zarr --gamma 0.99 --lmbda 0.95 --chunks 256,-1
+  arrayrl advantages data.zarr --scheduler local:2        # two worker processes
+  arrayrl advantages data.zarr --scheduler tcp://10.0.0.1:8786
+"""
+
+
+def _add_advantages_parser(commands: Any) -> None:
+    """``arrayrl advantages PATH [options]`` (issue 13: Dask, out of core)."""
+    parser = commands.add_parser(
+        "advantages",
+        help="advantages of a Zarr/HDF5 dataset larger than memory (Dask, out of core)",
+        description="Compute GAE or TD(lambda) advantages of a chunked dataset out of core\n"
+        "with Dask and write them next to the data.",
+        epilog=_ADVANTAGES_EPILOG,
+        formatter_class=_FORMATTER,
+    )
+    parser.add_argument("path", help="a Zarr group (folder) or an HDF5 file (.h5, .hdf5)")
+    parser.add_argument("--estimator", choices=("gae", "td_lambda"), default="gae")
+    parser.add_argument("--gamma", type=float, default=0.99, help="discount (default 0.99)")
+    parser.add_argument("--lmbda", type=float, default=0.95, help="lambda (default 0.95)")
+    parser.add_argument(
+        "--scheduler",
+        default="threads",
+        help="threads, processes, sync, local:N (N worker processes) or a distributed "
+        "scheduler's address (default threads)",
+    )
+    parser.add_argument(
+        "--chunks",
+        metavar="B,T",
+        help="chunk sizes of the leading axes, -1 = whole axis "
+        "(default: as stored; write --chunks=-1,64 when it starts with -1); chunks along "
+        "time are joined by the associative scan",
+    )
+    parser.add_argument("--time-dim", type=int, default=-2, help="time axis (default -2)")
+    parser.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="where an input lives (state_value, next_state_value, reward, done, terminated)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress display")
+
+
+def run_advantages(args: argparse.Namespace) -> int:
+    """Run ``arrayrl advantages``: compute, write, print one summary line."""
+    import time
+
+    from arrayrl.data.chunked_store import compute_advantages, parse_chunks
+
+    keys = {}
+    for item in args.key:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"arrayrl advantages: --key takes NAME=PATH, got {item!r}")
+        keys[name] = path
+    start = time.perf_counter()
+    try:
+        shapes = compute_advantages(
+            args.path,
+            estimator=args.estimator,
+            gamma=args.gamma,
+            lmbda=args.lmbda,
+            keys=keys,
+            chunks=parse_chunks(args.chunks),
+            scheduler=args.scheduler,
+            time_dim=args.time_dim,
+            progress=not args.no_progress,
+        )
+    except (FileNotFoundError, KeyError, ValueError, TypeError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        raise SystemExit(f"arrayrl advantages: {message}") from None
+    written = ", ".join(f"{k} {list(v)}" for k, v in shapes.items())
+    print(f"wrote {written} to {args.path} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``arrayrl`` console script."""
     args = _parser().parse_args(argv)
@@ -1053,6 +1139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_train(args)
     if args.command == "collect":
         return run_collect(args)
+    if args.command == "advantages":
+        return run_advantages(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
