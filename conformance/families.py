@@ -23,6 +23,7 @@ FAMILY_MODULES: tuple[str, ...] = (
     "qmixer_cases",
     "dreamer_cases",
     "model_based_cases",
+    "dreamer_v3_cases",
 )
 
 

@@ -52,7 +52,9 @@ _DREAMER = ("DreamerModelLoss", "DreamerActorLoss", "DreamerValueLoss")
 _DREAMER_V3_FUNCTIONS = ("symlog", "symexp", "_default_bins", "two_hot_encode", "two_hot_decode",
                          "two_hot_cross_entropy", "categorical_kl_terms",
                          "categorical_kl_balanced")  # fmt: skip
-_MODEL_BASED = (*_DREAMER, *_DREAMER_V3_FUNCTIONS, "ExponentialQuadraticCost", "WorldModelLoss")
+_DREAMER_V3 = ("DreamerV3ModelLoss", "DreamerV3ValueLoss")
+_MODEL_BASED = (*_DREAMER, *_DREAMER_V3, *_DREAMER_V3_FUNCTIONS, "ExponentialQuadraticCost",
+                "WorldModelLoss")  # fmt: skip
 _LOSSES = ("PPOLoss", "ClipPPOLoss", "KLPENPPOLoss", "A2CLoss", "ReinforceLoss", *_OFF_POLICY,
            *_Q_LEARNING, *_OFFLINE, *_MULTI_AGENT, *_MODEL_BASED)  # fmt: skip
 
@@ -96,6 +98,7 @@ FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "qmixer": (("QMixerLoss",), ("qmix", "vdn", "q-mixer")),
     "multiagent": (_MULTI_AGENT, ("multi-agent", "marl")),
     "dreamer": (_DREAMER, ("dreamer-v1",)),
+    "dreamerv3": (_DREAMER_V3, ("dreamer-v3",)),
     "dreamerv3functions": (_DREAMER_V3_FUNCTIONS, ("dreamer-v3-functions", "two-hot")),
     "pilco": (("ExponentialQuadraticCost",), ("exponential-quadratic-cost",)),
     "worldmodel": (("WorldModelLoss",), ("world-model", "world-model-loss")),

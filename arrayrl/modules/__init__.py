@@ -27,6 +27,7 @@ from .dict_module import DictModule, Module
 from .ensemble import Ensemble, ensemble_params, stack_params, unstack_params
 from .functional import symexp, symlog
 from .layers import ELU, MLP, Identity, Layer, Linear, NormalParamExtractor, ReLU, Sequential, Tanh
+from .model_based import SymExpTwoHot
 from .multiagent import Mixer, MultiAgentMLP, QMixer, VDNMixer
 from .value_norm import PercentileValueNorm, PopArtValueNorm, RunningValueNorm, ValueNorm
 
@@ -58,6 +59,7 @@ __all__ = [
     "ReLU",
     "RunningValueNorm",
     "Sequential",
+    "SymExpTwoHot",
     "Tanh",
     "TorchDictModule",
     "TorchLayer",

@@ -37,7 +37,7 @@ from arrayrl.backends import Backend, backend_of, get_backend
 from .distributions._base import log_softmax_and_softmax
 from .functional import symexp
 
-__all__ = ["two_hot_cross_entropy", "two_hot_decode", "two_hot_encode"]
+__all__ = ["SymExpTwoHot", "two_hot_cross_entropy", "two_hot_decode", "two_hot_encode"]
 
 #: TorchRL's defaults: 255 bins over symexp([-20, 20])
 _DEFAULT_NUM_BINS = 255
@@ -238,3 +238,53 @@ def _unit_fraction(name: str, value: Any) -> float:
     from arrayrl._validation import hyperparameter
 
     return hyperparameter(name, value, low=0.0, high=1.0, high_open=True)
+
+
+# -- the layer ----------------------------------------------------------------------------------
+from .layers import Layer  # noqa: E402 (the layer is appended below the functions)
+
+
+class SymExpTwoHot(Layer):
+    r"""DreamerV3's categorical scalar head as a parameter-free arrayrl layer (TorchRL's
+    ``SymExpTwoHot``): ``layer(logits)`` decodes the softmax over ``num_bins`` symexp bins
+    to the expectation :math:`\sum_i \operatorname{softmax}(z)_i b_i` with a trailing unit
+    axis, ``[..., K] -> [..., 1]``.
+
+    The bins are a constant (:func:`_default_bins`, float32, cast to the logits' dtype),
+    not a parameter: a target network holding this layer keeps them exact. ``encode``,
+    ``decode`` and ``loss`` are :func:`two_hot_encode`, :func:`two_hot_decode` and
+    :func:`two_hot_cross_entropy` over them.
+
+    Parameters
+    ----------
+    num_bins : int, default 255
+        At least 2.
+    """
+
+    def __init__(self, num_bins: int = _DEFAULT_NUM_BINS) -> None:
+        super().__init__()
+        self.bins = _default_bins(num_bins)
+        self.num_bins = int(num_bins)
+
+    def encode(self, target: Any) -> Any:
+        """The two-hot code of raw ``target`` values, ``[..., K]``."""
+        return two_hot_encode(target, self.bins)
+
+    def decode(self, logits: Any) -> Any:
+        """The expected raw value of ``logits`` ``[..., K]``, shape ``[...]``."""
+        return two_hot_decode(logits, self.bins)
+
+    def loss(self, logits: Any, target: Any) -> Any:
+        """The unreduced two-hot cross entropy of ``target`` under ``logits``."""
+        return two_hot_cross_entropy(logits, target, self.bins)
+
+    def apply(self, params: Any, logits: Any) -> Any:
+        """``decode(logits)[..., None]`` (``params`` is empty)."""
+        return self.decode(logits)[..., None]
+
+    def to(self, backend: Any, device: Any = None) -> SymExpTwoHot:
+        """Nothing to move: the bins follow the logits' backend at each call."""
+        return self
+
+    def __repr__(self) -> str:
+        return f"SymExpTwoHot(num_bins={self.num_bins})"

@@ -14,6 +14,8 @@ from .ddpg import DDPGLoss
 from .dqn import DistributionalDQNLoss, DQNLoss, categorical_projection
 from .dreamer import DreamerActorLoss, DreamerModelLoss, DreamerValueLoss
 from .dreamer_v3 import (
+    DreamerV3ModelLoss,
+    DreamerV3ValueLoss,
     categorical_kl_balanced,
     categorical_kl_terms,
     symexp,
@@ -50,6 +52,8 @@ __all__ = [
     "DistributionalDQNLoss",
     "DreamerActorLoss",
     "DreamerModelLoss",
+    "DreamerV3ModelLoss",
+    "DreamerV3ValueLoss",
     "DreamerValueLoss",
     "ExponentialQuadraticCost",
     "HardUpdate",

@@ -178,3 +178,535 @@ def _checked_pair(posterior: Any, prior: Any, owner: str, ndim: int = 2) -> Back
         axes = "[..., num_categoricals, num_classes]" if ndim == 2 else "[..., num_classes]"
         raise ValueError(f"{owner}: the logits must be {axes}, got shape {tuple(posterior.shape)}")
     return backend
+
+
+# -- the loss modules ---------------------------------------------------------------------------
+import dataclasses  # noqa: E402 (the loss modules are appended below the functions)
+import math  # noqa: E402
+import warnings  # noqa: E402
+from collections.abc import Mapping  # noqa: E402
+from typing import ClassVar  # noqa: E402
+
+from arrayrl._validation import coefficient, count, flag  # noqa: E402
+from arrayrl.data import ArrayDict, as_arraydict, is_tensordict  # noqa: E402
+from arrayrl.modules import Params, map_params  # noqa: E402
+from arrayrl.modules.model_based import _default_bins  # noqa: E402
+
+from ._imagination import run_world_model  # noqa: E402
+from .common import LossModule  # noqa: E402
+from .dreamer import _refuse_float64_rssm, _TupleReturn  # noqa: E402
+from .value.functional import td_lambda_return_estimate  # noqa: E402
+
+__all__ += ["DreamerV3ModelLoss", "DreamerV3ValueLoss"]
+
+_RECO_LOSSES = ("l1", "l2")
+_KL_MODES = ("balanced", "separate")
+_VALUE_LOSSES = ("symlog_mse", "two_hot")
+
+
+def _choice(owner: str, name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{owner}: {name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def _nested(*parts: Any) -> tuple[Any, ...]:
+    """``("next", key)`` with a tuple key flattened in."""
+    out: list[Any] = []
+    for part in parts:
+        out.extend(part if isinstance(part, tuple) else (part,))
+    return tuple(out)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+class DreamerV3ModelLoss(_TupleReturn, LossModule):
+    r"""The DreamerV3 world-model loss (Hafner et al. 2023, eqs. 4-6).
+
+    The world model reads the replayed batch and writes, under ``"next"``, the RSSM's
+    categorical prior and posterior logits, the reconstructions, the reward head and
+    (optionally) a continuation logit. With :math:`y = \operatorname{symlog}`:
+
+    - KL (``kl_mode="balanced"``): ``loss_model_kl`` :math:`= \lambda_{kl}`
+      :func:`categorical_kl_balanced` (``kl_alpha``, ``free_bits``); (``"separate"``):
+      ``loss_model_dynamic`` :math:`= \lambda_{kl}\lambda_{dyn} L_{dyn}` and
+      ``loss_model_representation`` :math:`= \lambda_{kl}\lambda_{rep} L_{rep}` of
+      :func:`categorical_kl_terms` (``free_bits`` as free nats, ``unimix``);
+    - ``loss_model_reco`` :math:`= \lambda_{reco} \sum_\text{heads}
+      \operatorname{mean}_{b,t} \sum_\text{features} d(y(o), y(\hat o))`, ``d`` the
+      squared (``"l2"``) or absolute (``"l1"``) error, ``global_average`` the mean over
+      every element; a head with ``reco_symlog=False`` compares raw values, integer images
+      divided by 255;
+    - ``loss_model_reward`` :math:`= \lambda_{r} \operatorname{mean}` two-hot cross
+      entropy of the logits at ``("next", "reward_logits")`` over ``num_reward_bins``
+      symexp bins (``reward_two_hot``), or of :math:`(y(r) - y(\hat r))^2`;
+    - ``loss_model_continue`` (``lambda_continue > 0``) :math:`= \lambda_c
+      \operatorname{mean} \operatorname{BCE}(\text{logit}, s\,(1 - \text{terminated}))`,
+      ``s = continue_target_scale``;
+
+    each of shape ``[1]``, as TorchRL 0.14.1's.
+
+    Parameters follow TorchRL's (keyword-only after ``world_model``): ``lambda_kl``,
+    ``lambda_reco``, ``lambda_reward`` (1.0), ``lambda_continue`` (0.0), ``kl_mode``
+    (``"balanced"``), ``lambda_dynamic`` (1.0), ``lambda_representation`` (0.1),
+    ``unimix`` (0.0), ``continue_target_scale`` (1.0, in ``(0, 1]``), ``kl_alpha`` (0.8),
+    ``free_bits`` (1.0), ``reco_loss`` (``"l2"``), ``reco_symlog`` (True, or one bool per
+    head), ``reward_two_hot`` (True), ``num_reward_bins`` (255), ``global_average``
+    (False), ``detach_output`` (True).
+
+    ``world_model``: TorchRL's ``TensorDictModule`` (its RSSM modules included, through
+    the adapter; float32 only, as TorchRL) or an arrayrl dict-level module. The batch's
+    ``("next", "reward")`` is renamed ``("next", "true_reward")`` before the call.
+    ``tensor_keys.pixels`` / ``reco_pixels`` may be lists (one reconstruction head each).
+
+    ``loss(batch)`` returns ``(losses, data)``: the terms and the batch with what the world
+    model wrote (cut from the graph unless ``detach_output=False``).
+
+    Unlike TorchRL, a missing continuation logit or terminal flag with
+    ``lambda_continue > 0`` raises ``KeyError`` instead of silently dropping
+    ``loss_model_continue`` (deviation ``torchrl-dreamerv3-continue-missing``).
+    """
+
+    @dataclasses.dataclass
+    class _AcceptedKeys:
+        reward: Any = "reward"
+        reward_logits: Any = "reward_logits"
+        true_reward: Any = "true_reward"
+        prior_logits: Any = "prior_logits"
+        posterior_logits: Any = "posterior_logits"
+        pixels: Any = "pixels"
+        reco_pixels: Any = "reco_pixels"
+        continue_pred: Any = "continue_pred"
+        done: Any = "done"
+        terminated: Any = "terminated"
+
+    out_keys: ClassVar[list[str]] = ["loss_model_kl", "loss_model_reco", "loss_model_reward"]
+
+    def __init__(
+        self,
+        world_model: Any,
+        *,
+        lambda_kl: float = 1.0,
+        lambda_reco: float = 1.0,
+        lambda_reward: float = 1.0,
+        lambda_continue: float = 0.0,
+        kl_mode: str = "balanced",
+        lambda_dynamic: float = 1.0,
+        lambda_representation: float = 0.1,
+        unimix: float = 0.0,
+        continue_target_scale: float = 1.0,
+        kl_alpha: float = 0.8,
+        free_bits: float = 1.0,
+        reco_loss: str = "l2",
+        reco_symlog: bool | list[bool] = True,
+        reward_two_hot: bool = True,
+        num_reward_bins: int = 255,
+        global_average: bool = False,
+        detach_output: bool = True,
+    ) -> None:
+        owner = type(self).__name__
+        _refuse_float64_rssm(owner, "world_model", world_model)
+        super().__init__()
+        for name, value in (
+            ("lambda_kl", lambda_kl),
+            ("lambda_reco", lambda_reco),
+            ("lambda_reward", lambda_reward),
+            ("lambda_continue", lambda_continue),
+            ("lambda_dynamic", lambda_dynamic),
+            ("lambda_representation", lambda_representation),
+        ):
+            setattr(self, name, coefficient(name, value, allow_none=False))
+        self.kl_mode = _choice(owner, "kl_mode", kl_mode, _KL_MODES)
+        self.unimix = hyperparameter("unimix", unimix, low=0.0, high=1.0, high_open=True)
+        self.continue_target_scale = hyperparameter(
+            "continue_target_scale", continue_target_scale, low=0.0, high=1.0, low_open=True
+        )
+        self.kl_alpha = hyperparameter("kl_alpha", kl_alpha, low=0.0, high=1.0)
+        self.free_bits = hyperparameter("free_bits", free_bits, low=-math.inf, high=math.inf)
+        self.reco_loss = _choice(owner, "reco_loss", reco_loss, _RECO_LOSSES)
+        if isinstance(reco_symlog, list):
+            self.reco_symlog = [flag("reco_symlog", v) for v in reco_symlog]
+        else:
+            self.reco_symlog = flag("reco_symlog", reco_symlog)
+        self.reward_two_hot = flag("reward_two_hot", reward_two_hot)
+        self.num_reward_bins = count("num_reward_bins", num_reward_bins, minimum=2)
+        self.global_average = flag("global_average", global_average)
+        self.detach_output = flag("detach_output", detach_output)
+        #: the reward head's support (TorchRL's ``reward_bins`` buffer: float32)
+        self.reward_bins = _default_bins(self.num_reward_bins)
+        self.convert_to_functional(world_model, "world_model")
+
+    def _next(self, field: str) -> tuple[Any, ...]:
+        return _nested("next", getattr(self.tensor_keys, field))
+
+    # -- the terms ------------------------------------------------------------------------
+    def kl_terms(self, posterior_logits: Any, prior_logits: Any) -> dict[str, Any]:
+        """The KL output(s), each ``[1]``, weighted."""
+        xp = backend_of(prior_logits).xp
+        if self.kl_mode == "separate":
+            dynamic, representation = categorical_kl_terms(
+                posterior_logits, prior_logits, free_nats=self.free_bits, unimix=self.unimix
+            )
+            return {
+                "loss_model_dynamic": self.lambda_kl
+                * self.lambda_dynamic
+                * xp.reshape(dynamic, (1,)),
+                "loss_model_representation": self.lambda_kl
+                * self.lambda_representation
+                * xp.reshape(representation, (1,)),
+            }
+        kl = categorical_kl_balanced(
+            posterior_logits, prior_logits, alpha=self.kl_alpha, free_bits=self.free_bits
+        )
+        return {"loss_model_kl": self.lambda_kl * xp.reshape(kl, (1,))}
+
+    def _heads(self) -> list[tuple[Any, Any, bool]]:
+        observations = _as_list(self.tensor_keys.pixels)
+        predictions = _as_list(self.tensor_keys.reco_pixels)
+        symlogs = self.reco_symlog
+        if not isinstance(symlogs, list):
+            symlogs = [symlogs] * len(observations)
+        if not observations or not len(observations) == len(predictions) == len(symlogs):
+            raise ValueError(
+                f"{type(self).__name__}: pixels ({len(observations)}), reco_pixels "
+                f"({len(predictions)}) and reco_symlog ({len(symlogs)}) must describe the "
+                "same nonzero number of reconstruction heads"
+            )
+        return list(zip(observations, predictions, symlogs))
+
+    def reco_term(self, target: Any, prediction: Any, use_symlog: bool, batch_ndim: int) -> Any:
+        """``mean_{b,t} Σ_features d`` of one head (``global_average``: mean of ``d``),
+        0-d."""
+        xp = backend_of(prediction).xp
+        if tuple(target.shape) != tuple(prediction.shape):
+            raise ValueError(
+                f"{type(self).__name__}: an observation {tuple(target.shape)} and its "
+                f"reconstruction {tuple(prediction.shape)} must have the same shape"
+            )
+        if use_symlog:
+            target, prediction = symlog(target), symlog(prediction)
+        elif not xp.isdtype(target.dtype, "real floating"):
+            target = xp.astype(target, prediction.dtype) / 255.0
+        error = target - prediction
+        distance = error**2 if self.reco_loss == "l2" else xp.abs(error)
+        if not self.global_average:
+            distance = xp.sum(xp.reshape(distance, (*distance.shape[:batch_ndim], -1)), axis=-1)
+        return xp.mean(distance)
+
+    def reward_term(self, data: ArrayDict, true_reward: Any) -> Any:
+        """The two-hot cross entropy (or symlog squared error) of the reward, 0-d."""
+        if not self.reward_two_hot:
+            reward = self.read(data, self._next("reward"), what="reward")
+            xp = backend_of(reward).xp
+            _same_shape(type(self).__name__, "reward", reward, true_reward)
+            return xp.mean((symlog(true_reward) - symlog(reward)) ** 2)
+        logits = data.get(self._next("reward_logits"), None)
+        if logits is None:
+            logits = self.read(data, self._next("reward"), what="reward_logits")
+            warnings.warn(
+                "DreamerV3ModelLoss: categorical reward logits under the decoded reward key "
+                f"{self._next('reward')!r} are deprecated (as in TorchRL 0.14.1); write them "
+                f"to {self._next('reward_logits')!r}",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+        if logits.shape[-1] != self.num_reward_bins:
+            raise ValueError(
+                f"{type(self).__name__}: reward_two_hot=True expects logits over "
+                f"{self.num_reward_bins} bins, got a trailing dim of {logits.shape[-1]}"
+            )
+        xp = backend_of(logits).xp
+        return xp.mean(two_hot_cross_entropy(logits, true_reward, self.reward_bins))
+
+    def continue_term(self, data: ArrayDict) -> Any:
+        """``mean BCE(logit, s (1 - terminated))``, 0-d (``terminated`` falls back on
+        ``done``)."""
+        logit = self.read(data, self._next("continue_pred"), what="continue_pred")
+        terminated = data.get(self._next("terminated"), None)
+        if terminated is None:
+            terminated = self.read(data, self._next("done"), what="terminated")
+        backend = backend_of(logit)
+        xp = backend.xp
+        logit = _squeezed(logit)
+        terminated = _squeezed(terminated)
+        _same_shape(type(self).__name__, "continue_pred", logit, terminated)
+        target = xp.astype(~xp.astype(terminated, xp.bool), logit.dtype)
+        target = target * self.continue_target_scale
+        # BCE with logits, written stably: max(x, 0) - x y + log(1 + exp(-|x|))
+        bce = xp.where(logit > 0, logit, 0.0) - logit * target + xp.log1p(xp.exp(-xp.abs(logit)))
+        return xp.mean(bce)
+
+    def forward(
+        self, batch: Any, params: Mapping[str, Params] | None = None
+    ) -> tuple[ArrayDict, ArrayDict]:
+        """``(losses, data)``: see the class docstring."""
+        data = self.working_copy(batch)
+        data.set(self._next("true_reward"), self.read(data, self._next("reward"), what="reward"))
+        del data[self._next("reward")]
+        data = run_world_model(self.world_model, data, self.network_params("world_model", params))
+        prior = self.read(data, self._next("prior_logits"), what="prior_logits")
+        posterior = self.read(data, self._next("posterior_logits"), what="posterior_logits")
+        xp = backend_of(prior).xp
+        batch_ndim = len(data.batch_size)
+        reco = sum(
+            self.reco_term(
+                self.read(data, _nested("next", observed)),
+                self.read(data, _nested("next", predicted)),
+                use_symlog,
+                batch_ndim,
+            )
+            for observed, predicted, use_symlog in self._heads()
+        )
+        true_reward = self.read(data, self._next("true_reward"), what="reward")
+        losses = {
+            "loss_model_reco": self.lambda_reco * xp.reshape(reco, (1,)),
+            "loss_model_reward": self.lambda_reward
+            * xp.reshape(self.reward_term(data, true_reward), (1,)),
+            **self.kl_terms(posterior, prior),
+        }
+        if self.lambda_continue > 0:
+            continued = self.continue_term(data)
+            losses["loss_model_continue"] = self.lambda_continue * xp.reshape(continued, (1,))
+        return ArrayDict(losses), data.detach() if self.detach_output else data
+
+
+def _squeezed(x: Any) -> Any:
+    """``x`` without a trailing unit axis (TorchRL's ``squeeze(-1)``)."""
+    return x[..., 0] if x.ndim and x.shape[-1] == 1 else x
+
+
+def _same_shape(owner: str, name: str, value: Any, like: Any) -> None:
+    if tuple(value.shape) != tuple(like.shape):
+        raise ValueError(
+            f"{owner}: {name} has shape {tuple(value.shape)}, expected {tuple(like.shape)} "
+            "(no broadcasting)"
+        )
+
+
+# -- the value ----------------------------------------------------------------------------------
+class DreamerV3ValueLoss(_TupleReturn, LossModule):
+    r"""The DreamerV3 critic loss (Hafner et al. 2023, eq. 10 and "critic learning").
+
+    The critic regresses on the imagined λ-returns ``lambda_target`` :math:`R_t`:
+
+    - ``value_loss="symlog_mse"``: :math:`\ell_t = (\operatorname{symlog} v(s_t) -
+      \operatorname{symlog} R_t)^2`;
+    - ``"two_hot"``: :math:`\ell_t` is the two-hot cross entropy of :math:`R_t` under the
+      critic's logits (``state_value_logits``) over ``num_value_bins`` symexp bins;
+    - the slow critic (``slow_critic_regularization`` :math:`\beta > 0`): :math:`\ell_t
+      \mathrel{+}= \beta\,\ell(v(s_t), \bar v(s_t))` with :math:`\bar v` the decoded value
+      of the target critic (``target_value_model_params``, updated by ``SoftUpdate``);
+
+    ``loss_value = reduce(w_t ℓ_t)`` with ``w`` the batch's ``discount_weight`` when
+    present (the actor's output has it; ``gamma`` is then ignored), else ``γ^t`` along the
+    last axis of a ``[..., T]`` target when ``discount_loss``, else 1; ``value_slow_loss
+    = reduce(w_t ℓ_slow)``, cut from the graph (zeros without a slow critic). ``γ`` is
+    ``actor_loss.value_estimator.gamma`` when ``actor_loss`` is given (read at each call),
+    else ``gamma``.
+
+    :meth:`replay_value_loss` trains the critic on replayed sequences toward TD(λ)
+    returns with ``γ = 1 − 1/horizon`` bootstrapped on ``bootstrap``.
+
+    ``loss(fake_data)`` returns ``(losses, fake_data)``, the batch cut from the graph.
+    """
+
+    @dataclasses.dataclass
+    class _AcceptedKeys:
+        value: Any = "state_value"
+        value_logits: Any = "state_value_logits"
+        discount_weight: Any = "discount_weight"
+        reward: Any = "reward"
+        done: Any = "done"
+        terminated: Any = "terminated"
+        bootstrap: Any = "bootstrap"
+
+    out_keys: ClassVar[list[str]] = ["loss_value", "value_slow_loss"]
+
+    def __init__(
+        self,
+        value_model: Any,
+        value_loss: str = "symlog_mse",
+        discount_loss: bool = True,
+        gamma: float = 0.99,
+        num_value_bins: int = 255,
+        actor_loss: Any = None,
+        slow_critic_regularization: float = 0.0,
+        reduction: str | None = None,
+    ) -> None:
+        owner = type(self).__name__
+        super().__init__()
+        self.slow_critic_regularization = coefficient(
+            "slow_critic_regularization", slow_critic_regularization, allow_none=False
+        )
+        self.reduction = reduction
+        self.value_loss = _choice(owner, "value_loss", value_loss, _VALUE_LOSSES)
+        self.discount_loss = flag("discount_loss", discount_loss)
+        self.gamma = hyperparameter("gamma", gamma, low=0.0, high=1.0)
+        if actor_loss is not None and not hasattr(actor_loss, "value_estimator"):
+            raise TypeError(
+                f"{owner}: actor_loss must be a DreamerV3ActorLoss (with a value_estimator), "
+                f"got {type(actor_loss).__name__}"
+            )
+        self._actor_loss = actor_loss  # not registered: its parameters are not ours
+        #: the two-hot support (TorchRL's ``value_bins`` buffer: float32)
+        self.value_bins = _default_bins(count("num_value_bins", num_value_bins, minimum=2))
+        self.convert_to_functional(
+            value_model,
+            "value_model",
+            create_target_params=bool(self.slow_critic_regularization),
+        )
+
+    # -- the discount ---------------------------------------------------------------------
+    def _resolved_gamma(self) -> float:
+        if self._actor_loss is None:
+            return float(self.gamma)
+        return float(self._actor_loss.value_estimator.gamma)
+
+    def sync_gamma_with_actor_loss(self, actor_loss: Any) -> None:
+        """Copy ``actor_loss.value_estimator.gamma`` into :attr:`gamma` (TorchRL's legacy
+        two-step setup; prefer ``actor_loss=``)."""
+        self.gamma = hyperparameter(
+            "gamma", float(actor_loss.value_estimator.gamma), low=0.0, high=1.0
+        )
+
+    def discount(self, data: Any, target: Any) -> Any:
+        """The weights ``w`` of ``target`` (``[...]``): see the class docstring."""
+        provided = data.get(self.tensor_keys.discount_weight, None)
+        if provided is not None:
+            provided = _squeezed(provided)
+            _same_shape(type(self).__name__, "discount_weight", provided, target)
+            return provided
+        xp = backend_of(target).xp
+        if self.discount_loss and target.ndim >= 2:
+            steps = target.shape[-1]
+            powers = xp.arange(steps, dtype=target.dtype, device=getattr(target, "device", None))
+            return xp.broadcast_to(self._resolved_gamma() ** powers, target.shape)
+        return xp.ones_like(target)
+
+    # -- the critic -----------------------------------------------------------------------
+    def _critic(self, data: Any, params: Params) -> ArrayDict:
+        inputs = as_arraydict(data).select(*self.value_model.in_keys, strict=False)
+        self.value_model(inputs, params)
+        return inputs
+
+    def _prediction(self, outputs: ArrayDict) -> Any:
+        """The logits (``two_hot``, ``[..., K]``) or the value without its unit axis."""
+        owner = type(self).__name__
+        if self.value_loss == "symlog_mse":
+            value = self.read(outputs, self.tensor_keys.value, what="value")
+            if value.shape[-1] != 1:
+                raise ValueError(f"{owner}: the value must be [..., 1], got {tuple(value.shape)}")
+            return value[..., 0]
+        logits = outputs.get(self.tensor_keys.value_logits, None)
+        if logits is None:
+            logits = self.read(outputs, self.tensor_keys.value, what="value_logits")
+            warnings.warn(
+                f"{owner}: categorical value logits under the decoded value key "
+                f"{self.tensor_keys.value!r} are deprecated (as in TorchRL 0.14.1); write "
+                f"them to {self.tensor_keys.value_logits!r}",
+                DeprecationWarning,
+                stacklevel=4,
+            )
+        if logits.shape[-1] != self.value_bins.shape[0]:
+            raise ValueError(
+                f"{owner}: value_loss='two_hot' expects logits over {self.value_bins.shape[0]} "
+                f"bins, got a trailing dim of {logits.shape[-1]}"
+            )
+        return logits
+
+    def step_loss(self, prediction: Any, target: Any) -> Any:
+        """``ℓ(prediction, target)`` per element (target raw, ``prediction.shape[:-1]``
+        for two-hot logits, else ``prediction.shape``)."""
+        if self.value_loss == "two_hot":
+            return two_hot_cross_entropy(prediction, target, self.value_bins)
+        _same_shape(type(self).__name__, "lambda_target", target, prediction)
+        return (symlog(prediction) - symlog(target)) ** 2
+
+    def _slow_value(self, data: Any, params: Mapping[str, Params] | None) -> Any:
+        """The target critic's decoded value ``[...]``, out of the graph."""
+        tree = (params or {}).get("target_value_model_params", self.target_value_model_params)
+        held = map_params(lambda leaf: backend_of(leaf).stop_gradient(leaf), tree)
+        value = self.read(self._critic(data, held), self.tensor_keys.value, what="value")
+        if self.value_loss == "two_hot" and value.shape[-1] == self.value_bins.shape[0]:
+            value = two_hot_decode(value, self.value_bins)[..., None]
+        return backend_of(value).stop_gradient(_squeezed(value))
+
+    def forward(self, fake_data: Any, params: Mapping[str, Params] | None = None) -> Any:
+        """``({"loss_value", "value_slow_loss"}, fake_data)``: see the class docstring."""
+        data = as_arraydict(fake_data)
+        lambda_target = self.read(data, "lambda_target", what="lambda_target")
+        target = _squeezed(lambda_target)
+        prediction = self._prediction(
+            self._critic(data, self.network_params("value_model", params))
+        )
+        loss = self.step_loss(prediction, target)
+        xp = backend_of(loss).xp
+        if self.slow_critic_regularization:
+            slow = self.step_loss(prediction, self._slow_value(data, params))
+            loss = loss + self.slow_critic_regularization * slow
+        else:
+            slow = xp.zeros_like(loss)
+        weight = self.discount(data, target)
+        stop = backend_of(loss).stop_gradient
+        losses = ArrayDict(
+            {
+                "loss_value": self.reduce_loss(weight * loss),
+                "value_slow_loss": stop(self.reduce_loss(weight * slow)),
+            }
+        )
+        return losses, data.detach()
+
+    def replay_value_loss(
+        self,
+        tensordict: Any,
+        *,
+        horizon: float = 333.0,
+        lmbda: float = 0.95,
+        params: Mapping[str, Params] | None = None,
+    ) -> Any:
+        r"""The critic loss on a replayed ``[B, T]`` sequence (DreamerV3's replay critic).
+
+        :math:`R_k` is the TD(λ) return of replay state ``k`` from the rewards, flags and
+        ``bootstrap`` values (the first imagined return of each state) of steps
+        ``k+1, ...``, with :math:`\gamma = 1 - 1/\text{horizon}`, out of the graph;
+        ``loss_replay_value = reduce((1 - done_k)\,\ell(v(s_k), R_k))`` over
+        ``k < T - 1`` (plus the slow-critic term). 0-d (``reduction="mean"``); a
+        ``TensorDict`` in, a ``TensorDict`` out.
+        """
+        horizon = hyperparameter("horizon", horizon, low=1.0, high=math.inf)
+        lmbda = hyperparameter("lmbda", lmbda, low=0.0, high=1.0)
+        data = as_arraydict(tensordict)
+        tk = self.tensor_keys
+        fields = {
+            "reward": _nested("next", tk.reward),
+            "done": _nested("next", tk.done),
+            "terminated": _nested("next", tk.terminated),
+            "bootstrap": tk.bootstrap,
+        }
+        got = {name: _squeezed(self.read(data, key, what=name)) for name, key in fields.items()}
+        stop = backend_of(got["bootstrap"]).stop_gradient
+        column = {name: stop(value[..., 1:, None]) for name, value in got.items()}
+        target = td_lambda_return_estimate(
+            1 - 1 / horizon,
+            lmbda,
+            column["bootstrap"],
+            column["reward"],
+            column["done"],
+            column["terminated"],
+        )[..., 0]
+        target = stop(target)
+        outputs = self._critic(data, self.network_params("value_model", params))
+        prediction = self._prediction(outputs)
+        prediction = (
+            prediction[..., :-1, :] if self.value_loss == "two_hot" else prediction[..., :-1]
+        )
+        loss = self.step_loss(prediction, target)
+        if self.slow_critic_regularization:
+            slow_target = self._slow_value(data, params)[..., :-1]
+            loss = loss + self.slow_critic_regularization * self.step_loss(prediction, slow_target)
+        xp = backend_of(loss).xp
+        keep = xp.astype(~xp.astype(got["done"][..., :-1], xp.bool), loss.dtype)
+        out = ArrayDict({"loss_replay_value": self.reduce_loss(keep * loss)})
+        return out.to_tensordict() if is_tensordict(tensordict) else out

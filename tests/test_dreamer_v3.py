@@ -1,0 +1,340 @@
+"""DreamerV3ModelLoss and DreamerV3ValueLoss against TorchRL 0.14.1.
+
+The model loss runs TorchRL's own DreamerV3 RSSM (``RSSMPriorV3`` / ``RSSMPosteriorV3`` in
+an ``RSSMRolloutV3``, float32, categorical draws from torch's global generator), so both
+libraries get the same module, weights, batch and ``torch.manual_seed``; every output,
+the returned data and every gradient are compared. The value loss is checked against
+NumPy formulas written here and against TorchRL. MLP-world cases on every backend live
+in ``conformance/dreamer_v3_cases.py``.
+"""
+
+from __future__ import annotations
+
+import types
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torchrl")
+
+from tensordict import TensorDict  # noqa: E402
+from tensordict.nn import TensorDictModule, TensorDictSequential  # noqa: E402
+from torchrl.modules import MLP, SymExpTwoHot  # noqa: E402
+from torchrl.modules.models.model_based import (  # noqa: E402
+    RSSMPosteriorV3,
+    RSSMPriorV3,
+    RSSMRolloutV3,
+)
+from torchrl.objectives import DreamerV3ModelLoss as TorchRLModelLoss  # noqa: E402
+from torchrl.objectives import DreamerV3ValueLoss as TorchRLValueLoss  # noqa: E402
+
+from arrayrl.data import ArrayDict  # noqa: E402
+from arrayrl.modules import MLP as ArrayMLP  # noqa: E402
+from arrayrl.modules import DictModule  # noqa: E402
+from arrayrl.modules.model_based import SymExpTwoHot as ArraySymExpTwoHot  # noqa: E402
+from arrayrl.objectives.dreamer_v3 import DreamerV3ModelLoss, DreamerV3ValueLoss  # noqa: E402
+
+OBS, ACT, N_CAT, N_CLS, BELIEF, HIDDEN, BINS = 5, 2, 3, 4, 6, 8, 21
+STATE = N_CAT * N_CLS
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+def rssm_world_model(seed: int = 0, continue_head: bool = True) -> TensorDictSequential:
+    """An MLP encoder, TorchRL's V3 RSSM rollout, an MLP decoder, a two-hot reward head
+    (logits and their ``SymExpTwoHot`` decoding) and a continuation head."""
+    torch.manual_seed(seed)
+    prior = RSSMPriorV3(
+        action_shape=(ACT,),
+        hidden_dim=HIDDEN,
+        rnn_hidden_dim=BELIEF,
+        num_categoricals=N_CAT,
+        num_classes=N_CLS,
+        action_dim=ACT,
+    )
+    posterior = RSSMPosteriorV3(
+        hidden_dim=HIDDEN,
+        num_categoricals=N_CAT,
+        num_classes=N_CLS,
+        rnn_hidden_dim=BELIEF,
+        obs_embed_dim=HIDDEN,
+    )
+    latent = [("next", "state"), ("next", "belief")]
+    parts = [
+        TensorDictModule(
+            MLP(in_features=OBS, out_features=HIDDEN, num_cells=[HIDDEN]),
+            [("next", "observation")],
+            [("next", "encoded_latents")],
+        ),
+        RSSMRolloutV3(
+            TensorDictModule(
+                prior,
+                ["state", "belief", "action"],
+                [("next", "prior_logits"), ("next", "state"), ("next", "belief")],
+            ),
+            TensorDictModule(
+                posterior,
+                [("next", "belief"), ("next", "encoded_latents")],
+                [("next", "posterior_logits"), ("next", "state")],
+            ),
+        ),
+        TensorDictModule(
+            MLP(in_features=STATE + BELIEF, out_features=OBS, num_cells=[HIDDEN]),
+            latent,
+            [("next", "reco_observation")],
+        ),
+        TensorDictModule(
+            MLP(in_features=STATE + BELIEF, out_features=BINS, num_cells=[HIDDEN]),
+            latent,
+            [("next", "reward_logits")],
+        ),
+        TensorDictModule(SymExpTwoHot(BINS), [("next", "reward_logits")], [("next", "reward")]),
+    ]
+    if continue_head:
+        parts.append(
+            TensorDictModule(
+                MLP(in_features=STATE + BELIEF, out_features=1, num_cells=[HIDDEN]),
+                latent,
+                [("next", "continue_pred")],
+            )
+        )
+    return TensorDictSequential(*parts)
+
+
+def replay_batch(batch: int = 2, time: int = 4, seed: int = 1) -> TensorDict:
+    g = torch.Generator().manual_seed(seed)
+    terminated = torch.rand(batch, time, 1, generator=g) < 0.3
+    return TensorDict(
+        {
+            "state": torch.zeros(batch, time, STATE),
+            "belief": torch.zeros(batch, time, BELIEF),
+            "action": torch.randn(batch, time, ACT, generator=g),
+            "is_init": torch.zeros(batch, time, 1, dtype=torch.bool),
+            "next": {
+                "observation": 3 * torch.randn(batch, time, OBS, generator=g),
+                "reward": 2 * torch.randn(batch, time, 1, generator=g),
+                "terminated": terminated,
+                "done": terminated.clone(),
+            },
+        },
+        [batch, time],
+    )
+
+
+MODEL_CONFIGS = [
+    {},
+    {"kl_mode": "separate", "unimix": 0.01, "free_bits": 0.1, "lambda_representation": 0.3},
+    {"free_bits": 0.0, "reco_loss": "l1", "lambda_continue": 0.7, "continue_target_scale": 0.95},
+    {"global_average": True, "kl_alpha": 0.5, "free_bits": 0.05, "lambda_kl": 2.0},
+]
+
+
+def _grads(terms, params):
+    out = {}
+    for key in terms.keys():
+        if not key.startswith("loss_"):
+            continue
+        total = terms[key].sum()
+        found = torch.autograd.grad(total, params, retain_graph=True, allow_unused=True)
+        out[key] = [torch.zeros_like(p) if g is None else g for p, g in zip(params, found)]
+    return out
+
+
+@pytest.mark.parametrize("config", MODEL_CONFIGS)
+def test_model_loss_matches_torchrl_on_its_rssm(config):
+    model = rssm_world_model()
+    kwargs = {"num_reward_bins": BINS, **config}
+    params = list(model.parameters())
+    batch = replay_batch()
+
+    expected_loss = TorchRLModelLoss(model, **kwargs)
+    expected_loss.set_keys(pixels="observation", reco_pixels="reco_observation")
+    torch.manual_seed(7)
+    expected, expected_data = expected_loss(batch.clone())
+
+    loss = DreamerV3ModelLoss(model, **kwargs)
+    loss.set_keys(pixels="observation", reco_pixels="reco_observation")
+    torch.manual_seed(7)
+    got, data = loss(batch.clone())
+
+    assert isinstance(got, TensorDict) and isinstance(data, TensorDict)
+    assert sorted(got.keys()) == sorted(expected.keys())
+    for key in expected.keys():
+        assert got[key].shape == expected[key].shape == (1,)
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6)
+    for key in [("next", "posterior_logits"), ("next", "reward"), ("next", "true_reward")]:
+        torch.testing.assert_close(data[key], expected_data[key])
+        assert not data[key].requires_grad
+    want, have = _grads(expected, params), _grads(got, params)
+    for key in want:
+        for a, b in zip(have[key], want[key]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert any(g.abs().sum() > 0 for g in have["loss_model_reward"])
+
+
+def test_model_loss_keeps_graph_without_detach_output():
+    loss = DreamerV3ModelLoss(rssm_world_model(), num_reward_bins=BINS, detach_output=False)
+    loss.set_keys(pixels="observation", reco_pixels="reco_observation")
+    _, data = loss(replay_batch())
+    assert data["next", "posterior_logits"].requires_grad
+
+
+def test_model_loss_missing_continue_head_raises():
+    """TorchRL silently drops loss_model_continue (deviation
+    torchrl-dreamerv3-continue-missing)."""
+    loss = DreamerV3ModelLoss(
+        rssm_world_model(continue_head=False), num_reward_bins=BINS, lambda_continue=1.0
+    )
+    loss.set_keys(pixels="observation", reco_pixels="reco_observation")
+    with pytest.raises(KeyError, match="continue_pred"):
+        loss(replay_batch())
+
+
+def test_model_loss_errors():
+    model = rssm_world_model()
+    with pytest.raises(TypeError):
+        DreamerV3ModelLoss(model, lambda_kl=1.0, kl_balance=0.8)
+    with pytest.raises(TypeError):
+        DreamerV3ModelLoss(model, 1.0)  # keyword-only, as TorchRL
+    with pytest.raises(ValueError, match="kl_mode"):
+        DreamerV3ModelLoss(model, kl_mode="mixed")
+    with pytest.raises(ValueError, match="continue_target_scale"):
+        DreamerV3ModelLoss(model, continue_target_scale=0.0)
+    with pytest.raises(ValueError, match="reco_loss"):
+        DreamerV3ModelLoss(model, reco_loss="huber")
+    with pytest.raises(ValueError, match="lambda_kl"):
+        DreamerV3ModelLoss(model, lambda_kl=float("nan"))
+    with pytest.raises(ValueError, match="unimix"):
+        DreamerV3ModelLoss(model, unimix=1.0)
+    loss = DreamerV3ModelLoss(model)  # 255 bins, the head has BINS
+    loss.set_keys(pixels="observation", reco_pixels="reco_observation")
+    with pytest.raises(ValueError, match="255 bins"):
+        loss(replay_batch())
+    loss = DreamerV3ModelLoss(model, num_reward_bins=BINS, reco_symlog=[True, False])
+    loss.set_keys(pixels="observation", reco_pixels="reco_observation")
+    with pytest.raises(ValueError, match="reconstruction heads"):
+        loss(replay_batch())
+    with pytest.raises(ValueError, match="not an accepted key"):
+        loss.set_keys(pixel="observation")
+
+
+def _numpy_symlog(x):
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def test_value_loss_symlog_mse_matches_numpy_and_torchrl():
+    rng = np.random.default_rng(0)
+    mlp = ArrayMLP(STATE, 1, [HIDDEN], seed=3)
+    weights = {k: np.asarray(v) for k, v in mlp.named_parameters().items()}
+    value = DictModule(mlp, ["state"], ["state_value"])
+    state = rng.standard_normal((4, 5, STATE)).astype(np.float32)
+    target = (5 * rng.standard_normal((4, 5, 1))).astype(np.float32)
+    loss = DreamerV3ValueLoss(value, gamma=0.9)
+    out, returned = loss(ArrayDict({"state": state, "lambda_target": target}, [4, 5]))
+    predicted = np.asarray(mlp(state))[..., 0]
+    per_step = (_numpy_symlog(predicted) - _numpy_symlog(target[..., 0])) ** 2
+    expected = np.mean(0.9 ** np.arange(5) * per_step)
+    np.testing.assert_allclose(out["loss_value"], expected, rtol=1e-5)
+    np.testing.assert_array_equal(out["value_slow_loss"], 0.0)
+    assert "state_value" not in returned.keys()
+
+    torch_mlp = MLP(in_features=STATE, out_features=1, num_cells=[HIDDEN])
+    torch_mlp.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
+    theirs, _ = TorchRLValueLoss(
+        TensorDictModule(torch_mlp, ["state"], ["state_value"]), gamma=0.9
+    )(
+        TensorDict(
+            {"state": torch.as_tensor(state), "lambda_target": torch.as_tensor(target)}, [4, 5]
+        )
+    )
+    np.testing.assert_allclose(out["loss_value"], theirs["loss_value"].item(), rtol=1e-5)
+
+
+def test_value_loss_reads_gamma_from_actor_loss_and_ignores_it_with_discount_weight():
+    rng = np.random.default_rng(1)
+    mlp = ArrayMLP(STATE, 1, [HIDDEN], seed=4)
+    value = DictModule(mlp, ["state"], ["state_value"])
+    actor = types.SimpleNamespace(value_estimator=types.SimpleNamespace(gamma=0.5))
+    loss = DreamerV3ValueLoss(value, gamma=0.99, actor_loss=actor)
+    state = rng.standard_normal((3, 4, STATE))
+    target = rng.standard_normal((3, 4, 1))
+    predicted = np.asarray(mlp.apply(mlp.params, state.astype(np.float32)))[..., 0]
+    per_step = (_numpy_symlog(predicted) - _numpy_symlog(target[..., 0])) ** 2
+    out, _ = loss(ArrayDict({"state": state.astype(np.float32), "lambda_target": target}, [3, 4]))
+    np.testing.assert_allclose(
+        out["loss_value"], np.mean(0.5 ** np.arange(4) * per_step), rtol=1e-5
+    )
+    weight = rng.random((3, 4, 1))
+    batch = {"state": state.astype(np.float32), "lambda_target": target, "discount_weight": weight}
+    out, _ = loss(ArrayDict(batch, [3, 4]))
+    np.testing.assert_allclose(out["loss_value"], np.mean(weight[..., 0] * per_step), rtol=1e-5)
+    loss.sync_gamma_with_actor_loss(types.SimpleNamespace(value_estimator=actor.value_estimator))
+    assert loss.gamma == 0.5
+
+
+def test_two_hot_value_loss_with_slow_critic_matches_torchrl_on_its_modules():
+    torch.manual_seed(0)
+    mlp = MLP(in_features=STATE, out_features=BINS, num_cells=[HIDDEN])
+    value = TensorDictSequential(
+        TensorDictModule(mlp, ["state"], ["state_value_logits"]),
+        TensorDictModule(SymExpTwoHot(BINS), ["state_value_logits"], ["state_value"]),
+    )
+    kwargs = {"value_loss": "two_hot", "num_value_bins": BINS, "slow_critic_regularization": 0.5}
+    theirs = TorchRLValueLoss(value, **kwargs)
+    ours = DreamerV3ValueLoss(value, **kwargs)
+    with torch.no_grad():  # the same perturbed slow critic in both
+        for p in mlp.parameters():
+            p.add_(0.2)
+    batch = TensorDict(
+        {"state": torch.randn(4, 5, STATE), "lambda_target": 10 * torch.randn(4, 5, 1)}, [4, 5]
+    )
+    expected, _ = theirs(batch)
+    got, returned = ours(batch)
+    assert isinstance(got, TensorDict) and isinstance(returned, TensorDict)
+    for key in ("loss_value", "value_slow_loss"):
+        torch.testing.assert_close(got[key], expected[key])
+    assert got["value_slow_loss"] > 0 and not got["value_slow_loss"].requires_grad
+    params = list(mlp.parameters())
+    for a, b in zip(_grads(got, params)["loss_value"], _grads(expected, params)["loss_value"]):
+        torch.testing.assert_close(a, b)
+
+
+def test_symexptwohot_layer_matches_torchrl():
+    logits = torch.randn(3, 4, BINS, dtype=torch.float64)
+    target = 30 * torch.randn(3, 4, dtype=torch.float64)
+    ours, theirs = ArraySymExpTwoHot(BINS), SymExpTwoHot(BINS)
+    torch.testing.assert_close(ours(logits), theirs(logits))
+    torch.testing.assert_close(ours.encode(target), theirs.encode(target))
+    torch.testing.assert_close(ours.loss(logits, target), theirs.loss(logits, target))
+    assert ours.params == {}
+
+
+def test_value_loss_errors():
+    value = DictModule(ArrayMLP(STATE, 1, [HIDDEN], seed=0), ["state"], ["state_value"])
+    with pytest.raises(ValueError, match="value_loss"):
+        DreamerV3ValueLoss(value, value_loss="mse")
+    with pytest.raises(ValueError, match="slow_critic_regularization"):
+        DreamerV3ValueLoss(value, slow_critic_regularization=-1.0)
+    with pytest.raises(ValueError, match="gamma"):
+        DreamerV3ValueLoss(value, gamma=1.5)
+    with pytest.raises(ValueError, match="reduction"):
+        DreamerV3ValueLoss(value, reduction="max")
+    with pytest.raises(TypeError, match="actor_loss"):
+        DreamerV3ValueLoss(value, actor_loss=object())
+    state = np.zeros((4, 5, STATE), np.float32)
+    with pytest.raises(KeyError, match="lambda_target"):
+        DreamerV3ValueLoss(value)(ArrayDict({"state": state}, [4, 5]))
+    bad = ArrayDict({"state": state, "lambda_target": np.zeros((4, 5, 2), np.float32)}, [4, 5])
+    with pytest.raises(ValueError, match="lambda_target"):
+        DreamerV3ValueLoss(value)(bad)
+    two_hot = DreamerV3ValueLoss(value, value_loss="two_hot")  # a scalar head, 255 bins
+    good = ArrayDict({"state": state, "lambda_target": np.zeros((4, 5, 1), np.float32)}, [4, 5])
+    with pytest.raises(ValueError, match="255 bins"), pytest.warns(DeprecationWarning):
+        two_hot(good)
