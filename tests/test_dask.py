@@ -253,3 +253,25 @@ def test_distributed_local_cluster():
         expected = [y for name in names for y in _outputs(ESTIMATORS[name](data))]
         for g, e in zip(client.compute(lazy_out, sync=True), expected):
             np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)
+
+
+def test_td_lambda_without_rolling_gamma_is_lazy_and_equal():
+    """rolling_gamma=False (each start step discounts its whole tail by its own γ) on
+    Dask chunks along batch and time; a NaN reward reaches exactly the reference's
+    returns (a NaN of another start's tail must not leak into this one's)."""
+    rng = np.random.default_rng(3)
+    shape = (4, 9, 1)
+    gamma = rng.uniform(0.8, 0.99, shape)
+    next_value, reward = rng.standard_normal(shape), rng.standard_normal(shape)
+    done = rng.random(shape) < 0.2
+    reward[1, 3, 0] = np.nan
+    args = (gamma, 0.9, next_value, reward, done)
+    expected = F.td_lambda_return_estimate(*args, rolling_gamma=False, kernel="reference")
+    lazy = F.td_lambda_return_estimate(
+        *(da.from_array(x, chunks=(2, 3, 1)) if isinstance(x, np.ndarray) else x for x in args),
+        rolling_gamma=False,
+    )
+    assert isinstance(lazy, da.Array)
+    got = np.asarray(lazy.compute())
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)

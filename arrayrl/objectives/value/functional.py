@@ -269,9 +269,13 @@ def _non_rolling(s: ScanInputs, lmbda: Any) -> Any:
     flat = (n * steps, steps, feats)
     init = xp.reshape(next_value[:, :, -1, :], (n * steps, feats))
     y = s.kernels.linear_scan(xp.reshape(offset, flat), xp.reshape(trace, flat), init)
-    y = xp.reshape(y, (n, steps * steps, feats))
-    diagonal = xp.asarray([k * steps + k for k in range(steps)], device=s.backend.device)
-    return xp.take(y, diagonal, axis=1)
+    y = xp.reshape(y, (n, steps, steps, feats))
+    # the diagonal y[:, k, k, :], by a select and a sum over t (no reshape that merges
+    # the start and time axes, which lazy backends such as Dask cannot do); the select
+    # keeps a NaN of another start's tail out of start k's return
+    starts = xp.arange(steps, device=s.backend.device)
+    on_diagonal = (starts[:, None] == starts[None, :])[None, :, :, None]
+    return xp.sum(xp.where(on_diagonal, y, xp.zeros_like(y)), axis=2)
 
 
 def _td_lambda(s: ScanInputs, lmbda: Any, rolling_gamma: bool | None, views: Any = None) -> Any:
