@@ -359,10 +359,16 @@ def _target(backend: str) -> Target | str:
 
 
 def _select(function: str, wanted: Sequence[str | Case] | None) -> list[Case]:
-    pool = [c for c in all_cases() if c.function == function]
+    return select_cases(function, [c for c in all_cases() if c.function == function], wanted)
+
+
+def select_cases(function: str, pool: list[Any], wanted: Sequence[Any] | None) -> list[Any]:
+    """The cases of ``pool`` that ``wanted`` names: case objects as they are, strings as
+    substrings of a case's name (all of ``pool`` when ``wanted`` is ``None``);
+    ``ValueError`` naming ``function`` when nothing matches."""
     if wanted is None:
         return pool
-    objects = [w for w in wanted if isinstance(w, Case)]
+    objects = [w for w in wanted if not isinstance(w, str)]
     names = [w for w in wanted if isinstance(w, str)]
     chosen = objects + [c for c in pool if any(n in c.name for n in names)]
     if not chosen:

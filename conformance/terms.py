@@ -69,6 +69,7 @@ from .check import (
     _measure,
     check_tolerances,
     compare_gradients,
+    select_cases,
     tolerance_for,
 )
 from .runner import SEED, TOLERANCE, scaled_error
@@ -690,15 +691,7 @@ def check_term(
 
 
 def _select(function: str, wanted: Sequence[str | TermCase] | None) -> list[TermCase]:
-    pool = term_cases(function)
-    if wanted is None:
-        return pool
-    objects = [w for w in wanted if isinstance(w, TermCase)]
-    names = [w for w in wanted if isinstance(w, str)]
-    chosen = objects + [c for c in pool if any(n in c.name for n in names)]
-    if not chosen:
-        raise ValueError(f"no case of {function} matches {list(wanted)}")
-    return chosen
+    return select_cases(function, term_cases(function), wanted)
 
 
 def _reference(term: Term, inputs: Mapping[str, Any], precision: str = "float64") -> Outputs:
