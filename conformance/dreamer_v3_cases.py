@@ -500,3 +500,302 @@ DEVIATIONS: tuple[LossDeviation, ...] = (
         tolerance=None,
     ),
 )
+
+
+# -- the actor ------------------------------------------------------------------------------
+# ``DreamerV3ActorLoss`` cases (:class:`DreamerV3ActorCase`) imagine in the deterministic MLP
+# world model of the v1 actor cases (``dreamer_cases.ENV_PARTS``: TorchRL's ``DreamerEnv``
+# over the same modules) with a ``TanhNormal`` actor, so the only draws are the actor's
+# ``rsample`` per step and the one-sample entropy ``rsample`` ``[N, H, A]`` after the
+# rollout: TorchRL runs after ``torch.manual_seed``, arrayrl on torch draws from a
+# ``torch.Generator`` seeded alike. An optional continuation model is an MLP over
+# ``(state, belief)`` followed by a sigmoid. Outputs: the six 0-d terms (the moving return
+# quantiles included), ``lambda_target``, ``discount_weight``, the continuations and the
+# imagined trajectory; gradients of ``loss_actor`` w.r.t. the actor's and the (held-out)
+# world model's parameters.
+from . import dreamer_cases as _v1  # noqa: E402
+
+_V3_ACTOR_DATA_KEYS = [*_v1.ACTOR_DATA_KEYS, "discount_weight"]
+_CONTINUATION_SPEC = NetSpec(_v1.STATE + _v1.BELIEF, 1, (_v1.HIDDEN,))
+_ACTOR_TERMS = (
+    "loss_actor",
+    "actor_entropy",
+    "return_low",
+    "return_high",
+    "return_scale",
+    "continuation_mean",
+)
+
+
+class _Sigmoid:
+    """``1 / (1 + exp(-x))`` (a parameter-free arrayrl layer)."""
+
+    params: dict = {}  # noqa: RUF012 (no parameters, never written)
+
+    def apply(self, params: Any, x: Any) -> Any:
+        from arrayrl.backends import backend_of
+
+        return 1.0 / (1.0 + backend_of(x).xp.exp(-x))
+
+    def to(self, backend: Any, device: Any = None) -> _Sigmoid:
+        return self
+
+
+@dataclass(frozen=True)
+class DreamerV3ActorCase(LossCase):
+    """One ``DreamerV3ActorLoss`` configuration: ``config`` holds the constructor's
+    keyword arguments, ``make_value_estimator``'s under ``"estimator"``, ``"continuation":
+    True`` for a continuation model and ``"eval": True`` for evaluation mode; ``calls``
+    (in ``config``, default 1) is the number of calls, the last one compared (the return
+    statistics move between calls)."""
+
+    @property
+    def monte_carlo(self) -> bool:
+        """The actor's reparameterised draws."""
+        return True
+
+    def build(self, seed: int, dtype: str) -> LossInputs:
+        rng = np.random.default_rng([seed, 17])
+        weights = _v1._part_weights(_v1.ENV_PARTS, seed)
+        weights["actor"] = _mlp_weights(_v1.ACTOR_SPEC, seed * 100 + 50)
+        weights["value"] = _mlp_weights(_v1.VALUE_SPEC, seed * 100 + 51)
+        weights["continuation"] = _mlp_weights(_CONTINUATION_SPEC, seed * 100 + 52)
+        shape = self.batch_shape
+        batch = {
+            "state": rng.standard_normal((*shape, _v1.STATE)),
+            "belief": rng.standard_normal((*shape, _v1.BELIEF)),
+        }
+        return LossInputs(weights, {}, batch, shape).astype(dtype)
+
+    def _loss_kwargs(self) -> dict[str, Any]:
+        extra = ("estimator", "continuation", "eval", "calls")
+        return {k: v for k, v in self.config.items() if k not in extra}
+
+    def _data_keys(self) -> list:
+        if not self.config.get("continuation"):
+            return _V3_ACTOR_DATA_KEYS
+        return [*_V3_ACTOR_DATA_KEYS, "continuation", (_NEXT, "continuation")]
+
+    def evaluate_arrayrl(
+        self,
+        inputs: LossInputs,
+        backend: str,
+        device: Any = None,
+        *,
+        generator_mode: str = "numpy",
+    ) -> Evaluation:
+        from arrayrl.data import ArrayDict
+        from arrayrl.modules import DictModule, NormalParamExtractor, ProbabilisticActor, Sequential
+        from arrayrl.modules.distributions import TanhNormal
+        from arrayrl.objectives.dreamer_v3 import DreamerV3ActorLoss
+
+        from .loss_cases import LOSS_SEED
+
+        w = inputs.weights
+        model, _ = _v1._arrayrl_world_model(_v1.ENV_PARTS, w)
+        spec = _v1.ACTOR_SPEC
+        actor_mlp = _v1._arrayrl_mlp(w["actor"], spec.in_features, spec.out_features)
+        actor = ProbabilisticActor(
+            DictModule(
+                Sequential(actor_mlp, NormalParamExtractor()), ["state", "belief"], ["loc", "scale"]
+            ),
+            in_keys=["loc", "scale"],
+            distribution_class=TanhNormal,
+        )
+        features = _v1.VALUE_SPEC.in_features
+        value = DictModule(
+            _v1._arrayrl_mlp(w["value"], features, 1), ["state", "belief"], ["state_value"]
+        )
+        kwargs = self._loss_kwargs()
+        if self.config.get("continuation"):
+            mlp = _v1._arrayrl_mlp(w["continuation"], features, 1)
+            kwargs["continuation_model"] = DictModule(
+                Sequential(mlp, _Sigmoid()), ["state", "belief"], ["continuation"]
+            )
+        loss = DreamerV3ActorLoss(actor, value, model, seed=LOSS_SEED, **kwargs)
+        loss.generator_mode = generator_mode
+        if "estimator" in self.config:
+            loss.make_value_estimator(**self.config["estimator"])
+        if self.config.get("eval"):
+            loss.eval()
+        loss.to(backend, device)
+        data = ArrayDict(inputs.batch, inputs.batch_size).to(backend, device)
+        for _ in range(self.config.get("calls", 1)):
+            terms, fake = loss(data)
+        outputs = _host_outputs(dict(terms.items()), fake, self._data_keys())
+        if backend != "torch":
+            return Evaluation(outputs)
+        tree = loss.actor_model_params["module"]["module"]["0"]
+        params = _v1._named("actor", {"mlp": _v1._Tree(tree)}, arrayrl=True)
+        env_tree = loss.model_based_env_params
+        params.update(
+            _v1._named(
+                "model", {p: _v1._Tree(env_tree[p]["module"]) for p in _v1.ENV_PARTS}, arrayrl=True
+            )
+        )
+        return Evaluation(outputs, torch_gradients({"loss_actor": terms["loss_actor"]}, params))
+
+    def evaluate_torchrl(self, inputs: LossInputs, dtype: str) -> Evaluation:
+        """TorchRL's loss on ``DreamerEnv`` over the same parts, after
+        ``torch.manual_seed(LOSS_SEED)``; without a continuation model its estimator runs
+        along the imagination axis (``time_dim=-2``; deviation
+        ``torchrl-dreamer-lambda-time-dim``)."""
+        import torch
+        from tensordict import TensorDict
+        from tensordict.nn import NormalParamExtractor, TensorDictModule
+        from torchrl.modules import MLP, ProbabilisticActor, TanhNormal
+        from torchrl.objectives import DreamerV3ActorLoss
+        from torchrl.objectives.utils import ValueEstimators
+
+        from .loss_cases import LOSS_SEED
+
+        torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+        env, mlps = _torchrl_dreamer_env(inputs, dtype)
+
+        def mlp(name: str, spec: NetSpec) -> Any:
+            net = MLP(
+                in_features=spec.in_features,
+                out_features=spec.out_features,
+                num_cells=list(spec.num_cells),
+            ).to(torch_dtype)
+            net.load_state_dict(_to_torch(inputs.weights[name]))
+            return net
+
+        actor_mlp = mlp("actor", _v1.ACTOR_SPEC)
+        actor = ProbabilisticActor(
+            TensorDictModule(
+                _torch_headed(actor_mlp, NormalParamExtractor()),
+                ["state", "belief"],
+                ["loc", "scale"],
+            ),
+            in_keys=["loc", "scale"],
+            distribution_class=TanhNormal,
+        )
+        value = TensorDictModule(mlp("value", _v1.VALUE_SPEC), ["state", "belief"], ["state_value"])
+        kwargs = self._loss_kwargs()
+        if self.config.get("continuation"):
+            head = _torch_headed(mlp("continuation", _CONTINUATION_SPEC), torch.nn.Sigmoid())
+            kwargs["continuation_model"] = TensorDictModule(
+                head, ["state", "belief"], ["continuation"]
+            )
+        loss = DreamerV3ActorLoss(actor, value, env, **kwargs)
+        if "estimator" in self.config:
+            estimator = dict(self.config["estimator"])
+            loss.make_value_estimator(ValueEstimators[estimator.pop("value_type")], **estimator)
+        loss.value_estimator.time_dim = -2
+        if self.config.get("eval"):
+            loss.eval()
+        batch = TensorDict(_to_torch(inputs.batch), batch_size=inputs.batch_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(LOSS_SEED)
+            for _ in range(self.config.get("calls", 1)):
+                terms, fake = loss(batch)
+        outputs = _torch_outputs(terms, fake, self._data_keys())
+        params = _v1._named("actor", {"mlp": actor_mlp}, arrayrl=False)
+        params.update(_v1._named("model", mlps, arrayrl=False))
+        return Evaluation(outputs, torch_gradients({"loss_actor": terms["loss_actor"]}, params))
+
+
+def _torchrl_dreamer_env(inputs: LossInputs, dtype: str) -> tuple[Any, dict]:
+    """TorchRL's ``DreamerEnv`` over the v1 cases' MLP parts, and each part's ``MLP``."""
+    import torch
+    from tensordict.nn import TensorDictSequential
+    from torchrl.data import Composite, Unbounded
+    from torchrl.envs.model_based.dreamer import DreamerEnv
+    from torchrl.modules import WorldModelWrapper
+
+    torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    (belief, state, reward), mlps = _v1._torchrl_parts(_v1.ENV_PARTS, inputs.weights, dtype)
+    model = WorldModelWrapper(TensorDictSequential(belief, state), reward)
+    sizes = {"state": _v1.STATE, "belief": _v1.BELIEF}
+    env = DreamerEnv(
+        model, prior_shape=torch.Size([_v1.STATE]), belief_shape=torch.Size([_v1.BELIEF])
+    )
+    env.action_spec = Unbounded(_v1.ACT, dtype=torch_dtype)
+    env.observation_spec = Composite({k: Unbounded(n, dtype=torch_dtype) for k, n in sizes.items()})
+    env.reward_spec = Unbounded(1, dtype=torch_dtype)
+    env.state_spec = Composite({k: Unbounded(n, dtype=torch_dtype) for k, n in sizes.items()})
+    return env, mlps
+
+
+def _actor_case(label: str, batch_shape: tuple[int, ...] = (6,), **config: Any) -> LossCase:
+    layout = "x".join(map(str, batch_shape))
+    return DreamerV3ActorCase(
+        name=f"DreamerV3ActorLoss[{layout},{label}]",
+        loss="DreamerV3ActorLoss",
+        batch_shape=batch_shape,
+        config=config,
+        core=label == "default",
+    )
+
+
+_value_and_model_cases = cases
+
+
+def cases() -> list[LossCase]:
+    """The model and value cases, then the actor's: dynamics backpropagation and
+    REINFORCE, the entropy bonus on and off, the return normalisation (several calls, eval
+    mode, off), the continuation model and each value estimator."""
+    return [
+        *_value_and_model_cases(),
+        _actor_case("default", imagination_horizon=4),
+        _actor_case("three-calls", imagination_horizon=3, calls=3, return_normalization_rate=0.3),
+        _actor_case(
+            "reinforce",
+            (2, 3),
+            imagination_horizon=4,
+            use_reinforce=True,
+            entropy_bonus=0.05,
+            calls=2,
+            return_normalization_quantiles=(0.1, 0.8),
+            return_normalization_min_scale=0.01,
+            return_normalization_rate=0.5,
+        ),
+        _actor_case(
+            "no-entropy,undiscounted", imagination_horizon=3, entropy_bonus=0.0, discount_loss=False
+        ),
+        _actor_case("eval", imagination_horizon=3, eval=True),
+        _actor_case("no-normalization", imagination_horizon=3, return_normalization=False),
+        _actor_case(
+            "continuation",
+            imagination_horizon=4,
+            continuation=True,
+            estimator={"value_type": "TDLambda", "gamma": 0.9, "lmbda": 0.7},
+        ),
+        _actor_case(
+            "continuation,reinforce",
+            imagination_horizon=3,
+            continuation=True,
+            use_reinforce=True,
+            return_normalization_min_scale=0.05,
+            calls=2,
+        ),
+        _actor_case("td0", imagination_horizon=3, estimator={"value_type": "TD0", "gamma": 0.9}),
+        _actor_case("td1", imagination_horizon=3, estimator={"value_type": "TD1", "gamma": 0.8}),
+    ]
+
+
+def _v3_actor_without_continuation(case: LossCase, dtype: str) -> bool:
+    return isinstance(case, DreamerV3ActorCase) and not case.config.get("continuation")
+
+
+DEVIATIONS = (
+    *DEVIATIONS,
+    LossDeviation(
+        key="torchrl-dreamerv3-lambda-time-dim",
+        applies=_v3_actor_without_continuation,
+        reason=(
+            "Without a continuation_model, TorchRL 0.14.1's DreamerV3ActorLoss.lambda_target "
+            "calls its value estimator on a TensorDict of batch size [] holding [N, H, 1] "
+            "rewards and values, as the v1 actor does (torchrl-dreamer-lambda-time-dim): "
+            "the time axis resolves to the trailing unit axis and TD(lambda) / TD(1) reduce "
+            "to r_t + gamma v(s_t+1) (measured). Its continuation path recurses along H "
+            "correctly. arrayrl computes the lambda-return along the imagination axis H "
+            "(Hafner et al. 2023, eq. 7) on both paths; the TorchRL cells here run TorchRL "
+            "with its estimator's time_dim = -2, compared at the usual tolerance. No "
+            "TorchRL issue found."
+        ),
+        tolerance=0.0,
+    ),
+)
+__all__ += ["DreamerV3ActorCase"]

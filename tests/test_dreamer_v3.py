@@ -10,6 +10,7 @@ in ``conformance/dreamer_v3_cases.py``.
 
 from __future__ import annotations
 
+import copy
 import types
 import warnings
 
@@ -27,14 +28,22 @@ from torchrl.modules.models.model_based import (  # noqa: E402
     RSSMPriorV3,
     RSSMRolloutV3,
 )
+from torchrl.objectives import DreamerV3ActorLoss as TorchRLActorLoss  # noqa: E402
 from torchrl.objectives import DreamerV3ModelLoss as TorchRLModelLoss  # noqa: E402
 from torchrl.objectives import DreamerV3ValueLoss as TorchRLValueLoss  # noqa: E402
+from torchrl.objectives.utils import ValueEstimators  # noqa: E402
 
 from arrayrl.data import ArrayDict  # noqa: E402
 from arrayrl.modules import MLP as ArrayMLP  # noqa: E402
 from arrayrl.modules import DictModule  # noqa: E402
 from arrayrl.modules.model_based import SymExpTwoHot as ArraySymExpTwoHot  # noqa: E402
-from arrayrl.objectives.dreamer_v3 import DreamerV3ModelLoss, DreamerV3ValueLoss  # noqa: E402
+from arrayrl.objectives.dreamer_v3 import (  # noqa: E402
+    DreamerV3ActorLoss,
+    DreamerV3ModelLoss,
+    DreamerV3ValueLoss,
+)
+
+from . import test_dreamer as v1  # noqa: E402
 
 OBS, ACT, N_CAT, N_CLS, BELIEF, HIDDEN, BINS = 5, 2, 3, 4, 6, 8, 21
 STATE = N_CAT * N_CLS
@@ -338,3 +347,178 @@ def test_value_loss_errors():
     good = ArrayDict({"state": state, "lambda_target": np.zeros((4, 5, 1), np.float32)}, [4, 5])
     with pytest.raises(ValueError, match="255 bins"), pytest.warns(DeprecationWarning):
         two_hot(good)
+
+
+# -- DreamerV3ActorLoss -------------------------------------------------------------------------
+# TorchRL's imagination env over its v1 RSSMPrior (draws: per step the actor's rsample, then
+# the prior's randn_like; then one entropy rsample), shared with tests/test_dreamer.py.
+
+ACTOR_TERMS = (
+    "loss_actor",
+    "actor_entropy",
+    "return_low",
+    "return_high",
+    "return_scale",
+    "continuation_mean",
+)
+
+
+def continuation_model(seed: int = 6) -> TensorDictModule:
+    torch.manual_seed(seed)
+    return TensorDictModule(_Continuation(), in_keys=["state", "belief"], out_keys=["continuation"])
+
+
+class _Continuation(torch.nn.Module):
+    """``sigmoid(MLP(state, belief))``: a continuation probability."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = MLP(in_features=v1.STATE + v1.BELIEF, out_features=1, depth=1, num_cells=8)
+
+    def forward(self, state, belief):
+        return torch.sigmoid(self.mlp(state, belief))
+
+
+def _actor_losses(continuation: bool = False, estimator=None, **kwargs):
+    """(TorchRL's loss, arrayrl's loss) on twin modules; TorchRL's estimator runs along the
+    imagination axis (deviation torchrl-dreamerv3-lambda-time-dim)."""
+    t_actor, o_actor = v1._twins(v1.actor_model)
+    t_env, o_env = v1._twins(v1.dreamer_env)
+    value = v1.value_model()
+    if continuation:
+        cont = continuation_model()
+        kwargs = {**kwargs, "continuation_model": cont}
+    theirs = TorchRLActorLoss(t_actor, value, t_env, **kwargs)
+    if continuation:
+        kwargs["continuation_model"] = copy.deepcopy(cont)
+    ours = DreamerV3ActorLoss(o_actor, copy.deepcopy(value), o_env, **kwargs)
+    if estimator is not None:
+        value_type, hyper = estimator
+        theirs.make_value_estimator(ValueEstimators[value_type], **hyper)
+        ours.make_value_estimator(value_type, **hyper)
+    theirs.value_estimator.time_dim = -2
+    return theirs, ours, list(t_actor.parameters()), list(o_actor.parameters())
+
+
+ACTOR_CONFIGS = [
+    {"imagination_horizon": 4},
+    {"imagination_horizon": 3, "use_reinforce": True, "entropy_bonus": 0.1},
+    {
+        "imagination_horizon": 4,
+        "continuation": True,
+        "estimator": ("TDLambda", {"gamma": 0.9, "lmbda": 0.8}),
+        "return_normalization_min_scale": 0.01,
+    },
+    {"imagination_horizon": 3, "entropy_bonus": 0.0, "return_normalization": False},
+]
+
+
+@pytest.mark.parametrize("config", ACTOR_CONFIGS, ids=str)
+def test_actor_loss_matches_torchrl_on_its_rssm(config):
+    config = dict(config)
+    theirs_loss, ours_loss, theirs_p, ours_p = _actor_losses(
+        config.pop("continuation", False), config.pop("estimator", None), **config
+    )
+    start = v1.start_batch()
+    for seed in (7, 8):  # the second call sees the moved return statistics
+        torch.manual_seed(seed)
+        theirs, theirs_fake = theirs_loss(start.clone())
+        torch.manual_seed(seed)
+        ours, ours_fake = ours_loss(start.clone())
+    assert isinstance(ours, TensorDict) and sorted(ours.keys()) == sorted(ACTOR_TERMS)
+    for key in ACTOR_TERMS:
+        assert ours[key].shape == torch.Size([]) and ours[key].dtype == theirs[key].dtype, key
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6)
+    assert set(ours_fake.keys(True, True)) == set(theirs_fake.keys(True, True))
+    for key in theirs_fake.keys(True, True):
+        torch.testing.assert_close(ours_fake[key], theirs_fake[key], rtol=1e-5, atol=1e-6)
+        assert not ours_fake[key].requires_grad
+    g_ours = v1._grads(ours["loss_actor"], ours_p)
+    assert any(g.abs().sum() > 0 for g in g_ours)
+    for a, b in zip(g_ours, v1._grads(theirs["loss_actor"], theirs_p)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    state = ours_loss.state_dict()
+    for name in ("retnorm.low", "retnorm.high"):
+        torch.testing.assert_close(state[name], theirs_loss.state_dict()[name])
+
+
+def test_actor_lambda_target_is_the_lambda_return_not_torchrl_one_step():
+    """Without a continuation model arrayrl's ``lambda_target`` is TD(λ) along the
+    imagination axis (a NumPy recursion); TorchRL 0.14.1's default is the one-step target."""
+    t_actor, o_actor = v1._twins(v1.actor_model)
+    t_env, o_env = v1._twins(v1.dreamer_env)
+    theirs_loss = TorchRLActorLoss(t_actor, v1.value_model(), t_env, imagination_horizon=4)
+    ours_loss = DreamerV3ActorLoss(o_actor, v1.value_model(), o_env, imagination_horizon=4)
+    torch.manual_seed(0)
+    _, fake = ours_loss(v1.start_batch())
+    torch.manual_seed(0)
+    _, theirs_fake = theirs_loss(v1.start_batch())
+    r = fake["next", "reward"].numpy().astype(np.float64)
+    v = v1.value_model()(fake["next"].select("state", "belief"))["state_value"]
+    v = v.detach().numpy().astype(np.float64)
+    g, lam = 0.99, 0.95
+    expected = np.zeros_like(r)
+    expected[:, -1] = r[:, -1] + g * v[:, -1]
+    for t in range(r.shape[1] - 2, -1, -1):
+        expected[:, t] = r[:, t] + g * ((1 - lam) * v[:, t] + lam * expected[:, t + 1])
+    np.testing.assert_allclose(fake["lambda_target"].numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(theirs_fake["lambda_target"].numpy(), r + g * v, atol=1e-5)
+    assert not np.allclose(expected, r + g * v, atol=1e-3)
+
+
+def test_actor_return_statistics_follow_the_quantiles_and_freeze_in_eval():
+    loss = DreamerV3ActorLoss(
+        v1.actor_model(), v1.value_model(), v1.dreamer_env(), imagination_horizon=3
+    )
+    assert loss.return_normalization_rate == 0.01
+    assert loss.return_normalization_quantiles == (0.05, 0.95)
+    torch.manual_seed(1)
+    out, fake = loss(v1.start_batch())
+    flat = fake["lambda_target"].numpy().astype(np.float64).ravel()
+    low, high = np.quantile(flat, [0.05, 0.95])
+    np.testing.assert_allclose(out["return_low"].item(), 0.01 * low, rtol=1e-5)
+    np.testing.assert_allclose(out["return_high"].item(), 0.01 * high, rtol=1e-5)
+    assert out["return_low"].dtype == torch.float32
+    assert out["return_scale"].item() == max(1.0, 0.01 * (high - low))
+    fresh = DreamerV3ActorLoss(
+        v1.actor_model(), v1.value_model(), v1.dreamer_env(), imagination_horizon=3
+    ).eval()
+    torch.manual_seed(1)
+    out, _ = fresh(v1.start_batch())
+    assert out["return_low"].item() == out["return_high"].item() == 0.0
+    assert out["return_scale"].item() == 1.0 and out["continuation_mean"].item() == 1.0
+
+
+def test_actor_loss_legacy_state_dict_and_entropy_of_a_normal():
+    loss = DreamerV3ActorLoss(v1.actor_model(), v1.value_model(), v1.dreamer_env())
+    state = loss.state_dict()
+    state.pop("retnorm.low")
+    state.pop("retnorm.high")
+    state["return_low"], state["return_high"] = torch.tensor(-2.0), torch.tensor(3.0)
+    loss.load_state_dict(state)
+    assert loss.return_low.item() == -2.0 and loss.return_high.item() == 3.0
+    # a distribution with a closed-form entropy is not sampled
+    from arrayrl.modules.distributions import Normal
+
+    dist = Normal(torch.zeros(2, 3, 1), torch.full((2, 3, 1), 2.0))
+    entropy = loss.policy_entropy(dist, None, torch.zeros(2, 3, 1))
+    expected = 0.5 * np.log(2 * np.pi * np.e * 4.0)
+    np.testing.assert_allclose(entropy.numpy(), np.full((2, 3, 1), expected), rtol=1e-6)
+
+
+def test_actor_loss_errors():
+    args = (v1.actor_model(), v1.value_model(), v1.dreamer_env())
+    with pytest.raises(TypeError, match="make_value_estimator"):
+        DreamerV3ActorLoss(*args, gamma=0.9)
+    with pytest.raises(ValueError, match="entropy_bonus"):
+        DreamerV3ActorLoss(*args, entropy_bonus=-1.0)
+    with pytest.raises(ValueError, match="quantiles"):
+        DreamerV3ActorLoss(*args, return_normalization_quantiles=(0.9, 0.1))
+    with pytest.raises(ValueError, match="min_scale"):
+        DreamerV3ActorLoss(*args, return_normalization_min_scale=0.0)
+    with pytest.raises(TypeError, match="bogus"):
+        DreamerV3ActorLoss(*args, bogus=1)
+    loss = DreamerV3ActorLoss(*args, continuation_model=continuation_model())
+    loss.make_value_estimator("TD0", gamma=0.9)
+    with pytest.raises(TypeError, match="TD\\(lambda\\)"):
+        loss(v1.start_batch())

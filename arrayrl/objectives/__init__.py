@@ -14,6 +14,7 @@ from .ddpg import DDPGLoss
 from .dqn import DistributionalDQNLoss, DQNLoss, categorical_projection
 from .dreamer import DreamerActorLoss, DreamerModelLoss, DreamerValueLoss
 from .dreamer_v3 import (
+    DreamerV3ActorLoss,
     DreamerV3ModelLoss,
     DreamerV3ValueLoss,
     categorical_kl_balanced,
@@ -52,6 +53,7 @@ __all__ = [
     "DistributionalDQNLoss",
     "DreamerActorLoss",
     "DreamerModelLoss",
+    "DreamerV3ActorLoss",
     "DreamerV3ModelLoss",
     "DreamerV3ValueLoss",
     "DreamerValueLoss",

@@ -710,3 +710,386 @@ class DreamerV3ValueLoss(_TupleReturn, LossModule):
         keep = xp.astype(~xp.astype(got["done"][..., :-1], xp.bool), loss.dtype)
         out = ArrayDict({"loss_replay_value": self.reduce_loss(keep * loss)})
         return out.to_tensordict() if is_tensordict(tensordict) else out
+
+
+# -- the actor ----------------------------------------------------------------------------------
+from arrayrl.modules.adapt import as_module  # noqa: E402
+from arrayrl.modules.value_norm import PercentileValueNorm  # noqa: E402
+
+from ._imagination import ImaginationKeys, imagine, lambda_returns  # noqa: E402
+from .dreamer import _held_out, _world_model_of  # noqa: E402
+from .td3 import GAMMA_ERROR  # noqa: E402
+from .utils import ValueEstimators  # noqa: E402
+
+__all__ += ["DreamerV3ActorLoss"]
+
+#: the legacy flat buffers of TorchRL's actor loss and where they live now
+_LEGACY_RETNORM = {"return_low": "retnorm.low", "return_high": "retnorm.high"}
+
+
+class DreamerV3ActorLoss(_TupleReturn, LossModule):
+    r"""The DreamerV3 actor loss (Hafner et al. 2023, eq. 11 and "actor learning").
+
+    From the batch's ``state`` and ``belief`` (cut from the graph), :func:`imagine` unrolls
+    the actor in the world model for ``H = imagination_horizon`` steps (world model, value
+    and continuation model held out: they get no gradient). With ``v`` the value of the
+    imagined next states and ``c`` the continuation probabilities (1 without a
+    ``continuation_model``):
+
+    - the λ-returns, along the imagination axis: :math:`R_t = r_t + \gamma c_t\,[(1 -
+      \lambda) v_t + \lambda R_{t+1}]`, :math:`R_H = v_H` (the loss's TD(λ) estimator;
+      TD(0) / TD(1) without a continuation model), written at ``lambda_target``;
+    - the weights :math:`w_t = \prod_{k \le t} \gamma^{[k>0]} \bar c_k` (``discount_loss``,
+      :math:`\bar c` the continuation of the root states), else 1, out of the graph
+      (``discount_weight``);
+    - the return scale :math:`S = \max(s_{min}, H_{95} - L_5)` of a
+      :class:`~arrayrl.modules.value_norm.PercentileValueNorm` (``retnorm``) updated with
+      :math:`R` in training mode (``return_normalization``; else :math:`S = 1`);
+    - dynamics backpropagation: :math:`\mathcal L = -\operatorname{mean}(w R / S)`; or
+      REINFORCE (``use_reinforce``): :math:`\mathcal L = -\operatorname{mean}(w \log
+      \pi(\operatorname{sg} a_t \mid \operatorname{sg} s_t)\,\operatorname{sg}(R_t -
+      v(s_t)) / S)`;
+    - the entropy bonus :math:`\eta` (``entropy_bonus > 0``): :math:`\mathcal L
+      \mathrel{-}= \eta \operatorname{mean}(w \mathcal H[\pi(\cdot \mid \operatorname{sg}
+      s_t)])`, the closed-form entropy where the distribution has one, else the negative
+      log-probability of one reparameterised draw (``TanhNormal``, as TorchRL 0.14.1).
+
+    ``loss(batch)`` returns ``(losses, fake_data)``: ``loss_actor``, ``actor_entropy`` (the
+    weighted mean entropy, out of the graph; 0 without a bonus), ``return_low``,
+    ``return_high`` (the float32 moving quantiles), ``return_scale`` :math:`S`,
+    ``continuation_mean`` (the mean of :math:`c`, 1 without a continuation model), all 0-d;
+    ``fake_data`` the imagined ``[*B, H]`` trajectory with ``lambda_target``,
+    ``discount_weight`` (and ``continuation``), cut from the graph.
+
+    Parameters follow TorchRL 0.14.1's (keyword-only after ``model_based_env``):
+    ``continuation_model`` (None), ``imagination_horizon`` (15), ``discount_loss`` (True),
+    ``entropy_bonus`` (3e-4), ``use_reinforce`` (False), ``return_normalization`` (True),
+    ``return_normalization_rate`` (0.01), ``return_normalization_quantiles`` ((0.05,
+    0.95)), ``return_normalization_min_scale`` (1.0); ``gamma`` / ``lmbda`` are refused
+    (``make_value_estimator``); ``seed`` as :class:`~arrayrl.objectives.DreamerActorLoss`.
+    The modules are those of :class:`~arrayrl.objectives.DreamerActorLoss` (TorchRL's
+    ``DreamerEnv`` or a world-model module); the value and continuation models read
+    ``state`` / ``belief`` and write ``tensor_keys.value`` / ``tensor_keys.continuation``.
+
+    Without a continuation model TorchRL 0.14.1 runs its estimator along the trailing unit
+    axis (TD(λ) collapses to TD(0)); arrayrl runs it along the imagination axis (deviation
+    ``torchrl-dreamer-lambda-time-dim``, as for the v1 actor).
+    """
+
+    @dataclasses.dataclass
+    class _AcceptedKeys:
+        state: Any = "state"
+        belief: Any = "belief"
+        reward: Any = "reward"
+        value: Any = "state_value"
+        action: Any = "action"
+        action_log_prob: Any = "action_log_prob"
+        done: Any = "done"
+        terminated: Any = "terminated"
+        continuation: Any = "continuation"
+        discount_weight: Any = "discount_weight"
+
+    default_value_estimator = ValueEstimators.TDLambda
+    SUPPORTED_VALUE_ESTIMATORS = (
+        ValueEstimators.TD0,
+        ValueEstimators.TD1,
+        ValueEstimators.TDLambda,
+    )
+    out_keys: ClassVar[list[str]] = [
+        "loss_actor",
+        "actor_entropy",
+        "return_low",
+        "return_high",
+        "return_scale",
+        "continuation_mean",
+    ]
+
+    def __init__(
+        self,
+        actor_model: Any,
+        value_model: Any,
+        model_based_env: Any,
+        *,
+        continuation_model: Any = None,
+        imagination_horizon: int = 15,
+        discount_loss: bool = True,
+        entropy_bonus: float = 3e-4,
+        use_reinforce: bool = False,
+        return_normalization: bool = True,
+        return_normalization_rate: float = 0.01,
+        return_normalization_quantiles: tuple[float, float] = (0.05, 0.95),
+        return_normalization_min_scale: float = 1.0,
+        gamma: float | None = None,
+        lmbda: float | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if gamma is not None or lmbda is not None:
+            raise TypeError(GAMMA_ERROR)
+        owner = type(self).__name__
+        world_model = _world_model_of(model_based_env, owner)
+        _refuse_float64_rssm(owner, "model_based_env", world_model)
+        super().__init__()
+        self.seed = seed
+        self.imagination_horizon = count("imagination_horizon", imagination_horizon)
+        self.discount_loss = flag("discount_loss", discount_loss)
+        self.entropy_bonus = coefficient("entropy_bonus", entropy_bonus, allow_none=False)
+        self.use_reinforce = flag("use_reinforce", use_reinforce)
+        self.return_normalization = flag("return_normalization", return_normalization)
+        retnorm = PercentileValueNorm(
+            quantiles=return_normalization_quantiles,
+            rate=return_normalization_rate,
+            min_scale=return_normalization_min_scale,
+        )
+        self.register_state("retnorm", retnorm)
+        actor = self.convert_to_functional(actor_model, "actor_model")
+        if not hasattr(actor, "get_dist"):
+            raise TypeError(
+                f"{owner}: actor_model must be a ProbabilisticActor (a distribution with "
+                f"rsample), got {type(actor_model).__name__}"
+            )
+        self.convert_to_functional(world_model, "model_based_env")
+        # held out, not registered (as TorchRL's): their parameters are not ours
+        self.value_model = as_module(value_model, "value_model", owner=owner)
+        self._has_torch_modules |= self.value_model is not value_model
+        self.continuation_model = None
+        if continuation_model is not None:
+            self.continuation_model = as_module(
+                continuation_model, "continuation_model", owner=owner
+            )
+            self._has_torch_modules |= self.continuation_model is not continuation_model
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def to(self, backend: Any, device: Any = None) -> DreamerV3ActorLoss:
+        """Move the parameters, the return statistics and the held-out value and
+        continuation models; returns ``self``."""
+        super().to(backend, device)
+        for module in (self.value_model, self.continuation_model):
+            if module is not None:
+                module.to(backend, device)
+        return self
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> DreamerV3ActorLoss:
+        """As :meth:`LossModule.load_state_dict`; TorchRL's legacy flat ``return_low`` /
+        ``return_high`` buffers (0-d) are read as ``retnorm.low`` / ``retnorm.high``."""
+        state = dict(state)
+        for legacy, current in _LEGACY_RETNORM.items():
+            if legacy in state and current not in state:
+                xp = backend_of(state[legacy]).xp
+                state[current] = xp.reshape(state.pop(legacy), (1,))
+        return super().load_state_dict(state)
+
+    def _value_estimator_networks(self, value_type: ValueEstimators) -> dict[str, Any]:
+        """The returns bootstrap on values the loss computes: no network."""
+        return {"value_network": None}
+
+    def _forward_value_estimator_keys(self) -> None:
+        if self._value_estimator is not None:
+            tk = self.tensor_keys
+            self._value_estimator.set_keys(
+                value=tk.value, reward=tk.reward, done=tk.done, terminated=tk.terminated
+            )
+
+    def _keys(self) -> ImaginationKeys:
+        tk = self.tensor_keys
+        return ImaginationKeys(
+            state=tk.state,
+            belief=tk.belief,
+            action=tk.action,
+            reward=tk.reward,
+            done=tk.done,
+            terminated=tk.terminated,
+        )
+
+    # -- the return statistics ----------------------------------------------------------------
+    @property
+    def return_normalization_rate(self) -> float:
+        return self.retnorm.rate
+
+    @property
+    def return_normalization_quantiles(self) -> tuple[float, float]:
+        return self.retnorm.quantiles
+
+    @property
+    def return_normalization_min_scale(self) -> float:
+        return self.retnorm.min_scale
+
+    @property
+    def return_low(self) -> Any:
+        """The moving low return quantile, 0-d float32."""
+        return self.retnorm.low[0]
+
+    @property
+    def return_high(self) -> Any:
+        """The moving high return quantile, 0-d float32."""
+        return self.retnorm.high[0]
+
+    def return_scale(self, returns: Any) -> Any:
+        """``S`` (0-d): the statistics' clamped span after folding ``returns`` in (training
+        mode only), or 1 in ``returns``' dtype without ``return_normalization``."""
+        xp = backend_of(returns).xp
+        if not self.return_normalization:
+            return xp.ones((), dtype=returns.dtype, device=getattr(returns, "device", None))
+        if self.training:
+            self.retnorm.update(returns)
+        return self.retnorm.scale()[0]
+
+    # -- the pieces of the objective --------------------------------------------------------
+    def _held_out_output(self, module: Any, data: ArrayDict, key: Any, what: str) -> Any:
+        """``module``'s output ``key`` on ``data``'s inputs, its parameters held out and
+        its inputs differentiable."""
+        inputs = data.select(*module.in_keys, strict=False)
+        module(inputs, map_params(_held_out, module.params))
+        return self.read(inputs, key, what=what)
+
+    def continuations(self, fake_data: ArrayDict) -> tuple[Any, Any]:
+        """``(c̄, c)``: the continuation probabilities of the root states ``s_0..s_{H-1}``
+        and of the next states ``s_1..s_H``, each ``[*B, H, 1]``."""
+        key = self.tensor_keys.continuation
+        model = self.continuation_model
+        following = self._held_out_output(model, fake_data.get("next"), key, "continuation")
+        first = self._held_out_output(model, fake_data[..., :1], key, "continuation")
+        xp = backend_of(following).xp
+        return xp.concat([first, following[..., :-1, :]], axis=-2), following
+
+    def lambda_target(self, reward: Any, value: Any, continuation: Any = None) -> Any:
+        r"""The λ-returns ``[*B, H, 1]`` of ``reward`` bootstrapped on the next states'
+        ``value`` along the imagination axis; with ``continuation`` the discount of step
+        ``t`` is :math:`\gamma c_t` (a TD(λ) estimator is then required)."""
+        if continuation is None:
+            return lambda_returns(self.value_estimator, reward, value)
+        estimator = self.value_estimator
+        lmbda = getattr(estimator, "lmbda", None)
+        if lmbda is None:
+            raise TypeError(
+                f"{type(self).__name__}: a continuation_model needs a TD(lambda) value "
+                f"estimator (it has a lmbda), got {type(estimator).__name__}; call "
+                "make_value_estimator(ValueEstimators.TDLambda, ...)"
+            )
+        xp = backend_of(reward).xp
+        flags = xp.zeros(reward.shape, dtype=xp.bool, device=getattr(reward, "device", None))
+        gamma = float(estimator.gamma) * continuation
+        return td_lambda_return_estimate(gamma, lmbda, value, reward, flags, flags)
+
+    def discount_weights(self, like: Any, root_continuation: Any = None) -> Any:
+        r""":math:`w_t = \prod_{k \le t} \gamma^{[k>0]} \bar c_k` along axis ``-2`` of
+        ``like`` (``[*B, H, 1]``; :math:`\bar c = 1` when ``None``), or ones without
+        ``discount_loss``; out of the graph."""
+        backend = backend_of(like)
+        xp = backend.xp
+        if not self.discount_loss:
+            return xp.ones_like(like)
+        factors = xp.ones_like(like) if root_continuation is None else root_continuation
+        gamma = float(self.value_estimator.gamma)
+        weights, running = [], None
+        for t in range(like.shape[-2]):
+            step = factors[..., t, :] if t == 0 else gamma * factors[..., t, :]
+            running = step if running is None else running * step
+            weights.append(running)
+        return backend.stop_gradient(xp.stack(weights, axis=-2))
+
+    def policy_entropy(self, dist: Any, rng: Any, like: Any) -> Any:
+        """``H[π]`` with ``like``'s trailing unit axis: closed form where ``dist`` has one,
+        else ``−log π(x)`` of one reparameterised draw ``x``."""
+        if dist.has_entropy:
+            entropy = dist.entropy()
+        else:
+            entropy = -dist.rsample_and_log_prob(rng=rng)[1]
+        return _match_trailing_dim(entropy, like)
+
+    def reinforce_objective(
+        self, dist: Any, fake_data: ArrayDict, lambda_target: Any, return_scale: Any
+    ) -> Any:
+        r""":math:`\log\pi(\operatorname{sg} a_t)\,\operatorname{sg}(R_t - v(s_t)) / S`."""
+        stop = backend_of(lambda_target).stop_gradient
+        action = stop(self.read(fake_data, self.tensor_keys.action, what="action"))
+        log_prob = _match_trailing_dim(dist.log_prob(action), lambda_target)
+        baseline = self._held_out_output(
+            self.value_model, fake_data, self.tensor_keys.value, "value"
+        )
+        return log_prob * stop(lambda_target - baseline) / return_scale
+
+    # -- the loss ---------------------------------------------------------------------------
+    def forward(
+        self, batch: Any, params: Mapping[str, Params] | None = None
+    ) -> tuple[ArrayDict, ArrayDict]:
+        """``(losses, fake_data)``: see the class docstring."""
+        keys, tk = self._keys(), self.tensor_keys
+        start = as_arraydict(batch).select(keys.state, keys.belief)
+        actor_params = self.network_params("actor_model", params)
+        rng = self.generator(start.backend)
+        fake_data = imagine(
+            self.model_based_env,
+            self.detached_params("model_based_env", params),
+            self.actor_model,
+            actor_params,
+            start,
+            self.imagination_horizon,
+            rng,
+            keys=keys,
+        )
+        reward = fake_data.get(("next", keys.reward))
+        next_value = self._held_out_output(
+            self.value_model, fake_data.get("next"), tk.value, "value"
+        )
+        root_continuation = continuation = None
+        if self.continuation_model is not None:
+            root_continuation, continuation = self.continuations(fake_data)
+            fake_data.set(tk.continuation, root_continuation)
+            fake_data.set(("next", tk.continuation), continuation)
+        lambda_target = self.lambda_target(reward, next_value, continuation)
+        fake_data.set("lambda_target", lambda_target)
+        discount = self.discount_weights(lambda_target, root_continuation)
+        fake_data.set(tk.discount_weight, discount)
+        self.retnorm.match_backend(lambda_target, "lambda_target")
+        backend = backend_of(lambda_target)
+        xp, stop = backend.xp, backend.stop_gradient
+
+        dist = None
+        if self.use_reinforce or self.entropy_bonus > 0:
+            inputs = fake_data.select(*self.actor_model.in_keys, strict=False).detach()
+            dist = self.actor_model.get_dist(inputs, actor_params)
+        return_scale = self.return_scale(lambda_target)
+        if self.use_reinforce:
+            objective = self.reinforce_objective(dist, fake_data, lambda_target, return_scale)
+        else:
+            objective = lambda_target / return_scale
+        loss_actor = -xp.mean(discount * objective)
+        if self.entropy_bonus > 0:
+            entropy = xp.mean(discount * self.policy_entropy(dist, rng, discount))
+            loss_actor = loss_actor - self.entropy_bonus * entropy
+        else:
+            entropy = xp.zeros(
+                (), dtype=loss_actor.dtype, device=getattr(loss_actor, "device", None)
+            )
+        if continuation is None:
+            continuation_mean = xp.ones(
+                (), dtype=xp.float32, device=getattr(loss_actor, "device", None)
+            )
+        else:
+            continuation_mean = xp.mean(continuation)
+        losses = {
+            "loss_actor": loss_actor,
+            "actor_entropy": stop(entropy),
+            "return_low": stop(self.return_low),
+            "return_high": stop(self.return_high),
+            "return_scale": stop(return_scale),
+            "continuation_mean": stop(continuation_mean),
+        }
+        return ArrayDict(losses), fake_data.detach()
+
+
+def _match_trailing_dim(source: Any, reference: Any) -> Any:
+    """``source`` with ``reference``'s number of axes: as is, with a trailing unit axis
+    added, or summed over its last axis (a per-dimension log-probability); else
+    ``ValueError``."""
+    if source.ndim == reference.ndim:
+        return source
+    if source.ndim == reference.ndim - 1:
+        return source[..., None]
+    if source.ndim == reference.ndim + 1:
+        xp = backend_of(source).xp
+        return xp.sum(source, axis=-1, keepdims=True)
+    raise ValueError(
+        f"cannot align an array of shape {tuple(source.shape)} with one of shape "
+        f"{tuple(reference.shape)}"
+    )
