@@ -799,3 +799,289 @@ DEVIATIONS = (
     ),
 )
 __all__ += ["DreamerV3ActorCase"]
+
+
+# -- the combined loss ----------------------------------------------------------------------------
+# ``DreamerV3Loss`` cases (:class:`DreamerV3LossCase`) chain the three: the model cases' MLP
+# world model with two more parts writing the posterior ``("next", "state")`` and
+# ``("next", "belief")`` from ``(belief, ("next", "embedding"))`` (so the replay critic's
+# gradient reaches it), the actor cases' imagination world model (``dreamer_cases.ENV_PARTS``,
+# weights of its own), their ``TanhNormal`` actor and one value MLP shared by the actor and
+# value losses. Draws: the actor's, as the actor cases. Outputs: every term (the model's
+# squeezed to 0-d), ``replay_value`` and the replay context; gradients of every ``loss_*`` term
+# w.r.t. the world model's, the imagination model's, the actor's and the critic's parameters.
+assert (STATE, BELIEF, ACT) == (_v1.STATE, _v1.BELIEF, _v1.ACT)
+
+_LATENT_PARTS = {
+    "latent_state": (BELIEF + EMBED, STATE, ["belief", (_NEXT, "embedding")], [(_NEXT, "state")]),
+    "latent_belief": (
+        BELIEF + EMBED,
+        BELIEF,
+        ["belief", (_NEXT, "embedding")],
+        [(_NEXT, "belief")],
+    ),
+}
+_CONTEXT_KEYS = [("replay_context", "state"), ("replay_context", "belief")]
+
+
+def _combined_parts(config: dict[str, Any]) -> dict[str, tuple]:
+    parts = _parts(config)
+    parts.update({name: (*spec, None) for name, spec in _LATENT_PARTS.items()})
+    return parts
+
+
+def _role_weights(weights: dict[str, Any], role: str) -> dict[str, Any]:
+    """The weights stored as ``"<role>.<part>"``, keyed by part."""
+    head = f"{role}."
+    return {k[len(head) :]: v for k, v in weights.items() if k.startswith(head)}
+
+
+@dataclass(frozen=True)
+class DreamerV3LossCase(LossCase):
+    """One ``DreamerV3Loss`` configuration: ``config`` holds its keyword arguments, the
+    model loss's under ``"model"``, the value loss's under ``"value"``, the actor loss's
+    under ``"actor"``, and ``calls`` (default 1; the last call compared)."""
+
+    @property
+    def monte_carlo(self) -> bool:
+        """The actor's reparameterised draws."""
+        return True
+
+    def _part_kwargs(self) -> tuple[dict, dict, dict, dict]:
+        config = self.config
+        model = {"num_reward_bins": NUM_BINS, "detach_output": False, **config.get("model", {})}
+        actor = {"imagination_horizon": 3, **config.get("actor", {})}
+        own = ("model", "value", "actor", "calls")
+        return (
+            model,
+            actor,
+            config.get("value", {}),
+            {k: v for k, v in config.items() if k not in own},
+        )
+
+    def build(self, seed: int, dtype: str) -> LossInputs:
+        model_inputs = DreamerV3ModelCase(
+            name="", loss="DreamerV3ModelLoss", batch_shape=self.batch_shape
+        ).build(seed, "float64")
+        rng = np.random.default_rng([seed, 41])
+        weights = {f"model.{k}": v for k, v in model_inputs.weights.items()}
+        for k, (name, (fin, fout, *_)) in enumerate(_LATENT_PARTS.items()):
+            weights[f"model.{name}"] = _mlp_weights(
+                NetSpec(fin, fout, (HIDDEN,)), seed * 100 + 70 + k
+            )
+        weights.update(
+            {f"env.{k}": v for k, v in _v1._part_weights(_v1.ENV_PARTS, seed + 1000).items()}
+        )
+        weights["actor"] = _mlp_weights(_v1.ACTOR_SPEC, seed * 100 + 80)
+        weights["value"] = _mlp_weights(_v1.VALUE_SPEC, seed * 100 + 81)
+        batch = model_inputs.batch
+        batch["next"]["done"] = batch["next"]["terminated"] | (
+            rng.random((*self.batch_shape, 1)) < 0.2
+        )
+        return LossInputs(weights, {}, batch, self.batch_shape).astype(dtype)
+
+    def evaluate_arrayrl(
+        self,
+        inputs: LossInputs,
+        backend: str,
+        device: Any = None,
+        *,
+        generator_mode: str = "numpy",
+    ) -> Evaluation:
+        from arrayrl.data import ArrayDict
+        from arrayrl.modules import DictModule, NormalParamExtractor, ProbabilisticActor, Sequential
+        from arrayrl.modules.distributions import TanhNormal
+        from arrayrl.objectives.dreamer_v3 import (
+            DreamerV3ActorLoss,
+            DreamerV3Loss,
+            DreamerV3ModelLoss,
+            DreamerV3ValueLoss,
+        )
+
+        from .loss_cases import LOSS_SEED
+
+        w = inputs.weights
+        model_kwargs, actor_kwargs, value_kwargs, kwargs = self._part_kwargs()
+        parts = _combined_parts(model_kwargs)
+        world = _arrayrl_world_model(parts, _role_weights(w, "model"))
+        env, _ = _v1._arrayrl_world_model(_v1.ENV_PARTS, _role_weights(w, "env"))
+        spec = _v1.ACTOR_SPEC
+        actor = ProbabilisticActor(
+            DictModule(
+                Sequential(
+                    _v1._arrayrl_mlp(w["actor"], spec.in_features, spec.out_features),
+                    NormalParamExtractor(),
+                ),
+                ["state", "belief"],
+                ["loc", "scale"],
+            ),
+            in_keys=["loc", "scale"],
+            distribution_class=TanhNormal,
+        )
+        value = DictModule(
+            _v1._arrayrl_mlp(w["value"], _v1.VALUE_SPEC.in_features, 1),
+            ["state", "belief"],
+            ["state_value"],
+        )
+        actor_loss = DreamerV3ActorLoss(actor, value, env, seed=LOSS_SEED, **actor_kwargs)
+        actor_loss.generator_mode = generator_mode
+        loss = DreamerV3Loss(
+            DreamerV3ModelLoss(world, **model_kwargs),
+            actor_loss,
+            DreamerV3ValueLoss(value, actor_loss=actor_loss, **value_kwargs),
+            **kwargs,
+        ).to(backend, device)
+        data = ArrayDict(inputs.batch, inputs.batch_size).to(backend, device)
+        for _ in range(self.config.get("calls", 1)):
+            out = loss(data)
+        terms = {k: v for k, v in out.items() if k != "replay_context"}
+        outputs = _host_outputs(terms, out, _CONTEXT_KEYS)
+        if backend != "torch":
+            return Evaluation(outputs)
+        params = _arrayrl_named(loss.model_loss.world_model_params, parts)
+        actor_tree = loss.actor_loss.actor_model_params["module"]["module"]["0"]
+        params.update(_v1._named("actor", {"mlp": _v1._Tree(actor_tree)}, arrayrl=True))
+        env_tree = loss.actor_loss.model_based_env_params
+        env_mlps = {p: _v1._Tree(env_tree[p]["module"]) for p in _v1.ENV_PARTS}
+        params.update(_v1._named("env", env_mlps, arrayrl=True))
+        value_tree = loss.value_loss.value_model_params["module"]
+        params.update(_v1._named("value", {"mlp": _v1._Tree(value_tree)}, arrayrl=True))
+        return Evaluation(outputs, torch_gradients(terms, params))
+
+    def evaluate_torchrl(self, inputs: LossInputs, dtype: str) -> Evaluation:
+        """TorchRL's ``DreamerV3Loss`` over the same parts after
+        ``torch.manual_seed(LOSS_SEED)``, its actor's estimator along the imagination axis
+        (deviation ``torchrl-dreamerv3-loss-lambda-time-dim``)."""
+        import dataclasses
+
+        import torch
+        from tensordict import TensorDict
+        from tensordict.nn import NormalParamExtractor, TensorDictModule
+        from torchrl.modules import MLP, ProbabilisticActor, TanhNormal
+        from torchrl.objectives import (
+            DreamerV3ActorLoss,
+            DreamerV3Loss,
+            DreamerV3ModelLoss,
+            DreamerV3ValueLoss,
+        )
+
+        from .loss_cases import LOSS_SEED
+
+        torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+        w = inputs.weights
+        model_kwargs, actor_kwargs, value_kwargs, kwargs = self._part_kwargs()
+        parts = _combined_parts(model_kwargs)
+        world, world_mlps = _torchrl_world_model(parts, _role_weights(w, "model"), dtype)
+        env_inputs = dataclasses.replace(inputs, weights=_role_weights(w, "env"))
+        env, env_mlps = _torchrl_dreamer_env(env_inputs, dtype)
+
+        def mlp(name: str, spec: NetSpec) -> Any:
+            net = MLP(
+                in_features=spec.in_features,
+                out_features=spec.out_features,
+                num_cells=list(spec.num_cells),
+            ).to(torch_dtype)
+            net.load_state_dict(_to_torch(w[name]))
+            return net
+
+        actor_mlp = mlp("actor", _v1.ACTOR_SPEC)
+        actor = ProbabilisticActor(
+            TensorDictModule(
+                _torch_headed(actor_mlp, NormalParamExtractor()),
+                ["state", "belief"],
+                ["loc", "scale"],
+            ),
+            in_keys=["loc", "scale"],
+            distribution_class=TanhNormal,
+        )
+        value_mlp = mlp("value", _v1.VALUE_SPEC)
+        value = TensorDictModule(value_mlp, ["state", "belief"], ["state_value"])
+        actor_loss = DreamerV3ActorLoss(actor, value, env, **actor_kwargs)
+        actor_loss.value_estimator.time_dim = -2
+        loss = DreamerV3Loss(
+            DreamerV3ModelLoss(world, **model_kwargs),
+            actor_loss,
+            DreamerV3ValueLoss(value, actor_loss=actor_loss, **value_kwargs),
+            **kwargs,
+        )
+        batch = TensorDict(_to_torch(inputs.batch), batch_size=inputs.batch_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(LOSS_SEED)
+            for _ in range(self.config.get("calls", 1)):
+                out = loss(batch)
+        terms = {k: v for k, v in out.items() if k != "replay_context"}
+        outputs = _torch_outputs(terms, out, _CONTEXT_KEYS)
+        params = {
+            f"model.{part}.{name}": p
+            for part, net in world_mlps.items()
+            for name, p in net.named_parameters()
+        }
+        params.update(_v1._named("actor", {"mlp": actor_mlp}, arrayrl=False))
+        params.update(_v1._named("env", env_mlps, arrayrl=False))
+        params.update(_v1._named("value", {"mlp": value_mlp}, arrayrl=False))
+        return Evaluation(outputs, torch_gradients(terms, params))
+
+
+def _combined_case(label: str, batch_shape: tuple[int, ...] = (2, 3), **config: Any) -> LossCase:
+    layout = "x".join(map(str, batch_shape))
+    return DreamerV3LossCase(
+        name=f"DreamerV3Loss[{layout},{label}]",
+        loss="DreamerV3Loss",
+        batch_shape=batch_shape,
+        config=config,
+        core=label == "default",
+    )
+
+
+_model_value_actor_cases = cases
+
+
+def cases() -> list[LossCase]:
+    """The model, value and actor cases, then the combined loss's: the default, the
+    replay critic off, and a weighted replay critic with a slow critic, separate KL
+    terms, a short continuation horizon and two calls."""
+    return [
+        *_model_value_actor_cases(),
+        _combined_case("default"),
+        _combined_case(
+            "no-replay",
+            (3, 2),
+            replay_value_loss_weight=0.0,
+            model={"detach_output": True},
+            actor={"imagination_horizon": 2},
+        ),
+        _combined_case(
+            "replay,slow-critic,separate",
+            replay_value_loss_weight=1.5,
+            continuation_horizon=20.0,
+            lmbda=0.8,
+            model={"kl_mode": "separate", "unimix": 0.01, "free_bits": 0.1},
+            value={"slow_critic_regularization": 0.5},
+            actor={"imagination_horizon": 4, "entropy_bonus": 0.01},
+            calls=2,
+        ),
+    ]
+
+
+def _v3_combined(case: LossCase, dtype: str) -> bool:
+    return isinstance(case, DreamerV3LossCase)
+
+
+DEVIATIONS = (
+    *DEVIATIONS,
+    LossDeviation(
+        key="torchrl-dreamerv3-loss-lambda-time-dim",
+        applies=_v3_combined,
+        reason=(
+            "DreamerV3Loss runs its DreamerV3ActorLoss, so the imagined lambda_target (its "
+            "actor loss, its value loss and the replay critic's bootstrap) carries "
+            "torchrl-dreamerv3-lambda-time-dim: TorchRL 0.14.1 without a continuation model "
+            "reduces TD(lambda) to one step along the trailing unit axis; arrayrl computes "
+            "it along the imagination axis. The TorchRL cells run TorchRL with its actor "
+            "estimator's time_dim = -2, compared at the usual tolerance. No TorchRL issue "
+            "found."
+        ),
+        tolerance=0.0,
+    ),
+)
+__all__ += ["DreamerV3LossCase"]

@@ -52,7 +52,7 @@ _DREAMER = ("DreamerModelLoss", "DreamerActorLoss", "DreamerValueLoss")
 _DREAMER_V3_FUNCTIONS = ("symlog", "symexp", "_default_bins", "two_hot_encode", "two_hot_decode",
                          "two_hot_cross_entropy", "categorical_kl_terms",
                          "categorical_kl_balanced")  # fmt: skip
-_DREAMER_V3 = ("DreamerV3ModelLoss", "DreamerV3ValueLoss", "DreamerV3ActorLoss")
+_DREAMER_V3 = ("DreamerV3ModelLoss", "DreamerV3ValueLoss", "DreamerV3ActorLoss", "DreamerV3Loss")
 _MODEL_BASED = (*_DREAMER, *_DREAMER_V3, *_DREAMER_V3_FUNCTIONS, "ExponentialQuadraticCost",
                 "WorldModelLoss")  # fmt: skip
 _LOSSES = ("PPOLoss", "ClipPPOLoss", "KLPENPPOLoss", "A2CLoss", "ReinforceLoss", *_OFF_POLICY,

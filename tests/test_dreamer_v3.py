@@ -522,3 +522,208 @@ def test_actor_loss_errors():
     loss.make_value_estimator("TD0", gamma=0.9)
     with pytest.raises(TypeError, match="TD\\(lambda\\)"):
         loss(v1.start_batch())
+
+
+# -- DreamerV3Loss ------------------------------------------------------------------------------
+# The whole learner of TorchRL's DreamerV3Loss example on the RSSM world model above: the
+# imagination env steps the world model's own RSSMPriorV3 and reward head (shared modules),
+# so the replay critic's gradient reaches the world model through the posterior states.
+import torchrl.objectives as torchrl_objectives  # noqa: E402
+from tensordict.nn import (  # noqa: E402
+    InteractionType,
+    ProbabilisticTensorDictModule,
+    ProbabilisticTensorDictSequential,
+)
+from torchrl.data import Bounded, Composite, Unbounded  # noqa: E402
+from torchrl.envs.model_based.dreamer import DreamerEnv  # noqa: E402
+from torchrl.modules import TanhNormal, WorldModelWrapper  # noqa: E402
+from torchrl.modules.models.model_based import DreamerActor  # noqa: E402
+from torchrl.objectives import DreamerV3Loss as TorchRLLoss  # noqa: E402
+
+import arrayrl.objectives.dreamer_v3 as arrayrl_v3  # noqa: E402
+from arrayrl.objectives.dreamer_v3 import DreamerV3Loss  # noqa: E402
+
+
+def v3_learner(continuation: bool = False) -> tuple:
+    """(world model, imagination env, actor, value[, continuation model]) sharing the
+    prior and reward modules."""
+    world = rssm_world_model()
+    reward = TensorDictSequential(
+        TensorDictModule(world[3].module, ["state", "belief"], ["reward_logits"]),
+        TensorDictModule(world[4].module, ["reward_logits"], ["reward"]),
+    )
+    prior = TensorDictModule(
+        world[1].rssm_prior.module, ["state", "belief", "action"], ["_", "state", "belief"]
+    )
+    env = DreamerEnv(
+        WorldModelWrapper(prior, reward),
+        prior_shape=torch.Size([STATE]),
+        belief_shape=torch.Size([BELIEF]),
+    )
+    env.action_spec = Bounded(-1.0, 1.0, shape=(ACT,))
+    env.observation_spec = Composite(state=Unbounded(STATE), belief=Unbounded(BELIEF))
+    env.reward_spec = Unbounded(1)
+    env.state_spec = Composite(state=Unbounded(STATE), belief=Unbounded(BELIEF))
+    torch.manual_seed(3)
+    actor = ProbabilisticTensorDictSequential(
+        TensorDictModule(
+            DreamerActor(ACT, depth=1, num_cells=5), ["state", "belief"], ["loc", "scale"]
+        ),
+        ProbabilisticTensorDictModule(
+            in_keys=["loc", "scale"],
+            out_keys="action",
+            default_interaction_type=InteractionType.RANDOM,
+            distribution_class=TanhNormal,
+        ),
+    )
+    with torch.no_grad():  # DreamerActor's MLP is lazy
+        actor(
+            TensorDict(state=torch.zeros(1, STATE), belief=torch.zeros(1, BELIEF), batch_size=[1])
+        )
+    value = TensorDictModule(
+        MLP(in_features=STATE + BELIEF, out_features=1, depth=1, num_cells=5),
+        ["state", "belief"],
+        ["state_value"],
+    )
+    parts = (world, env, actor, value)
+    if continuation:
+        cont = TensorDictModule(
+            _V3Continuation(), in_keys=["state", "belief"], out_keys=["continuation"]
+        )
+        parts = (*parts, cont)
+    return parts
+
+
+class _V3Continuation(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = MLP(in_features=STATE + BELIEF, out_features=1, depth=1, num_cells=5)
+
+    def forward(self, state, belief):
+        return torch.sigmoid(self.mlp(state, belief))
+
+
+def v3_loss(library, parts, horizon=3, estimator=None, model=None, value=None, **kwargs):
+    world, env, actor, critic, *cont = parts
+    model_loss = library.DreamerV3ModelLoss(
+        world, num_reward_bins=BINS, **{"detach_output": False, **(model or {})}
+    )
+    model_loss.set_keys(pixels="observation", reco_pixels="reco_observation")
+    extra = {"continuation_model": cont[0]} if cont else {}
+    actor_loss = library.DreamerV3ActorLoss(
+        actor, critic, env, imagination_horizon=horizon, **extra
+    )
+    if estimator is not None:
+        value_type, hyper = estimator
+        actor_loss.make_value_estimator(ValueEstimators[value_type], **hyper)
+    value_loss = library.DreamerV3ValueLoss(critic, actor_loss=actor_loss, **(value or {}))
+    return library.DreamerV3Loss(model_loss, actor_loss, value_loss, **kwargs)
+
+
+def _unique_params(parts):
+    seen, out = set(), []
+    for module in parts:
+        for p in module.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+LOSS_CONFIGS = [
+    {},
+    {
+        "continuation": True,
+        "estimator": ("TDLambda", {"gamma": 0.9, "lmbda": 0.8}),
+        "value": {"slow_critic_regularization": 0.5},
+        "model": {"lambda_continue": 0.5, "kl_mode": "separate", "unimix": 0.01},
+        "replay_value_loss_weight": 1.5,
+        "continuation_horizon": 10.0,
+        "lmbda": 0.7,
+    },
+    {"replay_value_loss_weight": 0.0, "model": {"detach_output": True}, "horizon": 2},
+]
+
+
+@pytest.mark.parametrize("config", LOSS_CONFIGS, ids=str)
+def test_dreamer_v3_loss_matches_torchrl(config):
+    config = dict(config)
+    parts = v3_learner(config.pop("continuation", False))
+    twins = copy.deepcopy(parts)
+    theirs_loss = v3_loss(torchrl_objectives, parts, **config)
+    ours_loss = v3_loss(arrayrl_v3, twins, **config)
+    # TorchRL's estimator along the imagination axis (torchrl-dreamerv3-lambda-time-dim)
+    theirs_loss.actor_loss.value_estimator.time_dim = -2
+    batch = replay_batch()
+    for seed in (7, 8):  # the second call sees the moved return statistics
+        torch.manual_seed(seed)
+        theirs = theirs_loss(batch.clone())
+        torch.manual_seed(seed)
+        ours = ours_loss(batch)
+    assert isinstance(ours, TensorDict) and ours.batch_size == torch.Size([])
+    assert set(ours.keys(True, True)) == set(theirs.keys(True, True))
+    assert ours["replay_context"].batch_size == batch.batch_size
+    for key in theirs.keys(True, True):
+        assert ours[key].shape == theirs[key].shape and ours[key].dtype == theirs[key].dtype
+        assert ours[key].requires_grad == theirs[key].requires_grad, key
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6)
+    if config.get("replay_value_loss_weight", 0.3):
+        assert ours["replay_value"] > 0
+    else:
+        assert ours["loss_replay_value"] == 0 and ours["replay_value"] == 0
+    theirs_p, ours_p = _unique_params(parts), _unique_params(twins)
+    for key in theirs.keys():
+        if not key.startswith("loss_") or not theirs[key].requires_grad:
+            continue
+        for a, b in zip(v1._grads(ours[key], ours_p), v1._grads(theirs[key], theirs_p)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # the batch is left as it was
+    assert ("next", "true_reward") not in batch.keys(True) and "replay_context" not in batch.keys()
+
+
+def test_dreamer_v3_loss_replay_critic_reaches_the_world_model():
+    """The replay critic is the value loss's replay_value_loss on the posterior states,
+    bootstrapped on the first imagined returns; its gradient reaches the encoder."""
+    parts = v3_learner()
+    loss = v3_loss(arrayrl_v3, parts, replay_value_loss_weight=2.0)
+    torch.manual_seed(0)
+    out = loss(replay_batch())
+    torch.testing.assert_close(out["loss_replay_value"], 2.0 * out["replay_value"])
+    encoder = list(parts[0][0].parameters())
+    grads = v1._grads(out["loss_replay_value"], encoder)
+    assert any(g.abs().sum() > 0 for g in grads)
+    actor_grads = v1._grads(out["loss_replay_value"], list(parts[2].parameters()))
+    assert all(g.abs().sum() == 0 for g in actor_grads)
+    names = [name for name, _ in loss.named_parameters()]
+    assert len(names) == len(set(names)) and names[0].startswith("model_loss.")
+    state = loss.state_dict()
+    assert any(k.startswith("actor_loss.retnorm") for k in state)
+    loss.load_state_dict(state)
+
+
+def test_dreamer_v3_loss_errors():
+    parts = v3_learner()
+    model = DreamerV3ModelLoss(parts[0], num_reward_bins=BINS)  # detach_output=True
+    actor = DreamerV3ActorLoss(parts[2], parts[3], parts[1])
+    value = DreamerV3ValueLoss(parts[3])
+    with pytest.raises(ValueError, match="detach_output=False"):
+        DreamerV3Loss(model, actor, value)
+    DreamerV3Loss(model, actor, value, replay_value_loss_weight=0.0)
+    with pytest.raises(ValueError, match="replay_value_loss_weight"):
+        DreamerV3Loss(model, actor, value, replay_value_loss_weight=-1.0)
+    with pytest.raises(ValueError, match="continuation_horizon"):
+        DreamerV3Loss(model, actor, value, replay_value_loss_weight=0.0, continuation_horizon=0.5)
+    with pytest.raises(ValueError, match="lmbda"):
+        DreamerV3Loss(model, actor, value, replay_value_loss_weight=0.0, lmbda=1.5)
+    with pytest.raises(TypeError):
+        DreamerV3Loss(model, actor, value, 0.3)  # keyword-only, as TorchRL
+    with pytest.raises(TypeError):
+        DreamerV3Loss(model, actor, value, replay_weight=0.3)
+    with pytest.raises(TypeError, match="value_loss must be an arrayrl"):
+        DreamerV3Loss(model, actor, TorchRLValueLoss(parts[3]), replay_value_loss_weight=0.0)
+    loss = DreamerV3Loss(model, actor, value, replay_value_loss_weight=0.0)
+    with pytest.raises(KeyError, match="unknown parts"):
+        loss(replay_batch(), params={"world_model": {}})
+    with pytest.raises(ValueError, match="not an accepted key"):
+        loss.set_keys(posterior="x")
+    assert TorchRLLoss.__name__ == DreamerV3Loss.__name__

@@ -15,6 +15,7 @@ from .dqn import DistributionalDQNLoss, DQNLoss, categorical_projection
 from .dreamer import DreamerActorLoss, DreamerModelLoss, DreamerValueLoss
 from .dreamer_v3 import (
     DreamerV3ActorLoss,
+    DreamerV3Loss,
     DreamerV3ModelLoss,
     DreamerV3ValueLoss,
     categorical_kl_balanced,
@@ -54,6 +55,7 @@ __all__ = [
     "DreamerActorLoss",
     "DreamerModelLoss",
     "DreamerV3ActorLoss",
+    "DreamerV3Loss",
     "DreamerV3ModelLoss",
     "DreamerV3ValueLoss",
     "DreamerValueLoss",

@@ -1093,3 +1093,260 @@ def _match_trailing_dim(source: Any, reference: Any) -> Any:
         f"cannot align an array of shape {tuple(source.shape)} with one of shape "
         f"{tuple(reference.shape)}"
     )
+
+
+# -- the combined loss --------------------------------------------------------------------------
+__all__ += ["DreamerV3Loss"]
+
+#: the sub-losses of :class:`DreamerV3Loss`, in the order it calls them
+_PARTS = ("model_loss", "actor_loss", "value_loss")
+
+
+def _all_unit_axes_dropped(x: Any) -> Any:
+    """``x`` without any unit axis (``torch.squeeze``)."""
+    xp = backend_of(x).xp
+    return xp.reshape(x, tuple(d for d in x.shape if d != 1))
+
+
+class DreamerV3Loss(LossModule):
+    r"""DreamerV3's whole objective (Hafner et al. 2023, "Mastering Diverse Domains
+    through World Models", https://arxiv.org/abs/2301.04104): the world model, the actor
+    and the critic of one replayed batch, as TorchRL 0.14.1's ``DreamerV3Loss``.
+
+    For a replayed batch ``[B, T]``:
+
+    1. the world model (:class:`DreamerV3ModelLoss`, built with ``detach_output=False``
+       when the replay critic is on) gives its terms and the posterior states
+       :math:`(s_{b,t}, h_{b,t})` at ``("next", state / belief)``;
+    2. :class:`DreamerV3ActorLoss` imagines from the ``B T`` posterior states, cut from
+       the graph, and gives ``loss_actor`` and the imagined trajectory with its
+       λ-returns :math:`R^\text{imag}`;
+    3. :class:`DreamerV3ValueLoss` regresses the critic on the imagined λ-returns
+       (the trajectory cut from the graph);
+    4. the replay critic (``replay_value_loss_weight`` :math:`\beta_r > 0`):
+       :meth:`DreamerV3ValueLoss.replay_value_loss` on the posterior states (their path
+       to the world model kept), the replayed rewards and flags, bootstrapped on the
+       first imagined return of each state :math:`R^\text{imag}_{b,t,0}`, with
+       :math:`\gamma = 1 - 1/\text{continuation\_horizon}` and ``lmbda``:
+       ``loss_replay_value`` :math:`= \beta_r \mathcal L_\text{replay}`.
+
+    ``loss(batch)`` returns one dict: the model terms squeezed to 0-d, the actor's and
+    the critic's outputs, ``loss_replay_value``, ``replay_value`` (:math:`\mathcal
+    L_\text{replay}` cut from the graph; 0 when :math:`\beta_r = 0`) and under
+    ``tensor_keys.replay_context`` the posterior ``state`` and ``belief`` ``[B, T, ...]``
+    cut from the graph. The training objective is the sum of the ``loss_*`` entries.
+
+    Parameters
+    ----------
+    model_loss : DreamerV3ModelLoss
+    actor_loss : DreamerV3ActorLoss
+        Imagining in the same dynamics, with the critic's value model.
+    value_loss : DreamerV3ValueLoss
+    replay_value_loss_weight : float, default 0.3
+        :math:`\beta_r \ge 0` (keyword-only); 0 turns the replay critic off.
+    continuation_horizon : float, default 333.0
+        ``>= 1``: the replay critic's discount is ``1 - 1/continuation_horizon``.
+    lmbda : float, default 0.95
+        In ``[0, 1]``: the replay critic's λ.
+
+    The sub-losses keep their parameters: :meth:`named_parameters` lists them as
+    ``"<part>.<name>"`` (each array once), :meth:`state_dict` likewise; ``forward``'s
+    ``params`` maps a part's name to that part's own ``params`` mapping.
+    """
+
+    @dataclasses.dataclass
+    class _AcceptedKeys:
+        state: Any = "state"
+        belief: Any = "belief"
+        is_init: Any = "is_init"
+        replay_context: Any = "replay_context"
+
+    def __init__(
+        self,
+        model_loss: DreamerV3ModelLoss,
+        actor_loss: DreamerV3ActorLoss,
+        value_loss: DreamerV3ValueLoss,
+        *,
+        replay_value_loss_weight: float = 0.3,
+        continuation_horizon: float = 333.0,
+        lmbda: float = 0.95,
+    ) -> None:
+        owner = type(self).__name__
+        for name, value, cls in (
+            ("model_loss", model_loss, DreamerV3ModelLoss),
+            ("actor_loss", actor_loss, DreamerV3ActorLoss),
+            ("value_loss", value_loss, DreamerV3ValueLoss),
+        ):
+            if not isinstance(value, cls):
+                raise TypeError(
+                    f"{owner}: {name} must be an arrayrl.objectives.{cls.__name__} (build it "
+                    f"from your TorchRL modules), got {type(value).__module__}."
+                    f"{type(value).__name__}"
+                )
+        super().__init__()
+        self.replay_value_loss_weight = coefficient(
+            "replay_value_loss_weight", replay_value_loss_weight, allow_none=False
+        )
+        if self.replay_value_loss_weight and model_loss.detach_output:
+            raise ValueError(
+                f"{owner}: replay-value learning (replay_value_loss_weight > 0) needs "
+                "model_loss built with detach_output=False"
+            )
+        self.continuation_horizon = hyperparameter(
+            "continuation_horizon", continuation_horizon, low=1.0, high=math.inf
+        )
+        self.lmbda = hyperparameter("lmbda", lmbda, low=0.0, high=1.0)
+        self.model_loss = model_loss
+        self.actor_loss = actor_loss
+        self.value_loss = value_loss
+
+    def _parts(self) -> list[tuple[str, LossModule]]:
+        return [(name, getattr(self, name)) for name in _PARTS]
+
+    # -- plumbing: the sub-losses hold the parameters and the state -----------------------------
+    @property
+    def in_keys(self) -> list[Any]:
+        """The world model's inputs, the reset marker and the replayed targets."""
+        model_keys, value_keys = self.model_loss.tensor_keys, self.value_loss.tensor_keys
+        keys = [
+            *self.model_loss.world_model.in_keys,
+            self.tensor_keys.is_init,
+            *(_nested("next", key) for key in _as_list(model_keys.pixels)),
+            _nested("next", model_keys.reward),
+            _nested("next", value_keys.reward),
+            _nested("next", value_keys.done),
+            _nested("next", value_keys.terminated),
+        ]
+        return list(dict.fromkeys(keys))
+
+    def named_parameters(self) -> Any:
+        """``("<part>.<name>", array)`` over the three sub-losses, each array once."""
+        seen: set[int] = set()
+        for part, loss in self._parts():
+            for name, leaf in loss.named_parameters():
+                if id(leaf) not in seen:
+                    seen.add(id(leaf))
+                    yield f"{part}.{name}", leaf
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sub-losses' state dicts, keys prefixed ``"<part>."``."""
+        return {
+            f"{part}.{key}": value
+            for part, loss in self._parts()
+            for key, value in loss.state_dict().items()
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> DreamerV3Loss:
+        """Load a :meth:`state_dict` into the sub-losses; ``KeyError`` for an entry of no
+        part."""
+        prefixes = tuple(f"{part}." for part in _PARTS)
+        stray = sorted(key for key in state if not key.startswith(prefixes))
+        if stray:
+            raise KeyError(f"{type(self).__name__}.load_state_dict: unexpected keys {stray}")
+        for part, loss in self._parts():
+            head = f"{part}."
+            loss.load_state_dict(
+                {k[len(head) :]: v for k, v in state.items() if k.startswith(head)}
+            )
+        return self
+
+    def to(self, backend: Any, device: Any = None) -> DreamerV3Loss:
+        """Move the three sub-losses; returns ``self``."""
+        for _, loss in self._parts():
+            loss.to(backend, device)
+        return self
+
+    def train(self, mode: bool = True) -> DreamerV3Loss:
+        """Set the mode of this loss and of the three sub-losses; returns ``self``."""
+        super().train(mode)
+        for _, loss in self._parts():
+            loss.train(mode)
+        return self
+
+    def _part_params(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        given = dict(params or {})
+        unknown = sorted(set(given) - set(_PARTS))
+        if unknown:
+            raise KeyError(
+                f"{type(self).__name__} (forward params=): unknown parts {unknown}; the parts "
+                f"are {list(_PARTS)}"
+            )
+        return {part: given.get(part) for part in _PARTS}
+
+    # -- the pieces -------------------------------------------------------------------------
+    def actor_start(self, posterior: ArrayDict, batch_size: tuple[int, ...]) -> ArrayDict:
+        """The ``B T`` posterior states, flattened and cut from the graph: the actor's
+        imagination starts."""
+        stop = posterior.backend.stop_gradient
+        n = math.prod(batch_size)
+        keys = self.actor_loss.tensor_keys
+        start = {}
+        for ours, theirs in (
+            (self.tensor_keys.state, keys.state),
+            (self.tensor_keys.belief, keys.belief),
+        ):
+            value = self.read(posterior, _nested("next", ours), what=str(ours))
+            xp = backend_of(value).xp
+            start[theirs] = xp.reshape(stop(value), (n, *value.shape[len(batch_size) :]))
+        return ArrayDict(start, (n,))
+
+    def replay_value(
+        self,
+        sample: ArrayDict,
+        posterior: ArrayDict,
+        imagined: ArrayDict,
+        params: Mapping[str, Params] | None,
+    ) -> Any:
+        r""":math:`\mathcal L_\text{replay}` (0-d): the critic on the posterior states,
+        toward TD(λ) returns of the replayed rewards bootstrapped on the first imagined
+        return of each state."""
+        keys = self.value_loss.tensor_keys
+        features = posterior.get("next").select(*self.value_loss.value_model.in_keys)
+        first_return = imagined.get("lambda_target")[..., 0, 0]
+        xp = backend_of(first_return).xp
+        features.set(keys.bootstrap, xp.reshape(first_return, tuple(sample.batch_size)))
+        features.set(
+            "next",
+            sample.get("next").select(keys.reward, keys.done, keys.terminated, strict=False),
+        )
+        out = self.value_loss.replay_value_loss(
+            features, horizon=self.continuation_horizon, lmbda=self.lmbda, params=params
+        )
+        return out.get("loss_replay_value")
+
+    # -- the loss ---------------------------------------------------------------------------
+    def forward(self, sample: Any, params: Mapping[str, Any] | None = None) -> ArrayDict:
+        """The terms of the model, actor, critic and replay critic: see the class
+        docstring."""
+        parts = self._part_params(params)
+        sample = as_arraydict(sample)
+        batch_size = tuple(sample.batch_size)
+        model_losses, posterior = self.model_loss.forward(sample, parts["model_loss"])
+        start = self.actor_start(posterior, batch_size)
+        actor_losses, imagined = self.actor_loss.forward(start, parts["actor_loss"])
+        value_losses, _ = self.value_loss.forward(imagined.detach(), parts["value_loss"])
+        backend = posterior.backend
+        if self.replay_value_loss_weight:
+            replay = self.replay_value(sample, posterior, imagined, parts["value_loss"])
+        else:
+            state = posterior.get(_nested("next", self.tensor_keys.state))
+            replay = backend.xp.zeros((), dtype=state.dtype, device=getattr(state, "device", None))
+        losses = {key: _all_unit_axes_dropped(value) for key, value in model_losses.items()}
+        losses.update(actor_losses.items())
+        losses.update(value_losses.items())
+        losses["loss_replay_value"] = self.replay_value_loss_weight * replay
+        losses["replay_value"] = backend.stop_gradient(replay)
+        tk = self.tensor_keys
+        context = posterior.get("next").select(tk.state, tk.belief).detach()
+        return ArrayDict({**losses, tk.replay_context: context})
+
+    def __call__(self, sample: Any, params: Mapping[str, Any] | None = None) -> Any:
+        """:meth:`forward`; a ``tensordict.TensorDict`` when ``sample`` is one (the replay
+        context keeping its ``[B, T]`` batch size)."""
+        out = self.forward(sample, params)
+        if not is_tensordict(sample):
+            return out
+        key = self.tensor_keys.replay_context
+        result = out.exclude(key).to_tensordict()
+        result.set(key, out.get(key).to_tensordict())
+        return result
