@@ -180,6 +180,18 @@ def required_array(name: str, value: Any, *, owner: str) -> Any:
     return value
 
 
+def floating_array(name: str, value: Any, *, owner: str | None = None) -> Any:
+    """The :class:`~arrayrl.backends.Backend` of array ``value``; ``TypeError`` naming
+    ``name`` (and ``owner``, when given) unless it is an array of a real floating dtype."""
+    who = f"{owner}: {name}" if owner else name
+    if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+        raise TypeError(f"{who} must be an array, got {type(value).__name__}")
+    backend = backend_of(**{name: value})
+    if not backend.xp.isdtype(value.dtype, "real floating"):
+        raise TypeError(f"{who} must be a floating array, got dtype {value.dtype}")
+    return backend
+
+
 def network_name(name: Any, known: Iterable[str], *, owner: str) -> str:
     """``name`` when it is one of ``known``; ``KeyError`` listing the known names."""
     known = list(known)

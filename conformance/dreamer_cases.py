@@ -144,14 +144,18 @@ N_PIXELS = int(np.prod(PIXELS))
 
 
 class _Unflatten:
-    """``[..., C*H*W] -> [..., C, H, W]`` (a parameter-free arrayrl layer)."""
+    """``[..., n] -> [..., *shape]`` (a parameter-free arrayrl layer; default: the
+    pixels' ``[C, H, W]``)."""
 
     params: dict = {}  # noqa: RUF012 (no parameters, never written)
+
+    def __init__(self, shape: tuple[int, ...] = PIXELS) -> None:
+        self.shape = shape
 
     def apply(self, params: Any, x: Any) -> Any:
         from arrayrl.backends import backend_of
 
-        return backend_of(x).xp.reshape(x, (*x.shape[:-1], *PIXELS))
+        return backend_of(x).xp.reshape(x, (*x.shape[:-1], *self.shape))
 
     def to(self, backend: Any, device: Any = None) -> _Unflatten:
         return self

@@ -27,7 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from .dreamer_cases import _chain_class, _host_outputs, _torch_headed, _torch_outputs
+from . import dreamer_cases as _v1
+from .dreamer_cases import (
+    _arrayrl_mlp,
+    _chain_class,
+    _host_outputs,
+    _torch_headed,
+    _torch_outputs,
+    _Unflatten,
+)
 from .loss_cases import (
     Evaluation,
     LossCase,
@@ -39,11 +47,20 @@ from .loss_cases import (
 )
 from .loss_oracle import LossDeviation, _to_torch
 
-__all__ = ["DEVIATIONS", "DreamerV3ModelCase", "DreamerV3ValueCase", "cases"]
+__all__ = [
+    "DEVIATIONS",
+    "DreamerV3ActorCase",
+    "DreamerV3LossCase",
+    "DreamerV3ModelCase",
+    "DreamerV3ValueCase",
+    "cases",
+]
 
-STATE, BELIEF, HIDDEN, ACT, EMBED = 3, 4, 8, 2, 2
+# the v1 cases' sizes (one tiny world for both families)
+STATE, BELIEF, HIDDEN, ACT, EMBED, PIXELS = (
+    _v1.STATE, _v1.BELIEF, _v1.HIDDEN, _v1.ACT, _v1.EMBED, _v1.PIXELS
+)  # fmt: skip
 N_CAT, N_CLS, NUM_BINS = 2, 3, 15
-PIXELS = (1, 2, 3)
 _NEXT = "next"
 
 
@@ -87,31 +104,6 @@ def _parts(config: dict[str, Any]) -> dict[str, tuple[int, int, list, list, tupl
     if config.get("lambda_continue", 0.0) > 0:
         parts["continue"] = (BELIEF + EMBED, 1, features, [(_NEXT, "continue_pred")], None)
     return parts
-
-
-class _Unflatten:
-    """``[..., n] -> [..., *shape]``, a parameter-free arrayrl layer."""
-
-    params: dict = {}  # noqa: RUF012 (no parameters, never written)
-
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        self.shape = shape
-
-    def apply(self, params: Any, x: Any) -> Any:
-        from arrayrl.backends import backend_of
-
-        return backend_of(x).xp.reshape(x, (*x.shape[:-1], *self.shape))
-
-    def to(self, backend: Any, device: Any = None) -> _Unflatten:
-        return self
-
-
-def _arrayrl_mlp(weights: dict[str, np.ndarray], fin: int, fout: int) -> Any:
-    from arrayrl.modules import MLP, unflatten_params
-
-    mlp = MLP(fin, fout, [HIDDEN], dtype=next(iter(weights.values())).dtype)
-    mlp.params = unflatten_params(dict(weights))
-    return mlp
 
 
 def _arrayrl_world_model(parts: dict[str, tuple], weights: dict[str, Any]) -> Any:
@@ -413,7 +405,7 @@ def _value_case(label: str, batch_shape: tuple[int, ...], **config: Any) -> Drea
     )
 
 
-def cases() -> list[LossCase]:
+def _model_value_cases() -> list[LossCase]:
     """The model loss's KL modes, reconstruction settings, reward heads and continuation
     term; the value loss's two losses, discounts, slow critic and replay loss."""
     imagined, flat = (6, 5), (12,)
@@ -473,7 +465,7 @@ def _never(case: LossCase, dtype: str) -> bool:
     return False
 
 
-DEVIATIONS: tuple[LossDeviation, ...] = (
+_MODEL_VALUE_DEVIATIONS: tuple[LossDeviation, ...] = (
     LossDeviation(
         key="torchrl-dreamerv3-float32-casts",
         applies=_float32_casts,
@@ -513,10 +505,9 @@ DEVIATIONS: tuple[LossDeviation, ...] = (
 # quantiles included), ``lambda_target``, ``discount_weight``, the continuations and the
 # imagined trajectory; gradients of ``loss_actor`` w.r.t. the actor's and the (held-out)
 # world model's parameters.
-from . import dreamer_cases as _v1  # noqa: E402
 
 _V3_ACTOR_DATA_KEYS = [*_v1.ACTOR_DATA_KEYS, "discount_weight"]
-_CONTINUATION_SPEC = NetSpec(_v1.STATE + _v1.BELIEF, 1, (_v1.HIDDEN,))
+_CONTINUATION_SPEC = NetSpec(STATE + BELIEF, 1, (HIDDEN,))
 _ACTOR_TERMS = (
     "loss_actor",
     "actor_entropy",
@@ -562,8 +553,8 @@ class DreamerV3ActorCase(LossCase):
         weights["continuation"] = _mlp_weights(_CONTINUATION_SPEC, seed * 100 + 52)
         shape = self.batch_shape
         batch = {
-            "state": rng.standard_normal((*shape, _v1.STATE)),
-            "belief": rng.standard_normal((*shape, _v1.BELIEF)),
+            "state": rng.standard_normal((*shape, STATE)),
+            "belief": rng.standard_normal((*shape, BELIEF)),
         }
         return LossInputs(weights, {}, batch, shape).astype(dtype)
 
@@ -707,10 +698,8 @@ def _torchrl_dreamer_env(inputs: LossInputs, dtype: str) -> tuple[Any, dict]:
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     (belief, state, reward), mlps = _v1._torchrl_parts(_v1.ENV_PARTS, inputs.weights, dtype)
     model = WorldModelWrapper(TensorDictSequential(belief, state), reward)
-    sizes = {"state": _v1.STATE, "belief": _v1.BELIEF}
-    env = DreamerEnv(
-        model, prior_shape=torch.Size([_v1.STATE]), belief_shape=torch.Size([_v1.BELIEF])
-    )
+    sizes = {"state": STATE, "belief": BELIEF}
+    env = DreamerEnv(model, prior_shape=torch.Size([STATE]), belief_shape=torch.Size([BELIEF]))
     env.action_spec = Unbounded(_v1.ACT, dtype=torch_dtype)
     env.observation_spec = Composite({k: Unbounded(n, dtype=torch_dtype) for k, n in sizes.items()})
     env.reward_spec = Unbounded(1, dtype=torch_dtype)
@@ -729,15 +718,11 @@ def _actor_case(label: str, batch_shape: tuple[int, ...] = (6,), **config: Any) 
     )
 
 
-_value_and_model_cases = cases
-
-
-def cases() -> list[LossCase]:
-    """The model and value cases, then the actor's: dynamics backpropagation and
-    REINFORCE, the entropy bonus on and off, the return normalisation (several calls, eval
-    mode, off), the continuation model and each value estimator."""
+def _actor_cases() -> list[LossCase]:
+    """The actor's: dynamics backpropagation and REINFORCE, the entropy bonus on and off,
+    the return normalisation (several calls, eval mode, off), the continuation model and
+    each value estimator."""
     return [
-        *_value_and_model_cases(),
         _actor_case("default", imagination_horizon=4),
         _actor_case("three-calls", imagination_horizon=3, calls=3, return_normalization_rate=0.3),
         _actor_case(
@@ -779,8 +764,7 @@ def _v3_actor_without_continuation(case: LossCase, dtype: str) -> bool:
     return isinstance(case, DreamerV3ActorCase) and not case.config.get("continuation")
 
 
-DEVIATIONS = (
-    *DEVIATIONS,
+_ACTOR_DEVIATIONS = (
     LossDeviation(
         key="torchrl-dreamerv3-lambda-time-dim",
         applies=_v3_actor_without_continuation,
@@ -798,7 +782,6 @@ DEVIATIONS = (
         tolerance=0.0,
     ),
 )
-__all__ += ["DreamerV3ActorCase"]
 
 
 # -- the combined loss ----------------------------------------------------------------------------
@@ -810,7 +793,7 @@ __all__ += ["DreamerV3ActorCase"]
 # value losses. Draws: the actor's, as the actor cases. Outputs: every term (the model's
 # squeezed to 0-d), ``replay_value`` and the replay context; gradients of every ``loss_*`` term
 # w.r.t. the world model's, the imagination model's, the actor's and the critic's parameters.
-assert (STATE, BELIEF, ACT) == (_v1.STATE, _v1.BELIEF, _v1.ACT)
+assert (STATE, BELIEF, ACT) == (STATE, BELIEF, _v1.ACT)
 
 _LATENT_PARTS = {
     "latent_state": (BELIEF + EMBED, STATE, ["belief", (_NEXT, "embedding")], [(_NEXT, "state")]),
@@ -1033,15 +1016,11 @@ def _combined_case(label: str, batch_shape: tuple[int, ...] = (2, 3), **config: 
     )
 
 
-_model_value_actor_cases = cases
-
-
-def cases() -> list[LossCase]:
-    """The model, value and actor cases, then the combined loss's: the default, the
-    replay critic off, and a weighted replay critic with a slow critic, separate KL
-    terms, a short continuation horizon and two calls."""
+def _combined_cases() -> list[LossCase]:
+    """The combined loss's: the default, the replay critic off, and a weighted replay
+    critic with a slow critic, separate KL terms, a short continuation horizon and two
+    calls."""
     return [
-        *_model_value_actor_cases(),
         _combined_case("default"),
         _combined_case(
             "no-replay",
@@ -1067,8 +1046,7 @@ def _v3_combined(case: LossCase, dtype: str) -> bool:
     return isinstance(case, DreamerV3LossCase)
 
 
-DEVIATIONS = (
-    *DEVIATIONS,
+_COMBINED_DEVIATIONS = (
     LossDeviation(
         key="torchrl-dreamerv3-loss-lambda-time-dim",
         applies=_v3_combined,
@@ -1084,4 +1062,15 @@ DEVIATIONS = (
         tolerance=0.0,
     ),
 )
-__all__ += ["DreamerV3LossCase"]
+
+
+def cases() -> list[LossCase]:
+    """Every DreamerV3 case: model, value, actor, combined."""
+    return [*_model_value_cases(), *_actor_cases(), *_combined_cases()]
+
+
+DEVIATIONS: tuple[LossDeviation, ...] = (
+    *_MODEL_VALUE_DEVIATIONS,
+    *_ACTOR_DEVIATIONS,
+    *_COMBINED_DEVIATIONS,
+)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from arrayrl.backends import backend_of
+from arrayrl._validation import floating_array
 
 __all__ = ["symexp", "symlog"]
 
@@ -42,7 +42,7 @@ def symlog(value: Any) -> Any:
     TypeError
         For an integer or boolean ``value``.
     """
-    xp = _floating_namespace(value, "symlog")
+    xp = floating_array("value", value, owner="symlog").xp
     compressed = xp.sign(value) * xp.log1p(xp.abs(value))
     return xp.where(value == 0, value, compressed)
 
@@ -66,16 +66,6 @@ def symexp(value: Any) -> Any:
     TypeError
         For an integer or boolean ``value``.
     """
-    xp = _floating_namespace(value, "symexp")
+    xp = floating_array("value", value, owner="symexp").xp
     expanded = xp.sign(value) * xp.expm1(xp.abs(value))
     return xp.where(value == 0, value, expanded)
-
-
-def _floating_namespace(value: Any, owner: str) -> Any:
-    """The namespace of ``value``; ``TypeError`` unless its dtype is real floating."""
-    if not hasattr(value, "dtype") or not hasattr(value, "shape"):
-        raise TypeError(f"{owner} needs an array, got {type(value).__name__}")
-    xp = backend_of(value=value).xp
-    if not xp.isdtype(value.dtype, "real floating"):
-        raise TypeError(f"{owner} needs a floating array, got dtype {value.dtype}")
-    return xp

@@ -32,10 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from arrayrl._validation import floating_array
 from arrayrl.backends import Backend, backend_of, get_backend
 
 from .distributions._base import log_softmax_and_softmax
 from .functional import symexp
+from .layers import Layer
 
 __all__ = ["SymExpTwoHot", "two_hot_cross_entropy", "two_hot_decode", "two_hot_encode"]
 
@@ -92,7 +94,7 @@ def _unimix_probs(logits: Any, unimix: float) -> Any:
     3: "1% unimix"): :math:`(1 - u)\,\operatorname{softmax}(z) + u / K` over the last axis
     of ``K`` classes; ``unimix`` :math:`u \in [0, 1)`."""
     unimix = _unit_fraction("unimix", unimix)
-    backend = _floating_backend("logits", logits)
+    backend = floating_array("logits", logits)
     probs = log_softmax_and_softmax(logits, backend)[1]
     if unimix:
         probs = (1 - unimix) * probs + unimix / logits.shape[-1]
@@ -119,7 +121,7 @@ def two_hot_encode(x: Any, bins: Any) -> Any:
         first clipped to :math:`[b_1, b_K]`. Differentiable in ``x`` (zero gradient where
         it is clipped).
     """
-    backend = _floating_backend("x", x)
+    backend = floating_array("x", x)
     xp = backend.xp
     bins = _support(bins, x, backend, "two_hot_encode")
     size = bins.shape[0]
@@ -153,7 +155,7 @@ def two_hot_decode(logits: Any, bins: Any) -> Any:
         ``logits.shape[:-1]``, ``logits``' dtype; ``ValueError`` unless ``bins`` is 1-D
         with ``logits.shape[-1]`` values.
     """
-    backend = _floating_backend("logits", logits)
+    backend = floating_array("logits", logits)
     xp = backend.xp
     bins = _support(bins, logits, backend, "two_hot_decode")
     size = bins.shape[0]
@@ -190,7 +192,7 @@ def two_hot_cross_entropy(logits: Any, target: Any, bins: Any) -> Any:
             f"two_hot_cross_entropy: target must have shape {batch} or {(*batch, 1)} for "
             f"logits of shape {tuple(logits.shape)}, got {tuple(target.shape)}"
         )
-    backend = _floating_backend("logits", logits)
+    backend = floating_array("logits", logits)
     encoded = two_hot_encode(target, bins)
     log_probs = log_softmax_and_softmax(logits, backend)[0]
     return -backend.xp.sum(encoded * log_probs, axis=-1)
@@ -223,16 +225,6 @@ def _support(bins: Any, like: Any, backend: Backend, owner: str) -> Any:
     return backend.xp.astype(bins, like.dtype)
 
 
-def _floating_backend(name: str, value: Any) -> Backend:
-    """The backend of array ``value``; ``TypeError`` naming ``name`` unless floating."""
-    if not (hasattr(value, "shape") and hasattr(value, "dtype")):
-        raise TypeError(f"{name} must be an array, got {type(value).__name__}")
-    backend = backend_of(**{name: value})
-    if not backend.xp.isdtype(value.dtype, "real floating"):
-        raise TypeError(f"{name} must be a floating array, got dtype {value.dtype}")
-    return backend
-
-
 def _unit_fraction(name: str, value: Any) -> float:
     """``value`` as a float in ``[0, 1)``; ``ValueError`` otherwise (TorchRL's check)."""
     from arrayrl._validation import hyperparameter
@@ -241,7 +233,6 @@ def _unit_fraction(name: str, value: Any) -> float:
 
 
 # -- the layer ----------------------------------------------------------------------------------
-from .layers import Layer  # noqa: E402 (the layer is appended below the functions)
 
 
 class SymExpTwoHot(Layer):

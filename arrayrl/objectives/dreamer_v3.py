@@ -23,12 +23,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from arrayrl._validation import hyperparameter
+from arrayrl._validation import floating_array, hyperparameter
 from arrayrl.backends import Backend, backend_of
 from arrayrl.modules.distributions._base import log_softmax_and_softmax
 from arrayrl.modules.functional import symexp, symlog
 from arrayrl.modules.model_based import (
-    _floating_backend,
     _unimix_probs,
     two_hot_cross_entropy,
     two_hot_decode,
@@ -166,8 +165,8 @@ def _sum_last_two(value: Any, xp: Any) -> Any:
 def _checked_pair(posterior: Any, prior: Any, owner: str, ndim: int = 2) -> Backend:
     """The backend of the two logit arrays; ``ValueError`` unless they have one shape of
     at least ``ndim`` axes (no broadcasting), ``TypeError`` unless floating."""
-    backend = _floating_backend("posterior_logits", posterior)
-    _floating_backend("prior_logits", prior)
+    backend = floating_array("posterior_logits", posterior)
+    floating_array("prior_logits", prior)
     backend_of(posterior_logits=posterior, prior_logits=prior)
     if tuple(posterior.shape) != tuple(prior.shape):
         raise ValueError(

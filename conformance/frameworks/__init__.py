@@ -33,6 +33,7 @@ __all__ = [
     "Implementation",
     "framework",
     "scalar_hyperparameters",
+    "term_implementation",
 ]
 
 #: the framework modules of this package, in report order
@@ -111,6 +112,28 @@ class Framework:
     version: Callable[[], str]
     implementations: Callable[[], list[Implementation]]
     disagreements: tuple[Disagreement, ...] = field(default=())
+
+
+def term_implementation(
+    framework_name: str,
+    backend: str,
+    name: str,
+    function: str,
+    outputs: tuple[str, ...],
+    fn: Callable[..., Any],
+    note: str,
+    disagreements: tuple[Disagreement, ...] | list[Disagreement] = (),
+) -> Implementation:
+    """An :class:`Implementation` of the loss term ``function`` (a :class:`~..terms.TermSpec`
+    checking ``outputs``), named ``"<framework_name>.<name>"``."""
+    return Implementation(
+        name=f"{framework_name}.{name}",
+        spec=TermSpec(function, outputs=outputs),
+        backend=backend,
+        fn=fn,
+        note=note,
+        disagreements=tuple(disagreements),
+    )
 
 
 def framework(name: str) -> Framework:

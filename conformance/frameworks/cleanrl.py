@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from ..check import EstimatorSpec
-from . import Disagreement, Framework, Implementation, scalar_hyperparameters
+from . import Disagreement, Framework, Implementation, scalar_hyperparameters, term_implementation
 
 __all__ = [
     "C51_CLAMPED_LOG",
@@ -593,17 +593,7 @@ _SAC_NOTE = (
 
 
 def _term_implementations() -> list[Implementation]:
-    from ..terms import TermSpec
-
-    def made(name, function, outputs, fn, note, disagreements=()):
-        return Implementation(
-            name=f"cleanrl.{name}",
-            spec=TermSpec(function, outputs=outputs),
-            backend="torch",
-            fn=fn,
-            note=note,
-            disagreements=tuple(disagreements),
-        )
+    made = functools.partial(term_implementation, "cleanrl", "torch")
 
     sac = [SAC_TWO_CRITICS]
     return [

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from ..check import EstimatorSpec
-from . import Disagreement, Framework, Implementation
+from . import Disagreement, Framework, Implementation, term_implementation
 
 __all__ = [
     "DISAGREEMENTS",
@@ -605,17 +605,7 @@ _PER_SAMPLE = "jax.vmap over the batch flattened to [M]; discount_t = gamma * (1
 
 
 def _term_implementations() -> list[Implementation]:
-    from ..terms import TermSpec
-
-    def made(name, function, outputs, fn, note, disagreements=()):
-        return Implementation(
-            name=f"rlax.{name}",
-            spec=TermSpec(function, outputs=outputs),
-            backend="jax",
-            fn=fn,
-            note=note,
-            disagreements=tuple(disagreements),
-        )
+    made = functools.partial(term_implementation, "rlax", "jax")
 
     return [
         made(

@@ -51,8 +51,7 @@ from typing import Any
 import numpy as np
 
 from ..check import EstimatorSpec
-from ..terms import TermSpec
-from . import Framework, Implementation, scalar_hyperparameters
+from . import Framework, Implementation, scalar_hyperparameters, term_implementation
 from .cleanrl import fold_into_reward, scalar_rollout
 
 __all__ = [
@@ -458,6 +457,7 @@ def _as_tensor(array: np.ndarray) -> Any:
 
 
 def _implementations() -> list[Implementation]:
+    made = functools.partial(term_implementation, "stable_baselines3", "numpy")
     return [
         Implementation(
             name="stable_baselines3.RolloutBuffer.compute_returns_and_advantage",
@@ -473,12 +473,12 @@ def _implementations() -> list[Implementation]:
             ),
             disagreements=(SCALAR_HYPERPARAMETERS,),
         ),
-        Implementation(
-            name="stable_baselines3.PPO.train",
-            spec=TermSpec("clipped_surrogate", outputs=("loss_objective_mean", "clip_fraction")),
-            backend="numpy",
-            fn=ppo_clipped_surrogate,
-            note=(
+        made(
+            "PPO.train",
+            "clipped_surrogate",
+            ("loss_objective_mean", "clip_fraction"),
+            ppo_clipped_surrogate,
+            (
                 "PPO.train() run once on a model with n_steps = batch_size = the flattened "
                 "batch, n_epochs=1, normalize_advantage=False (SB3's default True would "
                 "rescale the advantages), learning_rate=0, ent_coef = vf_coef = 0, "
@@ -490,12 +490,12 @@ def _implementations() -> list[Implementation]:
                 "gradients through train() are not checked."
             ),
         ),
-        Implementation(
-            name="stable_baselines3.DQN.train",
-            spec=TermSpec("q_learning", outputs=("smooth_l1_loss",)),
-            backend="numpy",
-            fn=dqn_q_learning,
-            note=(
+        made(
+            "DQN.train",
+            "q_learning",
+            ("smooth_l1_loss",),
+            dqn_q_learning,
+            (
                 "DQN.train(gradient_steps=1, batch_size=n) with learning_rate=0 and gamma, "
                 "its replay buffer holding the n transitions and sampling them in order "
                 "(SB3's _get_samples on rows 0..n-1 instead of a draw with replacement): "
@@ -507,12 +507,12 @@ def _implementations() -> list[Implementation]:
                 "logged, nor gradients."
             ),
         ),
-        Implementation(
-            name="stable_baselines3.SAC.train",
-            spec=TermSpec("sac_terms", outputs=("loss_actor", "loss_qvalue", "loss_alpha")),
-            backend="numpy",
-            fn=sac_losses,
-            note=(
+        made(
+            "SAC.train",
+            "sac_terms",
+            ("loss_actor", "loss_qvalue", "loss_alpha"),
+            sac_losses,
+            (
                 "SAC.train(gradient_steps=1, batch_size=n), learning_rate=0, "
                 "ent_coef='auto' with log_ent_coef = log_alpha (in the case's dtype; SB3 "
                 "allocates it float32) and target_entropy, replay buffer as for DQN "

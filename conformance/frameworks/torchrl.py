@@ -9,6 +9,7 @@ convention, on CPU torch tensors. The differences recorded for the main suite
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from functools import cache
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 from ..cases import DTYPES, SIGNATURES, Case, all_cases
 from ..check import EstimatorSpec
 from ..oracle import DEVIATIONS, Deviation
-from . import Disagreement, Framework, Implementation
+from . import Disagreement, Framework, Implementation, term_implementation
 
 __all__ = [
     "DISAGREEMENTS",
@@ -321,7 +322,6 @@ def reproduce_float32_clip_epsilon() -> tuple[float, float]:
 
 
 def _loss_term_implementations() -> list[Implementation]:
-    from ..terms import TermSpec
 
     dqn_note = (
         "DQNLoss(delay_value=True, action_space='categorical') with TD(0) at gamma, on a "
@@ -333,35 +333,36 @@ def _loss_term_implementations() -> list[Implementation]:
         "the signed TD error is not compared)."
     )
     losses = ("l2_loss", "smooth_l1_loss")
+    made = functools.partial(term_implementation, "torchrl", "torch")
     return [
-        Implementation(
-            name="torchrl.ClipPPOLoss",
-            spec=TermSpec("clipped_surrogate", outputs=("loss_objective", "clip_fraction")),
-            backend="torch",
-            fn=torchrl_clipped_surrogate,
-            note=(
+        made(
+            "ClipPPOLoss",
+            "clipped_surrogate",
+            ("loss_objective", "clip_fraction"),
+            torchrl_clipped_surrogate,
+            (
                 "ClipPPOLoss(entropy_bonus=False, normalize_advantage=False, reduction='none', "
                 "no critic) on an actor whose Normal gives each sample's log_prob to action 0 "
                 "(loc 0, scale exp(-log_prob - ½ log 2π)); prev_log_prob and advantage are "
                 "the batch's action_log_prob and advantage"
             ),
-            disagreements=(FLOAT32_CONSTANTS,),
+            (FLOAT32_CONSTANTS,),
         ),
-        Implementation(
-            name="torchrl.DQNLoss",
-            spec=TermSpec("q_learning", outputs=losses),
-            backend="torch",
-            fn=torchrl_q_learning,
-            note=dqn_note,
-            disagreements=(FLOAT32_CONSTANTS,),
+        made(
+            "DQNLoss",
+            "q_learning",
+            losses,
+            torchrl_q_learning,
+            dqn_note,
+            (FLOAT32_CONSTANTS,),
         ),
-        Implementation(
-            name="torchrl.DQNLoss(double_dqn=True)",
-            spec=TermSpec("double_q_learning", outputs=losses),
-            backend="torch",
-            fn=torchrl_double_q_learning,
-            note=dqn_note,
-            disagreements=(FLOAT32_CONSTANTS,),
+        made(
+            "DQNLoss(double_dqn=True)",
+            "double_q_learning",
+            losses,
+            torchrl_double_q_learning,
+            dqn_note,
+            (FLOAT32_CONSTANTS,),
         ),
     ]
 
