@@ -32,7 +32,7 @@ one backend and dtype.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -551,33 +551,34 @@ class DreamerActorCase(LossCase):
         return Evaluation(outputs, torch_gradients(dict(terms.items()), params))
 
 
-def _model_case(label: str, **config: Any) -> DreamerModelCase:
-    return DreamerModelCase(
-        name=f"DreamerModelLoss[2x4,{label}]",
-        loss="DreamerModelLoss",
-        batch_shape=(2, 4),
-        config=config,
-        core=label == "default",
-    )
-
-
-def _actor_case(label: str, batch_shape: tuple[int, ...] = (6,), **config: Any) -> DreamerActorCase:
+def named_case(
+    case_class: type, label: str, batch_shape: tuple[int, ...], **config: Any
+) -> LossCase:
+    """A case of ``case_class`` named ``"FooLoss[<B>x<T>,<label>]"`` (the loss is named
+    after the class: ``FooCase`` and ``FooLossCase`` -> ``FooLoss``); the ``"default"``
+    one is the core case (the one JAX runs)."""
+    base = case_class.__name__.removesuffix("Case")
+    loss = base if base.endswith("Loss") else f"{base}Loss"
     layout = "x".join(map(str, batch_shape))
-    return DreamerActorCase(
-        name=f"DreamerActorLoss[{layout},{label}]",
-        loss="DreamerActorLoss",
+    return case_class(
+        name=f"{loss}[{layout},{label}]",
+        loss=loss,
         batch_shape=batch_shape,
         config=config,
         core=label == "default",
     )
 
 
-def _value_case(label: str, batch_shape: tuple[int, ...], **config: Any) -> DreamerValueCase:
-    case = DreamerValueCase(
-        name="", loss="DreamerValueLoss", batch_shape=batch_shape, config=config
-    )
-    layout = "x".join(map(str, batch_shape))
-    return replace(case, name=f"DreamerValueLoss[{layout},{label}]", core=label == "default")
+def _model_case(label: str, **config: Any) -> LossCase:
+    return named_case(DreamerModelCase, label, (2, 4), **config)
+
+
+def _actor_case(label: str, batch_shape: tuple[int, ...] = (6,), **config: Any) -> LossCase:
+    return named_case(DreamerActorCase, label, batch_shape, **config)
+
+
+def _value_case(label: str, batch_shape: tuple[int, ...], **config: Any) -> LossCase:
+    return named_case(DreamerValueCase, label, batch_shape, **config)
 
 
 def cases() -> list[LossCase]:

@@ -384,25 +384,12 @@ class DreamerV3ValueCase(LossCase):
         return Evaluation(outputs, torch_gradients(terms, params))
 
 
-def _model_case(label: str, **config: Any) -> DreamerV3ModelCase:
-    return DreamerV3ModelCase(
-        name=f"DreamerV3ModelLoss[2x4,{label}]",
-        loss="DreamerV3ModelLoss",
-        batch_shape=(2, 4),
-        config=config,
-        core=label == "default",
-    )
+def _model_case(label: str, **config: Any) -> LossCase:
+    return _v1.named_case(DreamerV3ModelCase, label, (2, 4), **config)
 
 
-def _value_case(label: str, batch_shape: tuple[int, ...], **config: Any) -> DreamerV3ValueCase:
-    layout = "x".join(map(str, batch_shape))
-    return DreamerV3ValueCase(
-        name=f"DreamerV3ValueLoss[{layout},{label}]",
-        loss="DreamerV3ValueLoss",
-        batch_shape=batch_shape,
-        config=config,
-        core=label == "default",
-    )
+def _value_case(label: str, batch_shape: tuple[int, ...], **config: Any) -> LossCase:
+    return _v1.named_case(DreamerV3ValueCase, label, batch_shape, **config)
 
 
 def _model_value_cases() -> list[LossCase]:
@@ -708,14 +695,7 @@ def _torchrl_dreamer_env(inputs: LossInputs, dtype: str) -> tuple[Any, dict]:
 
 
 def _actor_case(label: str, batch_shape: tuple[int, ...] = (6,), **config: Any) -> LossCase:
-    layout = "x".join(map(str, batch_shape))
-    return DreamerV3ActorCase(
-        name=f"DreamerV3ActorLoss[{layout},{label}]",
-        loss="DreamerV3ActorLoss",
-        batch_shape=batch_shape,
-        config=config,
-        core=label == "default",
-    )
+    return _v1.named_case(DreamerV3ActorCase, label, batch_shape, **config)
 
 
 def _actor_cases() -> list[LossCase]:
@@ -1006,14 +986,7 @@ class DreamerV3LossCase(LossCase):
 
 
 def _combined_case(label: str, batch_shape: tuple[int, ...] = (2, 3), **config: Any) -> LossCase:
-    layout = "x".join(map(str, batch_shape))
-    return DreamerV3LossCase(
-        name=f"DreamerV3Loss[{layout},{label}]",
-        loss="DreamerV3Loss",
-        batch_shape=batch_shape,
-        config=config,
-        core=label == "default",
-    )
+    return _v1.named_case(DreamerV3LossCase, label, batch_shape, **config)
 
 
 def _combined_cases() -> list[LossCase]:
