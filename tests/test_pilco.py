@@ -163,3 +163,28 @@ def test_bad_input() -> None:
         ExponentialQuadraticCost()({"observation": {"mean": mean}})
     with pytest.raises(TypeError, match="unexpected keyword"):
         ExponentialQuadraticCost(jitter=1e-3)
+
+
+def test_target_and_weights_are_buffers_as_torchrl() -> None:
+    rng = np.random.default_rng(4)
+    target, weights = rng.standard_normal(D), _weights(rng)
+    t_target, t_weights = torch.tensor(target), torch.tensor(weights)
+    theirs = TorchRLCost(target=t_target.clone(), weights=t_weights.clone()).state_dict()
+    ours = ExponentialQuadraticCost(target=t_target, weights=t_weights)
+    assert set(ours.state_dict()) == set(theirs) == {"target", "weights"}
+    assert list(ours.parameters()) == []
+    assert set(ExponentialQuadraticCost(target=target).state_dict()) == {"target"}
+    # loading writes into the loss's copy, never into the caller's array
+    ours.load_state_dict({"target": torch.zeros(D, dtype=torch.float64), "weights": t_weights})
+    torch.testing.assert_close(ours.state_dict()["target"], torch.zeros(D, dtype=torch.float64))
+    torch.testing.assert_close(t_target, torch.tensor(target))
+    mean, cov = _state(rng, (4,))
+    moved = ExponentialQuadraticCost(target=t_target, weights=t_weights).to("numpy")
+    assert all(isinstance(v, np.ndarray) for v in moved.state_dict().values())
+    cost = moved(ArrayDict(_batch(mean, cov), batch_size=(4,)))["loss_cost"]
+    expected = ExponentialQuadraticCost(target=target, weights=weights)(
+        ArrayDict(_batch(mean, cov), batch_size=(4,))
+    )["loss_cost"]
+    np.testing.assert_allclose(cost, expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="shape"):
+        ours.load_state_dict({"target": torch.zeros(D + 1), "weights": t_weights})

@@ -74,6 +74,8 @@ class LossModule:
         #: (``compare_against``): not trained through this network, not listed.
         self._shared_paths: dict[str, frozenset[str]] = {}
         self._own_params: dict[str, Any] = {}
+        #: Arrays held but not trained (TorchRL's buffers): see :meth:`register_buffer`.
+        self._buffers: dict[str, Any] = {}
         #: Stateful sub-objects (value normalisers) by name: see :meth:`register_state`.
         self._states: dict[str, Any] = {}
         #: TorchRL's (``nn.Module``'s) mode flag: see :meth:`train`.
@@ -179,6 +181,9 @@ class LossModule:
         own = self.__dict__.get("_own_params", {})
         if name in own:
             return own[name]
+        buffers = self.__dict__.get("_buffers", {})
+        if name in buffers:
+            return buffers[name]
         if name.startswith("target_") and name.endswith("_params"):
             network = name[len("target_") : -len("_params")]
             if network in self.__dict__.get("_networks", {}):
@@ -415,6 +420,18 @@ class LossModule:
         self._own_params[name] = value
         return value
 
+    def register_buffer(self, name: str, value: Any) -> Any:
+        """Hold ``value``, an array the loss uses but does not train (TorchRL's
+        ``register_buffer``), as ``self.<name>``: saved by :meth:`state_dict` under
+        ``name`` (unless it is ``None``, as torch's), restored by :meth:`load_state_dict`
+        and moved by :meth:`to`; not listed by :meth:`parameters`. A copy is held, so
+        that loading a state never writes into the caller's array. Returns the copy."""
+        if value is not None:
+            backend = backend_of(value)
+            value = backend.xp.asarray(backend.stop_gradient(value), copy=True)
+        self._buffers[name] = value
+        return value
+
     def register_state(self, name: str, obj: Any) -> Any:
         """Hold ``obj``, a stateful sub-object (a value normaliser), as ``self.<name>``.
 
@@ -460,6 +477,7 @@ class LossModule:
             if self._owns_target[name]:
                 state.update(flatten_params(self._target_params[name], f"target_{name}_params"))
         state.update(self._own_params)
+        state.update({name: value for name, value in self._buffers.items() if value is not None})
         for name, obj in self._states.items():
             state.update({f"{name}.{key}": value for key, value in obj.state_dict().items()})
         backend = self.backend
@@ -495,6 +513,9 @@ class LossModule:
             self._load_tree(name, arrays)
         for name, leaf in self._own_params.items():
             self._own_params[name] = backend_of(leaf).write_into(leaf, arrays[name])
+        for name, leaf in self._buffers.items():
+            if leaf is not None:
+                self._buffers[name] = backend_of(leaf).write_into(leaf, arrays[name])
         for name, obj in self._states.items():
             own = obj.state_dict()
             obj.load_state_dict({key: arrays[f"{name}.{key}"] for key in own})
@@ -536,6 +557,10 @@ class LossModule:
         self._relink_shared()
         for name, leaf in self._own_params.items():
             self._own_params[name] = convert_params({name: leaf}, backend, device)[name]
+        for name, leaf in self._buffers.items():
+            if leaf is not None:
+                moved = convert_params({name: leaf}, backend, device, requires_grad=False)
+                self._buffers[name] = moved[name]
         for obj in self._states.values():
             obj.to(backend, device)
         return self

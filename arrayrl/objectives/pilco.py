@@ -58,8 +58,9 @@ class ExponentialQuadraticCost(LossModule):
     covariance matrix :math:`S` ``(*B, D, D)`` (a matrix, despite the name); ``loss_cost``
     (default ``"loss_cost"``), the output key.
 
-    ``target`` and ``weights`` are held as given (not trained) and used in the mean's
-    dtype and backend.
+    ``target`` and ``weights`` are held as given, as buffers (not trained; in
+    :meth:`state_dict` under TorchRL's names ``"target"`` and ``"weights"``, moved by
+    :meth:`to`), and used in the mean's dtype and backend.
     """
 
     @dataclasses.dataclass
@@ -73,8 +74,8 @@ class ExponentialQuadraticCost(LossModule):
     def __init__(self, target: Any = None, weights: Any = None, reduction: str = "mean") -> None:
         super().__init__()
         self.reduction = reduction
-        self.target = _optional_array("target", target, min_ndim=1)
-        self.weights = _optional_array("weights", weights, min_ndim=2)
+        self.register_buffer("target", _optional_array("target", target, min_ndim=1))
+        self.register_buffer("weights", _optional_array("weights", weights, min_ndim=2))
         if self.weights is not None and (
             self.weights.ndim != 2 or self.weights.shape[0] != self.weights.shape[1]
         ):
