@@ -727,3 +727,32 @@ def test_dreamer_v3_loss_errors():
     with pytest.raises(ValueError, match="not an accepted key"):
         loss.set_keys(posterior="x")
     assert TorchRLLoss.__name__ == DreamerV3Loss.__name__
+
+
+def test_actor_loss_matches_torchrl_in_a_v3_rssm_env():
+    """The actor imagines in a DreamerEnv stepping TorchRL's RSSMPriorV3 (categorical
+    latents drawn from torch's global generator) with a two-hot reward head."""
+    _world, env, actor, critic = v3_learner()
+    twins = copy.deepcopy((env, actor, critic))
+    theirs_loss = TorchRLActorLoss(twins[1], twins[2], twins[0], imagination_horizon=4)
+    theirs_loss.value_estimator.time_dim = -2  # torchrl-dreamerv3-lambda-time-dim
+    ours_loss = DreamerV3ActorLoss(actor, critic, env, imagination_horizon=4)
+    g = torch.Generator().manual_seed(9)
+    start = TensorDict(
+        state=torch.randn(5, STATE, generator=g), belief=torch.randn(5, BELIEF, generator=g),
+        batch_size=[5],
+    )  # fmt: skip
+    torch.manual_seed(3)
+    theirs, theirs_fake = theirs_loss(start.clone())
+    torch.manual_seed(3)
+    ours, ours_fake = ours_loss(start.clone())
+    for key in ACTOR_TERMS:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6)
+    assert set(ours_fake.keys(True, True)) == set(theirs_fake.keys(True, True))
+    for key in theirs_fake.keys(True, True):
+        torch.testing.assert_close(ours_fake[key], theirs_fake[key], rtol=1e-5, atol=1e-6)
+    ours_p, theirs_p = list(actor.parameters()), list(twins[1].parameters())
+    g_ours = v1._grads(ours["loss_actor"], ours_p)
+    assert any(g.abs().sum() > 0 for g in g_ours)
+    for a, b in zip(g_ours, v1._grads(theirs["loss_actor"], theirs_p)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
