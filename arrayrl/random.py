@@ -112,6 +112,20 @@ class Generator:
         unit = self._native.uniform(shape, self._dtype(dtype))
         return unit if (low, high) == (0.0, 1.0) else low + (high - low) * unit
 
+    def integers(self, low: int, high: int, shape: Sequence[int]) -> Any:
+        """Integers drawn uniformly from ``{low, ..., high - 1}``, int64, of ``shape``.
+
+        On torch the draw is ``torch.randint(low, high, shape)``, so with
+        ``mode="global"`` it is exactly TorchRL's draw after the same seed.
+        """
+        if not high > low:
+            raise ValueError(f"integers: high must be > low, got low={low}, high={high}")
+        shape = tuple(shape)
+        if self._native is None:
+            draws = self._numpy.integers(low, high, shape, dtype=np.int64)
+            return self.backend.from_numpy(draws)
+        return self._native.integers(low, high, shape)
+
     def permutation(self, n: int) -> Any:
         """A random permutation of ``range(n)`` as an int64 array of this backend."""
         if self._native is None:
@@ -169,6 +183,9 @@ class _TorchSource:
         out = self._torch.empty(shape, dtype=dtype, device=self._device)
         return out.uniform_(low, high, generator=self._gen)
 
+    def integers(self, low: int, high: int, shape: tuple[int, ...]) -> Any:
+        return self._torch.randint(low, high, shape, generator=self._gen, device=self._device)
+
     def permutation(self, n: int) -> Any:
         return self._torch.randperm(n, generator=self._gen, device=self._device)
 
@@ -185,6 +202,10 @@ class _CupySource:
     def uniform(self, shape: tuple[int, ...], dtype: Any) -> Any:
         with self._device:
             return self._rng.random(shape, dtype=dtype)
+
+    def integers(self, low: int, high: int, shape: tuple[int, ...]) -> Any:
+        with self._device:
+            return self._rng.integers(low, high, shape, dtype="int64")
 
     def permutation(self, n: int) -> Any:
         with self._device:
@@ -209,6 +230,9 @@ class _JaxSource:
 
     def uniform(self, shape: tuple[int, ...], dtype: Any) -> Any:
         return self._jax.random.uniform(self._next_key(), shape, dtype=dtype)
+
+    def integers(self, low: int, high: int, shape: tuple[int, ...]) -> Any:
+        return self._jax.random.randint(self._next_key(), shape, low, high)
 
     def permutation(self, n: int) -> Any:
         return self._jax.random.permutation(self._next_key(), n)

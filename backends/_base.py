@@ -199,6 +199,22 @@ class Backend:
         """Whether any of ``arrays`` would carry a gradient out of a computation."""
         return False
 
+    def input_gradients(self, fn: Callable[..., Any], *inputs: Any) -> tuple[Any, ...]:
+        r"""The gradients of :math:`\sum f(x_1, \dots, x_n)` with respect to each input
+        :math:`x_i`, themselves differentiable (a double backward: a gradient penalty
+        such as GAIL's or WGAN-GP's trains the parameters ``fn`` closes over through them).
+
+        ``fn`` takes the ``inputs`` positionally and returns one array of this backend;
+        the result is a tuple of arrays shaped as the ``inputs`` (zeros where ``fn`` does
+        not depend on an input). Only libraries with autograd have it (torch, JAX); the
+        others raise ``NotImplementedError``.
+        """
+        raise NotImplementedError(
+            f"gradients with respect to inputs (a double backward, e.g. a gradient "
+            f"penalty) need a library with autograd; the {self.name!r} backend has none: "
+            "use torch tensors or JAX arrays"
+        )
+
     # -- randomness -----------------------------------------------------------
     def rng(self, seed: int) -> Any:
         """A seeded generator of this library (a NumPy one where it has none)."""

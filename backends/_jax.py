@@ -31,6 +31,7 @@ outer ``jit`` it is inlined.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -57,6 +58,16 @@ class JaxBackend(GenericBackend):
 
     def _build_kernels(self, needs_grad: bool) -> ScanKernels:
         return jax_kernels()
+
+    def input_gradients(self, fn: Callable[..., Any], *inputs: Any) -> tuple[Any, ...]:
+        """``jax.grad`` of ``sum fn(*inputs)`` in every argument: a traced function, so
+        an outer ``jax.grad`` (over the parameters ``fn`` closes over) differentiates it
+        again."""
+
+        def total(*xs: Any) -> Any:
+            return jnp.sum(fn(*xs))
+
+        return tuple(jax.grad(total, argnums=tuple(range(len(inputs))))(*inputs))
 
 
 def jax_kernels() -> ScanKernels:

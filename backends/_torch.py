@@ -183,6 +183,22 @@ class TorchBackend(Backend):
             return False
         return any(isinstance(x, torch.Tensor) and x.requires_grad for x in arrays)
 
+    def input_gradients(self, fn: Callable[..., Any], *inputs: Any) -> tuple[Any, ...]:
+        """``torch.autograd.grad(sum fn(*inputs), inputs, create_graph=True)``; an input
+        that records no graph is watched through a detached copy (the caller's tensor
+        keeps its ``requires_grad`` flag), and grad mode is on even under ``no_grad``."""
+        with torch.enable_grad():
+            watched = tuple(
+                x if x.requires_grad else x.detach().requires_grad_(True) for x in inputs
+            )
+            total = fn(*watched).sum()
+            found = (
+                torch.autograd.grad(total, watched, create_graph=True, allow_unused=True)
+                if total.requires_grad
+                else (None,) * len(watched)
+            )
+        return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(watched, found))
+
     def rng(self, seed: int) -> Any:
         return torch.Generator(device=self.device).manual_seed(seed)
 

@@ -126,7 +126,12 @@ class LossTarget:
     dtypes: tuple[str, ...] = ("float64", "float32")
 
     def runs(self, case: Any, dtype: str) -> bool:
-        """Whether this target runs loss ``case`` at ``dtype``."""
+        """Whether this target runs loss ``case`` at ``dtype``: a case may name the only
+        backends its maths runs on (``case.backends``, e.g. GAIL's gradient penalty needs
+        input gradients: torch and JAX); on the others it is not run (not counted)."""
+        allowed = getattr(case, "backends", None)
+        if allowed is not None and self.backend not in allowed:
+            return False
         return dtype in self.dtypes and (case.core or not self.core_only)
 
     @property

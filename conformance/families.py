@@ -24,6 +24,11 @@ FAMILY_MODULES: tuple[str, ...] = (
     "dreamer_cases",
     "model_based_cases",
     "dreamer_v3_cases",
+    "gail_cases",
+    "rnd_cases",
+    "decision_transformer_cases",
+    "act_cases",
+    "diffusion_bc_cases",
 )
 
 

@@ -55,8 +55,11 @@ _DREAMER_V3_FUNCTIONS = ("symlog", "symexp", "_default_bins", "two_hot_encode", 
 _DREAMER_V3 = ("DreamerV3ModelLoss", "DreamerV3ValueLoss", "DreamerV3ActorLoss", "DreamerV3Loss")
 _MODEL_BASED = (*_DREAMER, *_DREAMER_V3, *_DREAMER_V3_FUNCTIONS, "ExponentialQuadraticCost",
                 "WorldModelLoss")  # fmt: skip
+_IMITATION = ("GAILLoss", "RNDLoss")
+_SEQUENCE = ("DTLoss", "OnlineDTLoss", "ACTLoss", "DiffusionBCLoss")
 _LOSSES = ("PPOLoss", "ClipPPOLoss", "KLPENPPOLoss", "A2CLoss", "ReinforceLoss", *_OFF_POLICY,
-           *_Q_LEARNING, *_OFFLINE, *_MULTI_AGENT, *_MODEL_BASED)  # fmt: skip
+           *_Q_LEARNING, *_OFFLINE, *_MULTI_AGENT, *_MODEL_BASED, *_IMITATION,
+           *_SEQUENCE)  # fmt: skip
 
 #: family -> (the functions or loss classes it selects, other names it is known by).
 #: Names are compared after :func:`normalize` (case, ``-``, ``_``, spaces, brackets).
@@ -103,6 +106,14 @@ FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "pilco": (("ExponentialQuadraticCost",), ("exponential-quadratic-cost",)),
     "worldmodel": (("WorldModelLoss",), ("world-model", "world-model-loss")),
     "modelbased": (_MODEL_BASED, ("model-based",)),
+    "gail": (("GAILLoss",), ("adversarial-imitation",)),
+    "rnd": (("RNDLoss",), ("random-network-distillation",)),
+    "imitation": (_IMITATION, ("imitation-and-exploration", "exploration")),
+    "dt": (("DTLoss",), ("decision-transformer",)),
+    "onlinedt": (("OnlineDTLoss",), ("online-decision-transformer",)),
+    "act": (("ACTLoss",), ("action-chunking-transformer",)),
+    "diffusionbc": (("DiffusionBCLoss",), ("diffusion-bc", "diffusion-policy")),
+    "sequence": (_SEQUENCE, ("sequence-policies", "generative")),
     "estimators": (_ESTIMATORS, ("values", "value-estimators")),
     "losses": (_LOSSES, ("objectives",)),
 }

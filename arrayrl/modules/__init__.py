@@ -24,11 +24,13 @@ from .actors import (
 from .adapt import as_module, as_value_norm
 from .batchrenorm import BatchRenorm1d
 from .dict_module import DictModule, Module
+from .diffusion import DDPMModule, DDPMSchedule, DiffusionActor, SiLU, as_diffusion_actor
 from .ensemble import Ensemble, ensemble_params, stack_params, unstack_params
 from .functional import symexp, symlog
 from .layers import ELU, MLP, Identity, Layer, Linear, NormalParamExtractor, ReLU, Sequential, Tanh
 from .model_based import SymExpTwoHot
 from .multiagent import Mixer, MultiAgentMLP, QMixer, VDNMixer
+from .running_mean_std import RunningMeanStd, as_running_mean_std
 from .value_norm import PercentileValueNorm, PopArtValueNorm, RunningValueNorm, ValueNorm
 
 _TORCH_ADAPTER = ("TorchDictModule", "TorchLayer", "from_torch")
@@ -38,7 +40,10 @@ __all__ = [
     "MLP",
     "Actor",
     "BatchRenorm1d",
+    "DDPMModule",
+    "DDPMSchedule",
     "DictModule",
+    "DiffusionActor",
     "DistributionalQValueActor",
     "DistributionalQValueModule",
     "Ensemble",
@@ -57,8 +62,10 @@ __all__ = [
     "QValueActor",
     "QValueModule",
     "ReLU",
+    "RunningMeanStd",
     "RunningValueNorm",
     "Sequential",
+    "SiLU",
     "SymExpTwoHot",
     "Tanh",
     "TorchDictModule",
@@ -66,8 +73,10 @@ __all__ = [
     "VDNMixer",
     "ValueNorm",
     "ValueOperator",
+    "as_diffusion_actor",
     "as_layer",
     "as_module",
+    "as_running_mean_std",
     "as_value_norm",
     "convert_params",
     "ensemble_params",

@@ -6,11 +6,14 @@ when an array of its own first reaches a loss.
 """
 
 from .a2c import A2CLoss
+from .act import ACTLoss, cvae_kl
 from .bc import BCLoss
 from .common import AUTO_LOSS_MASK_KEYS, LossModule
 from .cql import CQLLoss, DiscreteCQLLoss
 from .crossq import CrossQLoss
 from .ddpg import DDPGLoss
+from .decision_transformer import DTLoss, OnlineDTLoss
+from .diffusion_bc import DiffusionBCLoss
 from .dqn import DistributionalDQNLoss, DQNLoss, categorical_projection
 from .dreamer import DreamerActorLoss, DreamerModelLoss, DreamerValueLoss
 from .dreamer_v3 import (
@@ -26,12 +29,14 @@ from .dreamer_v3 import (
     two_hot_decode,
     two_hot_encode,
 )
+from .gail import GAILLoss
 from .iql import DiscreteIQLLoss, IQLLoss, expectile_loss
 from .multiagent import IPPOLoss, MAPPOLoss, QMixerLoss
 from .pilco import ExponentialQuadraticCost
 from .ppo import ClipPPOLoss, KLPENPPOLoss, PPOLoss
 from .redq import REDQLoss
 from .reinforce import ReinforceLoss
+from .rnd import RNDLoss
 from .sac import DiscreteSACLoss, SACLoss
 from .td3 import TD3Loss
 from .td3_bc import TD3BCLoss
@@ -42,12 +47,15 @@ from .world_model_loss import WorldModelLoss
 __all__ = [
     "AUTO_LOSS_MASK_KEYS",
     "A2CLoss",
+    "ACTLoss",
     "BCLoss",
     "CQLLoss",
     "ClipPPOLoss",
     "CrossQLoss",
     "DDPGLoss",
     "DQNLoss",
+    "DTLoss",
+    "DiffusionBCLoss",
     "DiscreteCQLLoss",
     "DiscreteIQLLoss",
     "DiscreteSACLoss",
@@ -60,15 +68,18 @@ __all__ = [
     "DreamerV3ValueLoss",
     "DreamerValueLoss",
     "ExponentialQuadraticCost",
+    "GAILLoss",
     "HardUpdate",
     "IPPOLoss",
     "IQLLoss",
     "KLPENPPOLoss",
     "LossModule",
     "MAPPOLoss",
+    "OnlineDTLoss",
     "PPOLoss",
     "QMixerLoss",
     "REDQLoss",
+    "RNDLoss",
     "ReinforceLoss",
     "SACLoss",
     "SoftUpdate",
@@ -81,6 +92,7 @@ __all__ = [
     "categorical_kl_balanced",
     "categorical_kl_terms",
     "categorical_projection",
+    "cvae_kl",
     "distance_loss",
     "expectile_loss",
     "symexp",
