@@ -218,3 +218,59 @@ def test_importing_the_modules_package_does_not_import_torch() -> None:
         "assert 'torch' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class _TwoOut(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.linear(x)
+        return y, y.tanh()
+
+
+def _chain() -> TensorDictSequential:
+    torch.manual_seed(3)
+    return TensorDictSequential(
+        TensorDictModule(_TwoOut(), ["observation"], ["_", ("hidden", "h")]),
+        TensorDictSequential(
+            TensorDictModule(torch.nn.Linear(3, 2), [("hidden", "h")], ["out"]),
+        ),
+    )
+
+
+def test_plain_tensordict_chains_run_directly_with_tensordicts_numbers() -> None:
+    from arrayrl.modules.torch_adapter import direct_steps
+
+    chain = _chain()
+    wrapped = TorchDictModule(chain)
+    assert wrapped._direct is not None and len(wrapped._direct) == 2
+    obs = _observation()
+    target = _perturbed(wrapped.params)
+    expected = chain(TensorDict(observation=obs, batch_size=[6]))
+    out = wrapped(ArrayDict({"observation": obs}, batch_size=(6,)))
+    assert "_" not in out.keys()
+    torch.testing.assert_close(out.get("out"), expected["out"])
+    torch.testing.assert_close(out.get(("hidden", "h")), expected["hidden", "h"])
+    # a swapped tree reaches every step: the same as tensordict's call under that tree
+    swapped = wrapped(ArrayDict({"observation": obs}, batch_size=(6,)), target)
+    via_tensordict = wrapped(TensorDict(observation=obs, batch_size=[6]), target)
+    torch.testing.assert_close(swapped.get("out"), via_tensordict["out"])
+    assert not torch.allclose(swapped.get("out"), out.get("out"))
+    # gradients reach the module's own parameters
+    out.get("out").sum().backward()
+    assert all(p.grad is not None for p in chain.parameters())
+    # a hook, a keyword map or a probabilistic step keeps tensordict's own call
+    hooked = _chain()
+    hooked.module[0].register_forward_hook(lambda module, args, output: output)
+    assert direct_steps(hooked) is None
+    kwargs = TensorDictModule(torch.nn.Linear(4, 2), {"observation": "input"}, ["out"])
+    assert direct_steps(kwargs) is None
+    spec = torchrl_modules.SafeModule(
+        torch.nn.Linear(4, 2), ["observation"], ["action"],
+        spec=__import__("torchrl.data").data.Bounded(-0.1, 0.1, (2,)), safe=True,
+    )  # fmt: skip
+    assert direct_steps(spec) is None
+    projected = TorchDictModule(spec)(ArrayDict({"observation": 9 * obs}, batch_size=(6,)))
+    assert projected.get("action").abs().max() <= 0.1
