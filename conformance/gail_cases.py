@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from arrayrl.backends import backend_of
 
-from arrayrl.modules import Layer
+from arrayrl.modules import Sigmoid
 
 from .loss_cases import (
     ACT,
@@ -183,14 +183,6 @@ class GAILCase(LossCase):
         outputs = {key: value.detach().numpy() for key, value in terms.items()}
         params = {f"discriminator.{k}": p for k, p in mlp.named_parameters()}
         return Evaluation(outputs, loss_gradients(terms["loss"], params))
-
-
-class Sigmoid(Layer):
-    """``1 / (1 + e^{-x})``: the discriminator's probability head."""
-
-    def apply(self, params: Any, x: Any) -> Any:
-        xp = backend_of(x).xp
-        return 1.0 / (1.0 + xp.exp(-x))
 
 
 def _flat(tree: Any) -> dict[str, Any]:

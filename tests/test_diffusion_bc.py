@@ -20,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arrayrl.data import ArrayDict
-from arrayrl.modules import MLP, flatten_params, unflatten_params
-from arrayrl.modules.diffusion import DDPMSchedule, DiffusionActor, SiLU
+from arrayrl.modules import MLP, SiLU, flatten_params, unflatten_params
+from arrayrl.modules.diffusion import DDPMSchedule, DiffusionActor
 from arrayrl.objectives.diffusion_bc import DiffusionBCLoss
 
 OBS, ACT, HIDDEN, STEPS = 3, 2, 8, 10
@@ -294,7 +294,7 @@ def test_deterministic_chain_matches_torchrl():
     # float64 chain vs TorchRL's float32-rounded schedule (torchrl-diffusion-float32-schedule)
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
     # TorchRL's own actor through the adapter: its schedule, its numbers
-    from arrayrl.modules.diffusion import as_diffusion_actor
+    from arrayrl.modules.adapt import as_diffusion_actor
 
     adapted = as_diffusion_actor(theirs, owner="test")
     td = ArrayDict({"observation": torch.from_numpy(obs)}, (6,))
@@ -309,7 +309,7 @@ def test_random_chain_draws_as_torchrl():
     torch = pytest.importorskip("torch")
     from tensordict import TensorDict
 
-    from arrayrl.modules.diffusion import as_diffusion_actor
+    from arrayrl.modules.adapt import as_diffusion_actor
     from arrayrl.random import make_generator
 
     theirs = _torchrl_actor(score_weights(), "float64")

@@ -16,14 +16,19 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchrl")
 
 from arrayrl.backends import backend_of, get_backend  # noqa: E402
-from arrayrl.conformance.gail_cases import Sigmoid  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
 from tensordict.nn import TensorDictModule, TensorDictSequential  # noqa: E402
 from torchrl.modules import MLP as TorchRLMLP  # noqa: E402
 from torchrl.objectives import GAILLoss as TorchRLGAILLoss  # noqa: E402
 
 from arrayrl.data import ArrayDict  # noqa: E402
-from arrayrl.modules import MLP, DictModule, Sequential, flatten_params  # noqa: E402
+from arrayrl.modules import (  # noqa: E402
+    MLP,
+    DictModule,
+    Sequential,
+    Sigmoid,
+    flatten_params,
+)
 from arrayrl.objectives.gail import GAILLoss  # noqa: E402
 
 OBS, ACT, HIDDEN = 3, 2, 8

@@ -26,7 +26,8 @@ from torchrl.objectives import RNDLoss as TorchRLRNDLoss  # noqa: E402
 
 from arrayrl.data import ArrayDict  # noqa: E402
 from arrayrl.modules import MLP, flatten_params  # noqa: E402
-from arrayrl.modules.running_mean_std import RunningMeanStd, as_running_mean_std  # noqa: E402
+from arrayrl.modules.adapt import as_running_mean_std  # noqa: E402
+from arrayrl.modules.running_mean_std import RunningMeanStd  # noqa: E402
 from arrayrl.objectives.rnd import RNDLoss, prediction_error  # noqa: E402
 
 OBS, FEATURES = 4, 6

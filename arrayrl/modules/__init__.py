@@ -21,16 +21,28 @@ from .actors import (
     ValueOperator,
     as_layer,
 )
-from .adapt import as_module, as_value_norm
+from .adapt import as_diffusion_actor, as_module, as_running_mean_std, as_value_norm
 from .batchrenorm import BatchRenorm1d
 from .dict_module import DictModule, Module
-from .diffusion import DDPMModule, DDPMSchedule, DiffusionActor, SiLU, as_diffusion_actor
+from .diffusion import DDPMModule, DDPMSchedule, DiffusionActor
 from .ensemble import Ensemble, ensemble_params, stack_params, unstack_params
 from .functional import symexp, symlog
-from .layers import ELU, MLP, Identity, Layer, Linear, NormalParamExtractor, ReLU, Sequential, Tanh
+from .layers import (
+    ELU,
+    MLP,
+    Identity,
+    Layer,
+    Linear,
+    NormalParamExtractor,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    SiLU,
+    Tanh,
+)
 from .model_based import SymExpTwoHot
 from .multiagent import Mixer, MultiAgentMLP, QMixer, VDNMixer
-from .running_mean_std import RunningMeanStd, as_running_mean_std
+from .running_mean_std import RunningMeanStd
 from .value_norm import PercentileValueNorm, PopArtValueNorm, RunningValueNorm, ValueNorm
 
 _TORCH_ADAPTER = ("TorchDictModule", "TorchLayer", "from_torch")
@@ -66,6 +78,7 @@ __all__ = [
     "RunningValueNorm",
     "Sequential",
     "SiLU",
+    "Sigmoid",
     "SymExpTwoHot",
     "Tanh",
     "TorchDictModule",

@@ -15,18 +15,24 @@ from typing import TYPE_CHECKING, Any
 from .dict_module import Module
 
 if TYPE_CHECKING:
+    from .running_mean_std import RunningMeanStd
     from .value_norm import ValueNorm
 
-__all__ = ["as_module", "as_value_norm", "is_torch_object"]
+__all__ = [
+    "as_diffusion_actor",
+    "as_module",
+    "as_running_mean_std",
+    "as_value_norm",
+    "is_torch_object",
+    "is_torchrl_diffusion_actor",
+]
 
 _TORCH_PACKAGES = ("torch", "tensordict", "torchrl")
 
 
 def is_torch_object(obj: Any) -> bool:
     """Whether ``obj``'s class comes from torch, tensordict or TorchRL (no import)."""
-    return any(
-        cls.__module__.split(".")[0] in _TORCH_PACKAGES for cls in type(obj).__mro__[:-1]
-    )
+    return any(cls.__module__.split(".")[0] in _TORCH_PACKAGES for cls in type(obj).__mro__[:-1])
 
 
 def _follows_the_protocol(obj: Any) -> bool:
@@ -126,3 +132,67 @@ def _from_torchrl_value_norm(obj: Any) -> ValueNorm:
     norm.load_state_dict(state)  # checks the names and shapes
     norm._stats = {key: state[key] for key in norm._stats}  # in TorchRL's dtype
     return norm
+
+
+def as_running_mean_std(obj: Any, name: str = "obs_rms", *, owner: str) -> RunningMeanStd:
+    """``obj`` as an arrayrl :class:`RunningMeanStd`.
+
+    An arrayrl one is returned as it is (shared with the caller). TorchRL's
+    ``torchrl.envs.transforms.rnd.RunningMeanStd`` becomes a live view of its buffers
+    (:class:`TorchRLRunningMeanStdView`), so what an ``RNDTransform`` folds in during
+    collection is seen by the loss. Anything else raises ``TypeError`` naming what to
+    pass.
+    """
+    from .running_mean_std import RunningMeanStd, TorchRLRunningMeanStdView
+
+    if isinstance(obj, RunningMeanStd):
+        return obj
+    cls = type(obj)
+    if cls.__name__ == "RunningMeanStd" and cls.__module__.startswith("torchrl."):
+        return TorchRLRunningMeanStdView(obj)
+    raise TypeError(
+        f"{owner}: {name} must be an arrayrl RunningMeanStd "
+        "(arrayrl.modules.running_mean_std.RunningMeanStd) or TorchRL's "
+        "(torchrl.envs.transforms.rnd.RunningMeanStd, e.g. RNDTransform.obs_rms); got "
+        f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
+def is_torchrl_diffusion_actor(obj: Any) -> bool:
+    """Whether ``obj`` is a tensordict module around a ``_DDPMModule``-like network (a
+    score network and the ``alphas_cumprod`` buffer): TorchRL's ``DiffusionActor``."""
+    inner = getattr(obj, "module", None)
+    return (
+        any(cls.__module__.split(".")[0] in ("torchrl", "tensordict") for cls in type(obj).__mro__)
+        and hasattr(inner, "score_network")
+        and hasattr(inner, "alphas_cumprod")
+    )
+
+
+def as_diffusion_actor(obj: Any, name: str = "actor_network", *, owner: str) -> Module:
+    """``obj`` as an arrayrl :class:`DiffusionActor`.
+
+    An arrayrl one is returned as it is. TorchRL's ``DiffusionActor`` becomes one whose
+    score network is TorchRL's (through :class:`~arrayrl.modules.TorchLayer`: its own
+    ``nn.Parameter`` objects, so training it trains TorchRL's module) and whose schedule
+    is TorchRL's buffers as they are (float32, also for a ``.double()`` actor), so the
+    loss computes TorchRL's numbers. Anything else: ``TypeError``.
+    """
+    from .diffusion import DDPMSchedule, DiffusionActor
+
+    if isinstance(obj, DiffusionActor):
+        return obj
+    if is_torchrl_diffusion_actor(obj):
+        inner = obj.module
+        schedule = DDPMSchedule.from_arrays(inner.betas, inner.alphas, inner.alphas_cumprod)
+        return DiffusionActor(
+            int(inner.action_dim),
+            score_network=inner.score_network,
+            in_keys=list(obj.in_keys),
+            out_keys=list(obj.out_keys),
+            schedule=schedule,
+        )
+    raise TypeError(
+        f"{owner}: {name} must be a diffusion actor (arrayrl.modules.diffusion.DiffusionActor "
+        f"or torchrl.modules.DiffusionActor); got {type(obj).__module__}.{type(obj).__name__}"
+    )

@@ -16,8 +16,8 @@ https://arxiv.org/abs/2303.04137. With a linear schedule ``β_1 … β_T`` (Torc
 The score network ``ε_θ`` reads ``cat[a_t, s, t]`` (the integer step as a float), as
 TorchRL's. :class:`DiffusionActor` plays the role of TorchRL's ``DiffusionActor`` on every
 backend (same arguments, keys and parameter names ``module.score_network.0.weight``, ...);
-:func:`as_diffusion_actor` turns TorchRL's into it (its score network through the torch
-adapter, its float32 schedule buffers as they are).
+:func:`arrayrl.modules.adapt.as_diffusion_actor` turns TorchRL's into it (its score
+network through the torch adapter, its float32 schedule buffers as they are).
 """
 
 from __future__ import annotations
@@ -33,24 +33,15 @@ from arrayrl.backends import Backend, backend_of
 
 from ._params import Params
 from .actors import as_layer
-from .dict_module import Module, ModuleWrapper, NestedKey, as_key_list, read_key
-from .layers import MLP, Layer
+from .dict_module import ModuleWrapper, NestedKey, as_key_list, read_key
+from .layers import MLP, Layer, SiLU
 
-__all__ = ["DDPMModule", "DDPMSchedule", "DiffusionActor", "SiLU", "as_diffusion_actor"]
+__all__ = ["DDPMModule", "DDPMSchedule", "DiffusionActor"]
 
 #: The interaction types of :class:`DiffusionActor` (tensordict's names, lower case).
 INTERACTION_TYPES = ("random", "deterministic")
 #: The schedule buffers of TorchRL's ``_DDPMModule`` (in its ``state_dict``).
 _SCHEDULE_BUFFERS = ("betas", "alphas", "alphas_cumprod")
-
-
-class SiLU(Layer):
-    """``y = x · σ(x)``, written ``x · (1 + tanh(x / 2)) / 2``: finite everywhere, with a
-    finite gradient (TorchRL's default score network uses ``nn.SiLU``)."""
-
-    def apply(self, params: Params, x: Any) -> Any:
-        xp = backend_of(x).xp
-        return 0.5 * x * (1.0 + xp.tanh(0.5 * x))
 
 
 class DDPMSchedule:
@@ -390,44 +381,6 @@ class DiffusionActor(ModuleWrapper):
             f"DiffusionActor(action_dim={self.action_dim}, num_steps={self.num_steps}, "
             f"in_keys={self.in_keys}, out_keys={self.out_keys})"
         )
-
-
-def is_torchrl_diffusion_actor(obj: Any) -> bool:
-    """Whether ``obj`` is a tensordict module around a ``_DDPMModule``-like network (a
-    score network and the ``alphas_cumprod`` buffer): TorchRL's ``DiffusionActor``."""
-    inner = getattr(obj, "module", None)
-    return (
-        any(cls.__module__.split(".")[0] in ("torchrl", "tensordict") for cls in type(obj).__mro__)
-        and hasattr(inner, "score_network")
-        and hasattr(inner, "alphas_cumprod")
-    )
-
-
-def as_diffusion_actor(obj: Any, name: str = "actor_network", *, owner: str) -> Module:
-    """``obj`` as an arrayrl :class:`DiffusionActor`.
-
-    An arrayrl one is returned as it is. TorchRL's ``DiffusionActor`` becomes one whose
-    score network is TorchRL's (through :class:`~arrayrl.modules.TorchLayer`: its own
-    ``nn.Parameter`` objects, so training it trains TorchRL's module) and whose schedule
-    is TorchRL's buffers as they are (float32, also for a ``.double()`` actor), so the
-    loss computes TorchRL's numbers. Anything else: ``TypeError``.
-    """
-    if isinstance(obj, DiffusionActor):
-        return obj
-    if is_torchrl_diffusion_actor(obj):
-        inner = obj.module
-        schedule = DDPMSchedule.from_arrays(inner.betas, inner.alphas, inner.alphas_cumprod)
-        return DiffusionActor(
-            int(inner.action_dim),
-            score_network=inner.score_network,
-            in_keys=list(obj.in_keys),
-            out_keys=list(obj.out_keys),
-            schedule=schedule,
-        )
-    raise TypeError(
-        f"{owner}: {name} must be a diffusion actor (arrayrl.modules.diffusion.DiffusionActor "
-        f"or torchrl.modules.DiffusionActor); got {type(obj).__module__}.{type(obj).__name__}"
-    )
 
 
 def _host(x: Any) -> np.ndarray:

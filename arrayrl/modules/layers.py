@@ -164,7 +164,30 @@ class ELU(Layer):
         return xp.where(x > 0, x, xp.expm1(xp.clip(x, max=0.0)))
 
 
-_ACTIVATIONS = {"tanh": Tanh, "relu": ReLU, "elu": ELU, "identity": Identity}
+class Sigmoid(Layer):
+    """``y = 1 / (1 + e^{−x})``, written ``(1 + tanh(x / 2)) / 2``: no overflow for large
+    ``|x|`` (a probability head: GAIL's discriminator)."""
+
+    def apply(self, params: Params, x: Any) -> Any:
+        return 0.5 * (1.0 + backend_of(x).xp.tanh(0.5 * x))
+
+
+class SiLU(Layer):
+    """``y = x · σ(x)``, written ``x · (1 + tanh(x / 2)) / 2``: finite everywhere, with a
+    finite gradient (TorchRL's default diffusion score network uses ``nn.SiLU``)."""
+
+    def apply(self, params: Params, x: Any) -> Any:
+        return 0.5 * x * (1.0 + backend_of(x).xp.tanh(0.5 * x))
+
+
+_ACTIVATIONS = {
+    "tanh": Tanh,
+    "relu": ReLU,
+    "elu": ELU,
+    "identity": Identity,
+    "sigmoid": Sigmoid,
+    "silu": SiLU,
+}
 
 
 class Sequential(Layer):

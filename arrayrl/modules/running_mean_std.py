@@ -24,7 +24,7 @@ The state (``mean``, ``var``, ``count``, float32 as TorchRL's buffers) lives and
 (or :meth:`~RunningMeanStd.to`), then refused on another backend; updates rebind the
 statistics to new arrays and never write into the caller's.
 
-:func:`as_running_mean_std` also takes TorchRL's ``RunningMeanStd`` (for
+:func:`arrayrl.modules.adapt.as_running_mean_std` also takes TorchRL's ``RunningMeanStd`` (for
 ``RNDLoss(obs_rms=transform.obs_rms)``): it returns a live view of that module's buffers,
 so the statistics the TorchRL transform keeps updating during collection are the ones the
 loss normalises with.
@@ -43,7 +43,7 @@ from arrayrl.backends import Backend, backend_of
 
 from .value_norm import ValueNorm
 
-__all__ = ["RunningMeanStd", "as_running_mean_std"]
+__all__ = ["RunningMeanStd"]
 
 #: the floor of the variance in :meth:`RunningMeanStd.normalize` (TorchRL's constant)
 VAR_FLOOR = 1e-8
@@ -146,9 +146,10 @@ class RunningMeanStd(ValueNorm):
 
 class TorchRLRunningMeanStdView(RunningMeanStd):
     """A live view of TorchRL's ``RunningMeanStd`` module ``module`` (see
-    :func:`as_running_mean_std`): the statistics are read from its buffers at every use
-    and updates write into them in place, so TorchRL's ``RNDTransform`` and the arrayrl
-    loss share one set of statistics. It lives on torch, where the buffers are."""
+    :func:`~arrayrl.modules.adapt.as_running_mean_std`): the statistics are read from its
+    buffers at every use and updates write into them in place, so TorchRL's
+    ``RNDTransform`` and the arrayrl loss share one set of statistics. It lives on torch,
+    where the buffers are."""
 
     def __init__(self, module: Any) -> None:
         self.module = module
@@ -180,28 +181,6 @@ class TorchRLRunningMeanStdView(RunningMeanStd):
 
     def __repr__(self) -> str:
         return f"TorchRLRunningMeanStdView(shape={self.shape})"
-
-
-def as_running_mean_std(obj: Any, name: str = "obs_rms", *, owner: str) -> RunningMeanStd:
-    """``obj`` as an arrayrl :class:`RunningMeanStd`.
-
-    An arrayrl one is returned as it is (shared with the caller). TorchRL's
-    ``torchrl.envs.transforms.rnd.RunningMeanStd`` becomes a live view of its buffers
-    (:class:`TorchRLRunningMeanStdView`), so what an ``RNDTransform`` folds in during
-    collection is seen by the loss. Anything else raises ``TypeError`` naming what to
-    pass.
-    """
-    if isinstance(obj, RunningMeanStd):
-        return obj
-    cls = type(obj)
-    if cls.__name__ == "RunningMeanStd" and cls.__module__.startswith("torchrl."):
-        return TorchRLRunningMeanStdView(obj)
-    raise TypeError(
-        f"{owner}: {name} must be an arrayrl RunningMeanStd "
-        "(arrayrl.modules.running_mean_std.RunningMeanStd) or TorchRL's "
-        "(torchrl.envs.transforms.rnd.RunningMeanStd, e.g. RNDTransform.obs_rms); got "
-        f"{cls.__module__}.{cls.__qualname__}"
-    )
 
 
 def _checked_shape(shape: Any) -> tuple[int, ...]:

@@ -34,6 +34,7 @@ from torch.func import functional_call
 from arrayrl.backends import Backend, get_backend
 
 from ._params import Params, flatten_params, map_params, unflatten_params
+from .adapt import as_diffusion_actor, is_torchrl_diffusion_actor
 from .dict_module import Module, NestedKey, as_key_list, read_key
 from .layers import Layer
 
@@ -644,7 +645,9 @@ def from_torchrl(obj: Any, *, name: str, owner: str) -> Module:
     arrayrl :class:`~arrayrl.modules.ProbabilisticActor` with the mapped distribution
     class; ``QValueActor`` an arrayrl :class:`~arrayrl.modules.QValueActor`;
     ``DistributionalQValueActor`` an arrayrl
-    :class:`~arrayrl.modules.DistributionalQValueActor` (its support included); any other
+    :class:`~arrayrl.modules.DistributionalQValueActor` (its support included);
+    ``DiffusionActor`` an arrayrl :class:`~arrayrl.modules.DiffusionActor` on its own
+    score network and schedule; any other
     ``TensorDictModuleBase`` (``ValueOperator``, ``Actor``, ``SafeModule``,
     ``TensorDictSequential``) a :class:`TorchDictModule`. The parameters stay the
     module's own ``nn.Parameter`` objects. A plain ``torch.nn.Module`` is refused: the
@@ -662,6 +665,8 @@ def from_torchrl(obj: Any, *, name: str, owner: str) -> Module:
             f"{owner}: {name} is a {type(obj).__name__} without a network; pass the whole "
             "ProbabilisticActor (parameter network + distribution)"
         )
+    if is_torchrl_diffusion_actor(obj):
+        return as_diffusion_actor(obj, name, owner=owner)
     if _is_tensordict_module(obj):
         return TorchDictModule(obj)
     if isinstance(obj, torch.nn.Module):

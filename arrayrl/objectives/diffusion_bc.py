@@ -22,8 +22,7 @@ from typing import Any, ClassVar
 from arrayrl.backends import backend_of
 from arrayrl.data import ArrayDict
 from arrayrl.modules import Params
-from arrayrl.modules.adapt import is_torch_object
-from arrayrl.modules.diffusion import as_diffusion_actor
+from arrayrl.modules.adapt import as_diffusion_actor, is_torch_object
 
 from .common import LossModule
 

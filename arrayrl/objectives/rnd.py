@@ -41,8 +41,8 @@ from arrayrl._validation import hyperparameter
 from arrayrl.backends import backend_of
 from arrayrl.data import ArrayDict
 from arrayrl.modules import DictModule, Layer, Params, as_layer, flatten_params
-from arrayrl.modules.adapt import is_torch_object
-from arrayrl.modules.running_mean_std import RunningMeanStd, as_running_mean_std
+from arrayrl.modules.adapt import as_running_mean_std, is_torch_object
+from arrayrl.modules.running_mean_std import RunningMeanStd
 
 from .common import LossModule
 
