@@ -92,8 +92,8 @@ class DiffusionBCCase(LossCase):
         """arrayrl's loss and deterministic action and, on torch, the loss's gradients."""
         from arrayrl.backends import backend_of
 
-        from arrayrl.modules import MLP, flatten_params, unflatten_params
-        from arrayrl.modules.diffusion import DiffusionActor, SiLU
+        from arrayrl.modules import MLP, SiLU, flatten_params, unflatten_params
+        from arrayrl.modules.diffusion import DiffusionActor
         from arrayrl.objectives.diffusion_bc import DiffusionBCLoss
 
         spec = self.network_specs()["actor"]

@@ -384,7 +384,7 @@ def test_dt_errors():
     with pytest.raises(ValueError, match="reduction"):
         DTLoss(Actor(mlp), reduction="max")
     batch = _numpy_context()
-    with pytest.raises(TypeError, match="'action' must be floating"):
+    with pytest.raises(TypeError, match="'action' must be a floating array"):
         DTLoss(Actor(mlp))(batch.set("action", np.zeros((B, T, ACT), dtype=np.int64)))
     with pytest.raises(KeyError, match="expert"):
         loss = DTLoss(Actor(mlp))

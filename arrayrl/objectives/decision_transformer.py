@@ -32,7 +32,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from arrayrl._validation import count, reject_unknown_kwargs
+from arrayrl._validation import count, floating_array, reject_unknown_kwargs
 from arrayrl.backends import backend_of
 from arrayrl.data import ArrayDict
 from arrayrl.modules import Params
@@ -119,20 +119,12 @@ class DTLoss(LossModule):
             ``{"actor_network": tree}`` to compute with instead of the loss's own.
         """
         batch = self.working_copy(batch)
-        target = self._target(batch)
+        target = dataset_action(self, batch)
         act(self.actor_network, batch, self.network_params("actor_network", params))
         prediction = self.read(batch, self.tensor_keys.action_pred, what="action_pred")
         _check_same_shape(prediction, target, "DTLoss")
         loss = distance_loss(prediction, target, self.loss_function)
         return ArrayDict({"loss": self.reduce_loss(loss, batch)})
-
-    def _target(self, batch: ArrayDict) -> Any:
-        """The dataset's action (no gradient), read before the actor writes."""
-        key = self.tensor_keys.action_target
-        self.check_batch_backend(batch, key)
-        target = self.read(batch, key, what="action_target")
-        _check_floating(target, key, "DTLoss")
-        return backend_of(target).stop_gradient(target)
 
 
 class OnlineDTLoss(TemperatureMixin, LossModule):
@@ -255,7 +247,7 @@ class OnlineDTLoss(TemperatureMixin, LossModule):
         """
         batch = self.working_copy(batch)
         self._clamp_log_alpha()
-        target = self._target(batch)
+        target = dataset_action(self, batch)
         dist = self.actor_network.get_dist(batch, self.network_params("actor_network", params))
         _check_outcome_shape(dist, target, self.tensor_keys.action_target)
         log_likelihood = dist.log_prob(target)
@@ -282,14 +274,6 @@ class OnlineDTLoss(TemperatureMixin, LossModule):
         gap = backend.stop_gradient(entropy - self.target_entropy)
         return backend.xp.exp(self._log_alpha()) * gap
 
-    def _target(self, batch: ArrayDict) -> Any:
-        """The dataset's action (no gradient)."""
-        key = self.tensor_keys.action_target
-        self.check_batch_backend(batch, key)
-        target = self.read(batch, key, what="action_target")
-        _check_floating(target, key, "OnlineDTLoss")
-        return backend_of(target).stop_gradient(target)
-
     def _output(self, batch: ArrayDict, losses: dict[str, Any], entropy: Any) -> ArrayDict:
         """The reduced losses with ``entropy`` and ``alpha`` (by ``scalar_output_mode``
         when ``reduction="none"``)."""
@@ -304,11 +288,14 @@ class OnlineDTLoss(TemperatureMixin, LossModule):
 
 
 # -- checks -------------------------------------------------------------------------------
-def _check_floating(action: Any, key: Any, owner: str) -> None:
-    if not backend_of(action).xp.isdtype(action.dtype, "real floating"):
-        raise TypeError(
-            f"{owner}: the dataset's action {key!r} must be floating, got {action.dtype}"
-        )
+def dataset_action(loss: LossModule, batch: ArrayDict) -> Any:
+    """The dataset's action at ``tensor_keys.action_target`` (floating, cut from the
+    graph), read before the actor writes its prediction (the keys may be the same)."""
+    key = loss.tensor_keys.action_target
+    loss.check_batch_backend(batch, key)
+    target = loss.read(batch, key, what="action_target")
+    backend = floating_array(f"the dataset's action {key!r}", target, owner=type(loss).__name__)
+    return backend.stop_gradient(target)
 
 
 def _check_same_shape(prediction: Any, target: Any, owner: str) -> None:
