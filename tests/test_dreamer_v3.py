@@ -756,3 +756,36 @@ def test_actor_loss_matches_torchrl_in_a_v3_rssm_env():
     assert any(g.abs().sum() > 0 for g in g_ours)
     for a, b in zip(g_ours, v1._grads(theirs["loss_actor"], theirs_p)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_dreamer_v3_loss_with_a_two_hot_critic_matches_torchrl():
+    """The combined loss with a two-hot critic (logits decoded by SymExpTwoHot), its slow
+    copy and the replay critic, against TorchRL on twin modules."""
+    world, env, actor, _ = v3_learner()
+    torch.manual_seed(4)
+    critic = TensorDictSequential(
+        TensorDictModule(
+            MLP(in_features=STATE + BELIEF, out_features=BINS, depth=1, num_cells=5),
+            ["state", "belief"],
+            ["state_value_logits"],
+        ),
+        TensorDictModule(SymExpTwoHot(BINS), ["state_value_logits"], ["state_value"]),
+    )
+    parts = (world, env, actor, critic)
+    twins = copy.deepcopy(parts)
+    value = {"value_loss": "two_hot", "num_value_bins": BINS, "slow_critic_regularization": 0.5}
+    theirs_loss = v3_loss(torchrl_objectives, parts, value=value)
+    ours_loss = v3_loss(arrayrl_v3, twins, value=value)
+    theirs_loss.actor_loss.value_estimator.time_dim = -2  # torchrl-dreamerv3-lambda-time-dim
+    batch = replay_batch()
+    torch.manual_seed(7)
+    theirs = theirs_loss(batch.clone())
+    torch.manual_seed(7)
+    ours = ours_loss(batch)
+    for key in theirs.keys(True, True):
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6)
+    assert ours["loss_value"] > 0 and ours["replay_value"] > 0
+    critic_ours, critic_theirs = list(twins[3].parameters()), list(critic.parameters())
+    for key in ("loss_value", "loss_replay_value"):
+        for a, b in zip(v1._grads(ours[key], critic_ours), v1._grads(theirs[key], critic_theirs)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
