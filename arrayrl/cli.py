@@ -11,7 +11,7 @@ learning curve as CSV and PNG and prints a summary line. ``arrayrl train sac`` a
 ``arrayrl train td3`` do the same off-policy, with ``SACLoss`` / ``TD3Loss`` and a
 replay buffer, on environments with continuous actions (Pendulum-v1 by default);
 ``arrayrl train dqn`` with ``DQNLoss`` on discrete actions (CartPole-v1); ``arrayrl
-train iql`` and ``arrayrl train cql`` offline, from a Minari dataset; ``arrayrl train
+train iql``, ``cql``, ``bc`` and ``diffusion-bc`` offline, from a Minari dataset; ``arrayrl train
 mappo``, ``ippo`` and ``qmix`` multi-agent, on VMAS scenarios (the ``marl`` extra). Every
 training run saves its policy as <out>/policy.npz.
 
@@ -92,6 +92,7 @@ examples:
   arrayrl train ppo --env Pendulum-v1 --seed 1
   arrayrl train ppo --frames 20000 --out /tmp/ppo-smoke
   arrayrl train ppo --device cuda --no-progress
+  arrayrl train ppo --env MountainCar-v0 --rnd       # + RND exploration bonus
 """
 
 _TRAIN_GROUP_EPILOG = """\
@@ -102,6 +103,7 @@ examples:
   arrayrl train td3 --seed 1          # TD3 on Pendulum-v1
   arrayrl train dqn                   # DQN on CartPole-v1
   arrayrl train iql --dataset pendulum/sac-v0   # offline, from a Minari dataset
+  arrayrl train bc --dataset pendulum/sac-v0    # behaviour cloning of its actions
   arrayrl train mappo                 # MAPPO on VMAS navigation, 3 agents
   arrayrl train qmix --mixer vdn      # VDN on VMAS navigation, discrete actions
 """
@@ -159,6 +161,25 @@ examples:
   arrayrl collect --policy runs/sac --episodes 50 --dataset-id pendulum/sac-v0
   arrayrl train {name} --dataset pendulum/sac-v0
   arrayrl train {name} --dataset ./datasets/pendulum/sac-v0 --steps 5000 --no-progress
+"""
+
+_IMITATION_EPILOG = """\
+No environment frames are collected and no reward is read: every gradient step fits
+the actor to the actions of a minibatch of the dataset's transitions (the offline extra
+reads it: pip install 'arrayrl[offline]'). Batches of 256, MLPs [256, 256]. bc:
+BCLoss, the MSE between the expert action and a deterministic tanh-bounded actor
+(TD3's: ReLU MLP), Adam 3e-4. diffusion-bc: DiffusionBCLoss, DDPM noise prediction of
+the actions scaled into [-1, 1], Adam 1e-3; the actor is a DiffusionActor (SiLU MLP
+reading the step as t/T; 50 linear steps, beta 2e-3 to 0.4) whose sample is clipped
+and mapped into the action box; its deterministic policy is the reverse chain started
+from zeros without noise. The learning curve's "frames" column counts gradient steps;
+its return is the deterministic policy's mean over --eval-episodes episodes.
+
+examples:
+  arrayrl train sac --out runs/sac                      # a behaviour policy
+  arrayrl collect --policy runs/sac --episodes 50 --dataset-id pendulum/sac-v0
+  arrayrl train {name} --dataset pendulum/sac-v0 --out runs/{name}
+  arrayrl collect --policy runs/{name} --deterministic --dataset-id {name}-eval-v0
 """
 
 _MARL_EPILOG = """\
@@ -325,6 +346,16 @@ def _add_train_parser(commands: Any) -> None:
     _add_out_option(ppo, "ppo")
     ppo.add_argument("--num-envs", type=int, help="parallel environments")
     ppo.add_argument("--lr", type=float, help="Adam learning rate")
+    ppo.add_argument(
+        "--rnd",
+        action="store_true",
+        default=None,
+        help="add Random Network Distillation's intrinsic bonus (Burda et al. 2018) to the "
+        "rewards; the logged return stays the environment's",
+    )
+    ppo.add_argument(
+        "--rnd-coeff", type=float, help="with --rnd: the intrinsic reward's scale (default 1.0)"
+    )
     _add_progress_options(ppo)
     _add_offpolicy_parser(algorithms, "sac", "SAC (SACLoss, learned temperature)", _SAC_SETTINGS)
     _add_offpolicy_parser(algorithms, "td3", "TD3 (TD3Loss, delayed policy updates)", _TD3_SETTINGS)
@@ -334,6 +365,11 @@ def _add_train_parser(commands: Any) -> None:
     )  # fmt: skip
     _add_offline_parser(algorithms, "iql", "IQL (IQLLoss: expectile value, AWR actor)")
     _add_offline_parser(algorithms, "cql", "CQL (CQLLoss: conservative Q penalty)")
+    _add_offline_parser(algorithms, "bc", "behaviour cloning (BCLoss, MSE)", _IMITATION_EPILOG)
+    _add_offline_parser(
+        algorithms, "diffusion-bc", "diffusion behaviour cloning (DiffusionBCLoss)",
+        _IMITATION_EPILOG,
+    )  # fmt: skip
     for name, (what, settings) in _MARL_COMMANDS.items():
         _add_marl_parser(algorithms, name, what, settings)
 
@@ -380,15 +416,17 @@ def _add_offpolicy_parser(
     _add_progress_options(parser)
 
 
-def _add_offline_parser(algorithms: Any, name: str, what: str) -> None:
-    """``arrayrl train iql|cql --dataset ID [options]``."""
+def _add_offline_parser(
+    algorithms: Any, name: str, what: str, epilog: str = _OFFLINE_EPILOG
+) -> None:
+    """``arrayrl train iql|cql|bc|diffusion-bc --dataset ID [options]``."""
     parser = algorithms.add_parser(
         name,
         help=f"{what} offline, from a Minari dataset",
         description=f"Train {what} offline on the transitions of a Minari dataset;\n"
         "evaluate the deterministic policy in the dataset's env after every --eval-every\n"
         "gradient steps; write <out>/learning_curve.csv and .png and <out>/policy.npz.",
-        epilog=_OFFLINE_EPILOG.format(name=name),
+        epilog=epilog.format(name=name),
         formatter_class=_FORMATTER,
     )
     parser.add_argument(
@@ -776,7 +814,7 @@ def run_train(args: argparse.Namespace) -> int:
         )
     if args.algorithm in ("sac", "td3", "dqn"):
         return _run_offpolicy(args)
-    if args.algorithm in ("iql", "cql"):
+    if args.algorithm in ("iql", "cql", "bc", "diffusion-bc"):
         return _run_offline(args)
     if args.algorithm in ("mappo", "ippo", "qmix"):
         return _run_marl(args)
@@ -792,9 +830,13 @@ def run_train(args: argparse.Namespace) -> int:
             out=args.out,
             num_envs=args.num_envs,
             lr=args.lr,
+            rnd=args.rnd,
+            rnd_coeff=args.rnd_coeff,
             save_every_s=args.save_every,
             progress=not args.no_progress,
         )
+        if args.rnd_coeff is not None and not config.rnd:
+            raise ValueError("--rnd-coeff sets the RND bonus's scale: add --rnd")
         check_setup(config)
     except ValueError as error:
         return _error("train ppo", str(error))
@@ -832,7 +874,8 @@ def _run_offpolicy(args: argparse.Namespace) -> int:
 
 
 def _run_offline(args: argparse.Namespace) -> int:
-    """Run ``arrayrl train iql`` or ``arrayrl train cql`` (the offline extra too)."""
+    """Run ``arrayrl train iql``, ``cql``, ``bc`` or ``diffusion-bc`` (the offline extra
+    too)."""
     from arrayrl.train.offline import check_offline_setup, make_offline_config, train_offline
 
     name = args.algorithm

@@ -18,7 +18,14 @@ from arrayrl.conformance.runner import Cell
 
 from arrayrl import cli
 
-HELP_COMMANDS = ([], ["conformance"], ["train"], ["train", "ppo"])
+HELP_COMMANDS = (
+    [],
+    ["conformance"],
+    ["train"],
+    ["train", "ppo"],
+    ["train", "bc"],
+    ["train", "diffusion-bc"],
+)
 
 
 def _forbid_running(monkeypatch: pytest.MonkeyPatch) -> None:

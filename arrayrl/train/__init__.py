@@ -1,6 +1,6 @@
 """Training loops built on arrayrl's losses: ``arrayrl train ppo``, ``sac``, ``td3``,
-``dqn`` (online), ``iql``, ``cql`` (offline, from a Minari dataset) and ``mappo``,
-``ippo``, ``qmix`` (multi-agent, on VMAS) live here.
+``dqn`` (online), ``iql``, ``cql``, ``bc``, ``diffusion-bc`` (offline, from a Minari
+dataset) and ``mappo``, ``ippo``, ``qmix`` (multi-agent, on VMAS) live here.
 
 The trainers are torch-specific by design (training needs autograd); importing this
 package imports neither torch nor Gymnasium, which load when a run starts.
@@ -11,7 +11,9 @@ from .dqn import DQNConfig, build_dqn_loss, check_dqn_setup, make_dqn_config, tr
 from .mappo import IPPOConfig, MAPPOConfig, make_ippo_config, make_mappo_config, train_mappo
 from .marl import MultiAgentCollector, MultiAgentConfig, VmasVectorEnv
 from .offline import (
+    BCConfig,
     CQLConfig,
+    DiffusionBCConfig,
     IQLConfig,
     OfflineConfig,
     check_offline_setup,
@@ -38,8 +40,10 @@ from .td3 import TD3Config, build_td3_loss, check_td3_setup, make_td3_config, tr
 
 __all__ = [
     "PRESETS",
+    "BCConfig",
     "CQLConfig",
     "DQNConfig",
+    "DiffusionBCConfig",
     "IPPOConfig",
     "IQLConfig",
     "LearningCurve",

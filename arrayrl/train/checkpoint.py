@@ -161,6 +161,29 @@ def _offline_recipe(algorithm: str) -> Callable[[], PolicyRecipe]:
     return recipe
 
 
+def _bc_recipe() -> PolicyRecipe:
+    from .offline import build_bc_actor, make_offline_config
+
+    return PolicyRecipe(
+        make_config=lambda env_id, **fields: make_offline_config("bc", env_id=env_id, **fields),
+        build_actor=build_bc_actor,
+        exploration="the deterministic action (behaviour cloning learns no exploration)",
+        sample=False,
+    )
+
+
+def _diffusion_bc_recipe() -> PolicyRecipe:
+    from .offline import build_diffusion_actor, make_offline_config
+
+    return PolicyRecipe(
+        make_config=lambda env_id, **fields: make_offline_config(
+            "diffusion-bc", env_id=env_id, **fields
+        ),
+        build_actor=build_diffusion_actor,
+        exploration="a draw from the reverse diffusion chain, from noise, with noise at each step",
+    )
+
+
 def _marl_recipe(algorithm: str) -> Callable[[], PolicyRecipe]:
     """MAPPO / IPPO (:mod:`arrayrl.train.mappo`) and QMIX / VDN (:mod:`arrayrl.train.qmix`):
     the agents' policy on one env's ``(agents, obs)`` observations."""
@@ -184,6 +207,8 @@ _RECIPES: dict[str, PolicyRecipe | Callable[[], PolicyRecipe]] = {
     "dqn": _dqn_recipe,
     "iql": _offline_recipe("iql"),
     "cql": _offline_recipe("cql"),
+    "bc": _bc_recipe,
+    "diffusion-bc": _diffusion_bc_recipe,
     **{name: _marl_recipe(name) for name in ("mappo", "ippo", "qmix", "vdn")},
 }
 
@@ -520,6 +545,7 @@ class Policy:
         """The action(s) for ``observation`` (one, or a batch)."""
         from arrayrl.data import ArrayDict
         from arrayrl.modules import ProbabilisticActor
+        from arrayrl.modules.diffusion import DiffusionActor
 
         obs = np.asarray(observation)
         single = obs.ndim == len(self.observation_space.shape)
@@ -531,7 +557,7 @@ class Policy:
         )
         explore = not self.deterministic
         with self.backend.no_grad():
-            if isinstance(self.actor, ProbabilisticActor):
+            if isinstance(self.actor, (ProbabilisticActor, DiffusionActor)):
                 how = "random" if explore and self.recipe.sample else "deterministic"
                 self.actor(data, rng=self._rng, interaction_type=how)
             else:

@@ -1,4 +1,5 @@
-"""Offline RL from a Minari dataset: ``arrayrl train iql`` and ``arrayrl train cql``.
+"""Offline RL and imitation from a Minari dataset: ``arrayrl train iql``, ``cql``, ``bc``
+and ``diffusion-bc``.
 
 The learner never acts while it learns: every gradient step draws a minibatch uniformly
 from the dataset's transitions (:func:`~arrayrl.data.minari.load_minari`, TorchRL's key
@@ -23,6 +24,27 @@ state-value ``MLP(obs, 1, [256, 256], relu)``. Adam 3e-4 for every network, batc
   ``loss_actor + loss_qvalue + loss_cql + loss_alpha``, the actor term being
   ``loss_actor_bc`` for the first ``bc_steps`` (2,000) steps.
 
+The imitation learners have no critic, no reward and no target network (``gamma``,
+``tau`` and ``critic_lr`` are unused); one Adam step per minibatch on the actor alone:
+
+- BC (behaviour cloning; Pomerleau 1991, Goecks et al. 2020,
+  https://arxiv.org/abs/1910.04281): ``BCLoss`` with ``loss_function="l2"`` on a
+  deterministic actor, TD3's: ``MLP(obs, act, num_cells, relu)`` through a ``TanhDelta``
+  into the action box, so ``loss_bc`` is the mean ``(π_θ(s) − a)²`` of the dataset's
+  actions (their conditional mean is what it learns; the evaluated and replayed policy is
+  this action).
+- Diffusion BC (Ho et al. 2020, https://arxiv.org/abs/2006.11239; Chi et al. 2023,
+  https://arxiv.org/abs/2303.04137): ``DiffusionBCLoss`` on a
+  :class:`BoxDiffusionActor`, arrayrl's ``DiffusionActor`` (score network
+  ``MLP(act + obs + 1, act, num_cells, SiLU)`` reading the step as ``t / T``, linear
+  DDPM schedule of ``num_steps`` (50) steps from ``beta_start`` 2e-3 to ``beta_end`` 0.4,
+  DDPM's 1000-step schedule rescaled; Adam 1e-3) whose
+  chain works on actions scaled into ``[−1, 1]`` (the dataset's actions are scaled
+  there, as Chi et al. normalise them) and whose sample is clipped to ``[−1, 1]`` and
+  mapped back into the box. Its deterministic policy is the reverse chain started from
+  zeros with no noise added (``interaction_type="deterministic"``); exploring draws
+  ``a_T ~ N(0, I)`` and the per-step noise.
+
 >>> from arrayrl.train.offline import make_offline_config, train_offline  # doctest: +SKIP
 >>> config = make_offline_config("iql", dataset="pendulum/sac-v0")  # doctest: +SKIP
 >>> print(train_offline(config).summary())  # doctest: +SKIP
@@ -37,15 +59,25 @@ from typing import Any
 
 import numpy as np
 
-from .curve import OFFLINE_PANELS
-from .offpolicy import adam_groups, box_bounds, scalar_terms
+from arrayrl.backends import backend_of
+from arrayrl.modules.diffusion import DiffusionActor
+from arrayrl.modules.layers import Layer
+
+from .curve import OFFLINE_PANELS, Panel
+from .offpolicy import adam_groups, box_bounds, scalar_or_array, scalar_terms
 from .runner import RunConfig, TrainResult, check_device, config_from, run_training
 from .sac import build_q_critic, build_tanh_normal_actor
 
 __all__ = [
+    "BCConfig",
+    "BoxDiffusionActor",
     "CQLConfig",
+    "DiffusionBCConfig",
     "IQLConfig",
     "OfflineConfig",
+    "StepScale",
+    "build_bc_actor",
+    "build_diffusion_actor",
     "check_offline_setup",
     "make_offline_config",
     "train_offline",
@@ -111,6 +143,8 @@ class OfflineConfig(RunConfig):
 
     #: Overridden by each algorithm's config.
     algorithm = "offline"
+    #: Whether the loss has target critics moved by ``SoftUpdate(tau)`` after each step.
+    soft_targets = True
     #: The evaluation env's copies (the runner makes it), and what ``frames`` counts.
     num_envs = 1
     unit = "gradient steps"
@@ -182,11 +216,55 @@ class CQLConfig(OfflineConfig):
     algorithm = "cql"
 
 
-_CONFIGS: dict[str, type[OfflineConfig]] = {"iql": IQLConfig, "cql": CQLConfig}
+@dataclasses.dataclass
+class BCConfig(OfflineConfig):
+    """Behaviour cloning's settings: :class:`OfflineConfig`'s (``gamma``, ``tau`` and
+    ``critic_lr`` unused: no critic); the actor is trained by ``actor_lr``."""
+
+    algorithm = "bc"
+    soft_targets = False
+
+
+@dataclasses.dataclass
+class DiffusionBCConfig(OfflineConfig):
+    """Diffusion behaviour cloning's settings: :class:`OfflineConfig`'s (``gamma``,
+    ``tau`` and ``critic_lr`` unused; ``actor_lr`` 1e-3) and the DDPM schedule:
+    ``num_steps`` (50: the reverse chain's length, each action costs ``num_steps``
+    score-network calls) and the linear ``beta_start`` … ``beta_end`` (2e-3 … 0.4: DDPM's
+    1000-step schedule 1e-4 … 0.02 rescaled to 50 steps, so that ``ᾱ_T ≈ 4e-5`` and the
+    chain starts from noise the model was trained on; TorchRL's ``DiffusionActor``
+    defaults, 100 steps of 1e-4 … 0.02, end at ``ᾱ_T ≈ 0.37``, far from ``N(0, I)``)."""
+
+    num_steps: int = 50
+    beta_start: float = 2e-3
+    beta_end: float = 0.4
+    actor_lr: float = 1e-3
+
+    algorithm = "diffusion-bc"
+    soft_targets = False
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        if not 0.0 < self.beta_start <= self.beta_end < 1.0:
+            raise ValueError(
+                "the schedule needs 0 < beta_start <= beta_end < 1, got "
+                f"beta_start={self.beta_start}, beta_end={self.beta_end}"
+            )
+
+
+_CONFIGS: dict[str, type[OfflineConfig]] = {
+    "iql": IQLConfig,
+    "cql": CQLConfig,
+    "bc": BCConfig,
+    "diffusion-bc": DiffusionBCConfig,
+}
 
 
 def make_offline_config(algorithm: str, **overrides: Any) -> OfflineConfig:
-    """The settings of ``algorithm`` (``"iql"`` or ``"cql"``) with ``overrides``
+    """The settings of ``algorithm`` (``"iql"``, ``"cql"``, ``"bc"`` or
+    ``"diffusion-bc"``) with ``overrides``
     (``None`` values ignored); unknown settings raise ``TypeError``."""
     cls = _CONFIGS.get(algorithm)
     if cls is None:
@@ -239,14 +317,133 @@ def load_transitions(config: OfflineConfig) -> Any:
     return data.to(config.backend, config.device)
 
 
+def build_bc_actor(observation_space: Any, action_space: Any, config: OfflineConfig) -> Any:
+    """BC's deterministic actor (TD3's): ``MLP(obs, act, num_cells, relu)`` (seed
+    ``config.seed``) through a ``TanhDelta`` into the action box."""
+    from arrayrl.backends import get_backend
+    from arrayrl.modules import MLP, DictModule, ProbabilisticActor
+    from arrayrl.modules.distributions import TanhDelta
+
+    backend = get_backend(config.backend, config.device)
+    low, high = box_bounds(action_space)
+    network = MLP(observation_space.shape[0], action_space.shape[0], list(config.num_cells),
+                  activation_class="relu", seed=config.seed)  # fmt: skip
+    return ProbabilisticActor(
+        DictModule(network, in_keys=["observation"], out_keys=["param"]),
+        in_keys=["param"],
+        distribution_class=TanhDelta,
+        distribution_kwargs={"low": scalar_or_array(low, backend),
+                             "high": scalar_or_array(high, backend)},
+        default_interaction_type="deterministic",
+    ).to(backend)  # fmt: skip
+
+
+class BoxDiffusionActor(DiffusionActor):
+    """A :class:`~arrayrl.modules.diffusion.DiffusionActor` acting in the box
+    ``[low, high]``: its chain (and the loss) works on actions scaled into ``[−1, 1]``
+    (:meth:`to_unit`); the chain's sample ``x`` is clipped to ``[−1, 1]`` and written as
+    ``low + (x + 1)(high − low) / 2``.
+
+    Parameters
+    ----------
+    low, high : array-like of shape ``(action_dim,)``
+        The action box (finite, ``low < high``).
+    *args, **kwargs
+        :class:`DiffusionActor`'s.
+    """
+
+    def __init__(self, low: Any, high: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+        if low.shape != (self.action_dim,) or high.shape != low.shape:
+            raise ValueError(
+                f"BoxDiffusionActor: low and high must have shape ({self.action_dim},), got "
+                f"{low.shape} and {high.shape}"
+            )
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(low < high)):
+            raise ValueError(
+                f"BoxDiffusionActor: needs a finite box with low < high: {low}, {high}"
+            )
+        self.low, self.high = low, high
+
+    def _bounds_like(self, x: Any) -> tuple[Any, Any]:
+        """``(middle, half-width)`` of the box as arrays of ``x``'s backend and dtype."""
+        backend = backend_of(x)
+        middle, half = (self.high + self.low) / 2, (self.high - self.low) / 2
+        return tuple(backend.xp.astype(backend.from_numpy(b), x.dtype) for b in (middle, half))
+
+    def to_unit(self, action: Any) -> Any:
+        """``action`` in the box scaled into ``[−1, 1]``: ``(a − middle) / half-width``."""
+        middle, half = self._bounds_like(action)
+        return (action - middle) / half
+
+    def forward(
+        self, batch: Any, params: Any, *, rng: Any = None, interaction_type: str | None = None
+    ) -> Any:
+        """:meth:`DiffusionActor.forward`, its sample clipped and mapped into the box."""
+        super().forward(batch, params, rng=rng, interaction_type=interaction_type)
+        key = self.out_keys[0]
+        x = batch.get(key)
+        middle, half = self._bounds_like(x)
+        batch.set(key, middle + half * backend_of(x).xp.clip(x, -1.0, 1.0))
+        return batch
+
+
+class StepScale(Layer):
+    """``cat[a_t, s, t] → cat[a_t, s, t / T]``: the score network reads the diffusion step
+    in ``[0, 1)`` instead of ``0 … T−1`` (a raw ``t`` swamps the other inputs of the
+    first layer; on the Pendulum data the scaled input took the deterministic policy from
+    a return of about −550 to −85 in 4,000 steps)."""
+
+    def __init__(self, num_steps: int) -> None:
+        super().__init__()
+        self.num_steps = num_steps
+
+    def apply(self, params: Any, x: Any) -> Any:
+        xp = backend_of(x).xp
+        return xp.concat([x[..., :-1], x[..., -1:] / self.num_steps], axis=-1)
+
+
+def build_diffusion_actor(
+    observation_space: Any, action_space: Any, config: DiffusionBCConfig
+) -> BoxDiffusionActor:
+    """Diffusion BC's actor: a :class:`BoxDiffusionActor` over the action box, its score
+    network ``MLP(act + obs + 1, act, num_cells, SiLU)`` (seed ``config.seed``) reading
+    the step as ``t / T`` (:class:`StepScale`), its schedule ``config``'s; it draws from
+    its own generator (seed ``config.seed``) unless given one."""
+    from arrayrl.backends import get_backend
+    from arrayrl.modules import MLP, Sequential, SiLU
+
+    obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
+    low, high = box_bounds(action_space)
+    mlp = MLP(act_dim + obs_dim + 1, act_dim, list(config.num_cells), activation_class=SiLU,
+                  seed=config.seed)  # fmt: skip
+    network = Sequential(StepScale(config.num_steps), mlp)
+    actor = BoxDiffusionActor(low, high, act_dim, score_network=network,
+                              num_steps=config.num_steps, beta_start=config.beta_start,
+                              beta_end=config.beta_end, seed=config.seed)  # fmt: skip
+    return actor.to(get_backend(config.backend, config.device))
+
+
 def build_offline_loss(observation_space: Any, action_space: Any, config: OfflineConfig) -> Any:
-    """``IQLLoss`` or ``CQLLoss`` over a fresh actor, two critics (and IQL's value
-    network), with a TD(0) estimator."""
+    """The run's loss over fresh networks: ``IQLLoss`` or ``CQLLoss`` (an actor, two
+    critics, IQL's value network; a TD(0) estimator), ``BCLoss`` (MSE of the
+    deterministic actor) or ``DiffusionBCLoss`` (the diffusion actor's noise
+    prediction)."""
     from arrayrl.backends import get_backend
     from arrayrl.modules import MLP, ValueOperator
     from arrayrl.objectives import ValueEstimators
     from arrayrl.specs import Bounded
 
+    if isinstance(config, BCConfig):
+        from arrayrl.objectives import BCLoss
+
+        return BCLoss(build_bc_actor(observation_space, action_space, config), loss_function="l2")
+    if isinstance(config, DiffusionBCConfig):
+        from arrayrl.objectives.diffusion_bc import DiffusionBCLoss
+
+        actor = build_diffusion_actor(observation_space, action_space, config)
+        return DiffusionBCLoss(actor, seed=config.seed + 2)
     backend = get_backend(config.backend, config.device)
     actor = build_tanh_normal_actor(observation_space, action_space, config)
     critic = build_q_critic(observation_space, action_space, config)
@@ -315,6 +512,8 @@ class OfflineTrainer:
     STEP_TERMS: Mapping[str, tuple[str, ...]] = {
         "iql": ("loss_actor", "loss_qvalue", "loss_value"),
         "cql": ("loss_actor", "loss_qvalue", "loss_cql", "loss_alpha"),
+        "bc": ("loss_bc",),
+        "diffusion-bc": ("loss_diffusion_bc",),
     }
 
     def __init__(self, config: OfflineConfig, env: Any) -> None:
@@ -325,15 +524,17 @@ class OfflineTrainer:
 
         self.config = config
         self.backend = get_backend(config.backend, config.device)
-        self.data = load_transitions(config)
         self.loss = build_offline_loss(env.single_observation_space, env.single_action_space,
                                        config)  # fmt: skip
+        self.policy = self.loss.actor_network
+        self.data = load_transitions(config)
+        if isinstance(self.policy, BoxDiffusionActor):  # its chain works in [-1, 1]
+            self.data.set("action", self.policy.to_unit(self.data.get("action")))
         rates = {"actor_network": config.actor_lr, "qvalue_network": config.critic_lr,
                  "value_network": config.critic_lr,
                  "log_alpha": getattr(config, "alpha_lr", config.actor_lr)}  # fmt: skip
         self.optimizer = torch.optim.Adam(adam_groups(self.loss, rates))
-        self.updater = SoftUpdate(self.loss, tau=config.tau)
-        self.policy = self.loss.actor_network
+        self.updater = SoftUpdate(self.loss, tau=config.tau) if config.soft_targets else None
         self.collector = Evaluation(env, self.policy, self.backend, config.seed + 100)
         self.terms = self.STEP_TERMS[config.algorithm]
         self.rng = np.random.default_rng([config.seed, 2025])
@@ -347,7 +548,7 @@ class OfflineTrainer:
 
     def update(self) -> Any:
         """One Adam step on the sum of :attr:`terms` over a fresh minibatch; a target
-        update. Returns the terms, detached."""
+        update (IQL, CQL). Returns the terms, detached."""
         import torch
 
         from arrayrl.data.minari import sample_transitions
@@ -359,7 +560,8 @@ class OfflineTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
-        self.updater.step()
+        if self.updater is not None:
+            self.updater.step()
         return torch.stack(scalar_terms(out, self.terms))
 
     def iteration(self, index: int) -> dict[str, float]:
@@ -375,10 +577,19 @@ class OfflineTrainer:
         return dict(zip(self.terms, means))
 
 
+#: The panels of ``arrayrl train bc`` and ``arrayrl train diffusion-bc``.
+IMITATION_PANELS = (
+    Panel("evaluation return (deterministic policy)", ("mean_return",)),
+    Panel("behaviour-cloning loss (MSE)", ("loss_bc",), low=0.0),
+    Panel("diffusion loss (noise-prediction MSE)", ("loss_diffusion_bc",), low=0.0),
+    Panel("gradient steps / s", ("fps",), low=0.0),
+)
+
+
 def train_offline(config: OfflineConfig) -> TrainResult:
-    """Train ``config.algorithm`` (IQL or CQL) on ``config.dataset``; write the learning
-    curve (CSV and PNG) every ``config.save_every_s`` seconds and at the end, and the
-    policy as ``<out>/policy.npz``.
+    """Train ``config.algorithm`` (IQL, CQL, BC or diffusion BC) on ``config.dataset``;
+    write the learning curve (CSV and PNG) every ``config.save_every_s`` seconds and at
+    the end, and the policy as ``<out>/policy.npz``.
 
     Raises
     ------
@@ -387,6 +598,7 @@ def train_offline(config: OfflineConfig) -> TrainResult:
     """
     config = _with_env_id(config)
     config.validate()
+    panels = OFFLINE_PANELS if config.soft_targets else IMITATION_PANELS
     return run_training(
-        config, config.iterations, lambda env: OfflineTrainer(config, env), panels=OFFLINE_PANELS
+        config, config.iterations, lambda env: OfflineTrainer(config, env), panels=panels
     )

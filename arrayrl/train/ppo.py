@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,8 @@ from arrayrl.data import ArrayDict
 from arrayrl.modules import MLP, DictModule, Linear, NormalParamExtractor, Sequential
 from arrayrl.random import make_generator
 
+from .curve import PANELS
+from .rnd import RND_PANELS, RNDBonus, check_rnd_settings
 from .rollout import RewardScaler, RolloutCollector, check_env
 from .runner import (
     CurveWriter,
@@ -71,6 +73,11 @@ LOGGED_TERMS = (
     "clip_fraction",
     "explained_variance",
 )
+
+#: The default intrinsic-reward scale ``β`` of ``--rnd`` (:mod:`arrayrl.train.rnd`), with
+#: ``rnd_lr = 1e-4`` (the paper's): the best of β ∈ {1, 10} measured on MountainCar
+#: (module docstring of :mod:`arrayrl.train.rnd`).
+RND_COEFF = 1.0
 
 
 @dataclasses.dataclass
@@ -119,6 +126,22 @@ class PPOConfig(IterationConfig):
     save_every_s : float
         Rewrite the learning curve (CSV and PNG) at the end of the first iteration that
         is at least this many seconds after the last write (and always at the end).
+    rnd : bool
+        Add Random Network Distillation's intrinsic bonus to the rewards
+        (:mod:`arrayrl.train.rnd`: Burda et al. 2018); the logged return stays the
+        environment's.
+    rnd_coeff : float
+        ``β``: the rewards are ``r_ext + β·r_int``, with ``r_int`` the prediction error
+        divided by its running deviation (TorchRL's ``RNDTransform``), ``>= 0``.
+    rnd_features, rnd_num_cells : int, tuple of int
+        The embedding size and the hidden widths of the target and predictor ReLU MLPs.
+    rnd_lr : float
+        The learning rate of the predictor's own Adam (one step per PPO minibatch).
+    rnd_update_fraction : float
+        The fraction of each minibatch the predictor trains on (``RNDLoss``'s
+        ``update_fraction``; the paper's 25 %).
+    rnd_obs_clip, rnd_reward_clip : float
+        The normalised observations and intrinsic rewards are clipped to ``±`` these.
     """
 
     env_id: str = "CartPole-v1"
@@ -148,6 +171,14 @@ class PPOConfig(IterationConfig):
     torch_threads: int | None = 1
     progress: bool = True
     save_every_s: float = 30.0
+    rnd: bool = False
+    rnd_coeff: float = RND_COEFF
+    rnd_features: int = 64
+    rnd_num_cells: tuple[int, ...] = (64, 64)
+    rnd_lr: float = 1e-4
+    rnd_update_fraction: float = 0.25
+    rnd_obs_clip: float = 5.0
+    rnd_reward_clip: float = 5.0
 
     #: The algorithm's name in summaries, titles and the default output folder.
     algorithm = "ppo"
@@ -160,8 +191,9 @@ class PPOConfig(IterationConfig):
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting that cannot work."""
         if self.backend != "torch":
+            what = "PPO and its RND predictor need" if self.rnd else "PPO needs"
             raise ValueError(
-                f"backend {self.backend!r} cannot train: PPO needs gradients and "
+                f"backend {self.backend!r} cannot train: {what} gradients and "
                 f"{self.backend} has no autograd. arrayrl evaluates the same losses on "
                 "NumPy (loss values, advantages, logging), but training runs on the "
                 "torch backend (--backend torch)"
@@ -179,6 +211,7 @@ class PPOConfig(IterationConfig):
             raise ValueError(
                 f"lr and max_grad_norm must be > 0, got {self.lr}, {self.max_grad_norm}"
             )
+        check_rnd_settings(self)
 
 
 #: Per-environment settings layered over :class:`PPOConfig`'s defaults (CartPole's).
@@ -326,8 +359,16 @@ def _total_loss(terms: Mapping[str, Any]) -> Any:
     return sum(value for name, value in terms.items() if name.startswith("loss_"))
 
 
-def _update(loss: Any, optimizer: Any, batch: ArrayDict, config: PPOConfig, rng: Any) -> dict:
-    """``epochs`` passes of shuffled minibatches over ``batch`` (flat); mean diagnostics."""
+def _update(
+    loss: Any,
+    optimizer: Any,
+    batch: ArrayDict,
+    config: PPOConfig,
+    rng: Any,
+    on_minibatch: Callable[[ArrayDict], Any] | None = None,
+) -> dict:
+    """``epochs`` passes of shuffled minibatches over ``batch`` (flat); mean diagnostics.
+    ``on_minibatch(minibatch)`` runs after each PPO step (the RND predictor's step)."""
     import torch
 
     params = list(loss.parameters())
@@ -335,11 +376,14 @@ def _update(loss: Any, optimizer: Any, batch: ArrayDict, config: PPOConfig, rng:
     for _ in range(config.epochs):
         order = rng.permutation(batch.batch_size[0])
         for start in range(0, size * config.minibatches, size):
-            terms = loss(batch[order[start : start + size]])
+            minibatch = batch[order[start : start + size]]
+            terms = loss(minibatch)
             optimizer.zero_grad(set_to_none=True)
             _total_loss(terms).backward()
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
+            if on_minibatch is not None:
+                on_minibatch(minibatch)
             logged.append(torch.stack([_scalar(terms, name) for name in LOGGED_TERMS]))
     means = torch.stack(logged).mean(dim=0).tolist()  # one host sync per iteration
     return dict(zip(LOGGED_TERMS, means))
@@ -403,7 +447,8 @@ def train_ppo(config: PPOConfig | None = None) -> TrainResult:
     """
     config = make_config() if config is None else config
     config.validate()
-    return run_training(config, config.iterations, lambda env: _PPOTrainer(config, env))
+    panels = RND_PANELS if config.rnd else PANELS
+    return run_training(config, config.iterations, lambda env: _PPOTrainer(config, env), panels)
 
 
 class _PPOTrainer:
@@ -413,12 +458,19 @@ class _PPOTrainer:
         self.config = config
         self.loss, self.optimizer, self.collector, self.shuffle_rng = _setup(config, env)
         self.policy = self.loss.actor_network  # saved to <out>/policy.npz by the runner
+        self.rnd: RNDBonus | None = None
+        if config.rnd:
+            obs_dim = int(np.prod(env.single_observation_space.shape))
+            self.rnd = RNDBonus(obs_dim, config, self.collector.backend)
 
     def iteration(self, index: int) -> dict[str, float]:
-        """One iteration; its mean diagnostics and learning rate."""
+        """One iteration; its mean diagnostics and learning rate (and RND's columns)."""
         lr, terms = _iteration(
-            index, self.config, self.loss, self.optimizer, self.collector, self.shuffle_rng
-        )
+            index, self.config, self.loss, self.optimizer, self.collector, self.shuffle_rng,
+            self.rnd,
+        )  # fmt: skip
+        if self.rnd is not None:
+            terms = {**terms, **self.rnd.logged()}
         return {**terms, "lr": lr}
 
 
@@ -429,14 +481,22 @@ def _iteration(
     optimizer: Any,
     collector: RolloutCollector,
     shuffle_rng: Any,
+    rnd: RNDBonus | None = None,
 ) -> tuple[float, dict[str, float]]:
-    """One iteration: set the learning rate, collect, GAE, update. Returns the learning
-    rate and the mean diagnostics of the update."""
+    """One iteration: set the learning rate, collect, (add RND's bonus,) GAE, update
+    (and train RND's predictor on the same minibatches). Returns the learning rate and
+    the mean diagnostics of the update."""
     lr = config.lr * (1.0 - iteration / config.iterations if config.anneal_lr else 1.0)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    batch = _advantages(loss, collector.collect(config.rollout_steps), collector.backend)
-    return lr, _update(loss, optimizer, batch.reshape(-1), config, shuffle_rng)
+    batch = collector.collect(config.rollout_steps)
+    if rnd is not None:
+        batch = rnd.add_bonus(batch)
+    batch = _advantages(loss, batch, collector.backend)
+    if rnd is None:
+        return lr, _update(loss, optimizer, batch.reshape(-1), config, shuffle_rng)
+    flat = batch.reshape(-1)
+    return lr, _update(loss, optimizer, flat, config, shuffle_rng, on_minibatch=rnd.train_step)
 
 
 #: The names these helpers had when they lived here.
