@@ -176,3 +176,38 @@ def test_figure_title_and_readable_ranges(tmp_path):
     low, high = _y_range([-50.0, 0.2, 0.9], panels["explained_variance"])
     assert -1.2 < low < -1.0 and high == 1.05
     assert _y_range([0.0, 0.1], panels["clip_fraction"])[0] == 0.0
+
+
+def test_scale_observations_maps_the_box_inside_both_networks():
+    """MountainCar's preset scales its observations onto [-1, 1] in the networks: the
+    scaled networks equal the plain ones fed (obs - middle) / half."""
+    import gymnasium as gym
+    import torch
+
+    from arrayrl.data import ArrayDict
+    from arrayrl.train.ppo import build_actor_critic
+
+    env = gym.make("MountainCar-v0")
+    scaled_config = make_config("MountainCar-v0")
+    assert scaled_config.scale_observations and not make_config("CartPole-v1").scale_observations
+    plain_config = make_config("MountainCar-v0", scale_observations=False)
+    scaled = build_actor_critic(env.observation_space, env.action_space, scaled_config)
+    plain = build_actor_critic(env.observation_space, env.action_space, plain_config)
+    obs = np.array([[-1.2, -0.07], [0.6, 0.07], [-0.5, 0.01]], np.float32)
+    low, high = env.observation_space.low, env.observation_space.high
+    unit = (obs - (high + low) / 2) / ((high - low) / 2)
+    np.testing.assert_allclose(unit[:2], [[-1, -1], [1, 1]], atol=1e-6)
+
+    def batch(x):
+        return ArrayDict({"observation": torch.tensor(x)}, [3])
+
+    (actor, critic), (plain_actor, plain_critic) = scaled, plain
+    torch.testing.assert_close(
+        actor.get_dist(batch(obs), actor.params).logits,
+        plain_actor.get_dist(batch(unit), plain_actor.params).logits,
+    )
+    torch.testing.assert_close(
+        critic(batch(obs)).get("state_value"), plain_critic(batch(unit)).get("state_value")
+    )
+    with pytest.raises(ValueError, match="finite bounds"):
+        build_actor_critic(gym.spaces.Box(-np.inf, np.inf, (2,)), env.action_space, scaled_config)

@@ -39,6 +39,7 @@ from .layers import (
     Sigmoid,
     SiLU,
     Tanh,
+    UnitBox,
 )
 from .model_based import SymExpTwoHot
 from .multiagent import Mixer, MultiAgentMLP, QMixer, VDNMixer
@@ -83,6 +84,7 @@ __all__ = [
     "Tanh",
     "TorchDictModule",
     "TorchLayer",
+    "UnitBox",
     "VDNMixer",
     "ValueNorm",
     "ValueOperator",

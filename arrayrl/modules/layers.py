@@ -180,6 +180,41 @@ class SiLU(Layer):
         return 0.5 * x * (1.0 + backend_of(x).xp.tanh(0.5 * x))
 
 
+class UnitBox(Layer):
+    """``y = (x − m) / h`` with ``m = (high + low) / 2`` and ``h = (high − low) / 2``: a
+    fixed (parameter-free) map of the box ``[low, high]`` onto ``[−1, 1]``, for inputs
+    whose natural scales differ by orders of magnitude (MountainCar's position and
+    velocity).
+
+    Parameters
+    ----------
+    low, high : array-like of shape ``(n,)``
+        The box's finite bounds, ``low < high`` element-wise.
+    """
+
+    def __init__(self, low: Any, high: Any) -> None:
+        super().__init__()
+        low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+        if low.ndim != 1 or low.shape != high.shape:
+            raise ValueError(
+                f"UnitBox: low and high must be 1-D of one shape, got {low.shape} and {high.shape}"
+            )
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(low < high)):
+            raise ValueError(f"UnitBox: needs finite bounds with low < high, got {low}, {high}")
+        self.middle, self.half = (high + low) / 2, (high - low) / 2
+
+    def apply(self, params: Params, x: Any) -> Any:
+        backend = backend_of(x)
+        if x.shape[-1:] != self.middle.shape:
+            raise ValueError(
+                f"UnitBox: expected a last axis of {self.middle.shape[0]}, got shape "
+                f"{tuple(x.shape)}"
+            )
+        middle, half = (backend.xp.astype(backend.from_numpy(v), x.dtype) for v in
+                        (self.middle, self.half))  # fmt: skip
+        return (x - middle) / half
+
+
 _ACTIVATIONS = {
     "tanh": Tanh,
     "relu": ReLU,
