@@ -7,7 +7,7 @@ seen, so ``import arrayrl`` leaves torch, CuPy, Numba and JAX out of ``sys.modul
 """
 
 from ._base import KERNEL_NAMES, Backend, ScanKernels
-from ._registry import BACKEND_NAMES, backend_of, get_backend
+from ._registry import BACKEND_NAMES, backend_of, get_backend, same_arrays
 
 __all__ = [
     "BACKEND_NAMES",
@@ -16,4 +16,5 @@ __all__ = [
     "ScanKernels",
     "backend_of",
     "get_backend",
+    "same_arrays",
 ]

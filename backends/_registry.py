@@ -140,7 +140,7 @@ def backend_of(*arrays: Any, **named_arrays: Any) -> Backend:
         if found is None:
             found, first_name = backend, name
             owner = (type(x), getattr(x, "device", None))
-        elif backend != found and not _traced_alike(backend, found):
+        elif not same_arrays(backend, found):
             raise TypeError(
                 f"arrays from different backends or devices: {first_name} is "
                 f"{found.name} on {found.device}, {name} is {backend.name} on "
@@ -151,9 +151,11 @@ def backend_of(*arrays: Any, **named_arrays: Any) -> Backend:
     return found
 
 
-def _traced_alike(a: Backend, b: Backend) -> bool:
-    """Same library where one side has no device: a JAX tracer meeting concrete arrays."""
-    return a.name == b.name and (a.device is None or b.device is None)
+def same_arrays(a: Backend, b: Backend) -> bool:
+    """Whether arrays of backends ``a`` and ``b`` may be mixed: the same backend, or the
+    same library where one side has no device (a JAX tracer under ``grad``/``vmap``
+    meeting concrete arrays)."""
+    return a == b or (a.name == b.name and (a.device is None or b.device is None))
 
 
 def _all_numpy(arrays: Any) -> bool:

@@ -261,8 +261,6 @@ def test_penalty_on_jax_matches_torch_and_trains_under_jax_grad():
         out = loss.forward(ArrayDict(data, (6,)), {"discriminator_network": params})
         return out["loss"]
 
-    # under jit every array is a tracer (ArrayDict refuses a mix of concrete arrays and
-    # grad-only tracers, whose devices differ)
     data = dict(ArrayDict(b, (6,)).to("jax").items())
     grads = flatten_params(jax.jit(jax.grad(total))(loss.discriminator_network_params, data))
     np.testing.assert_allclose(np.asarray(total(loss.discriminator_network_params, data)),
@@ -270,6 +268,12 @@ def test_penalty_on_jax_matches_torch_and_trains_under_jax_grad():
     assert set(grads) == set(expected)
     for key, g in expected.items():
         np.testing.assert_allclose(np.asarray(grads[key]), g.numpy(), rtol=1e-8, atol=1e-12)
+    # eager jax.grad (a fresh loss: the same first draws): its tracers (no device) meet
+    # the batch's concrete arrays in one ArrayDict (refused before same_arrays)
+    loss = _penalised_loss("jax")
+    eager = flatten_params(jax.grad(total)(loss.discriminator_network_params, data))
+    for key, g in expected.items():
+        np.testing.assert_allclose(np.asarray(eager[key]), g.numpy(), rtol=1e-8, atol=1e-12)
 
 
 @settings(max_examples=30, deadline=None)

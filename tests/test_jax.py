@@ -331,3 +331,18 @@ def test_retracing_does_not_leak_tracers():
     first = jax.jit(_gae_adv)(*args)
     second = jax.jit(lambda *a: _gae_adv(*a) * 1.0)(*args)
     np.testing.assert_array_equal(np.asarray(first), np.asarray(second))
+
+
+def test_arraydict_takes_grad_tracers_beside_concrete_arrays():
+    """Under an eager jax.grad the traced arrays have no device; an ArrayDict holding
+    them with the batch's concrete arrays is one JAX dict (it was refused)."""
+    from arrayrl.data import ArrayDict
+
+    def total(w):
+        batch = ArrayDict({"w": 2.0 * w}, [3])
+        batch.set("x", jnp.arange(3.0))
+        return jnp.sum(batch.get("w") * batch.get("x"))
+
+    np.testing.assert_allclose(np.asarray(jax.grad(total)(jnp.ones(3))), [0.0, 2.0, 4.0])
+    with pytest.raises(TypeError, match=r"convert"):
+        ArrayDict({"a": jnp.ones(3)}, [3]).set("b", np.ones(3))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from arrayrl._validation import count
-from arrayrl.backends import Backend, backend_of, get_backend
+from arrayrl.backends import Backend, backend_of, get_backend, same_arrays
 
 __all__ = ["ArrayDict", "as_arraydict", "is_tensordict"]
 
@@ -403,7 +403,7 @@ class ArrayDict:
         current = self._effective_backend()
         if current is None:
             self._set_backend(backend)
-        elif backend != current:
+        elif not same_arrays(backend, current):
             raise TypeError(
                 f"{name} is {backend.name} on {backend.device}, but this ArrayDict holds "
                 f"{current.name} arrays on {current.device}; convert it first "
