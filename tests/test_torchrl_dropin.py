@@ -101,3 +101,21 @@ def test_loss_parameters_are_the_users_modules():
     loss = arrayrl_objectives.ClipPPOLoss(actor, critic)
     own = {id(p) for p in (*actor.parameters(), *critic.parameters())}
     assert {id(p) for p in loss.parameters()} == own
+
+
+def test_every_torchrl_loss_class_has_an_arrayrl_twin():
+    """Each ``LossModule`` subclass that ``torchrl.objectives`` exports (0.14.1: 38,
+    the LLM family lives in ``torchrl.objectives.llm``) is importable from
+    ``arrayrl.objectives`` under the same name."""
+    import inspect
+
+    theirs = {
+        name
+        for name, obj in vars(torchrl_objectives).items()
+        if inspect.isclass(obj)
+        and issubclass(obj, torchrl_objectives.LossModule)
+        and obj is not torchrl_objectives.LossModule
+    }
+    assert len(theirs) == 38
+    missing = sorted(name for name in theirs if not hasattr(arrayrl_objectives, name))
+    assert missing == []
