@@ -274,3 +274,24 @@ def test_plain_tensordict_chains_run_directly_with_tensordicts_numbers() -> None
     assert direct_steps(spec) is None
     projected = TorchDictModule(spec)(ArrayDict({"observation": 9 * obs}, batch_size=(6,)))
     assert projected.get("action").abs().max() <= 0.1
+
+
+class _DictOut(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return TensorDict(value=self.linear(x), batch_size=x.shape[:-1])
+
+
+def test_a_step_returning_a_tensordict_falls_back_to_tensordicts_call() -> None:
+    torch.manual_seed(5)
+    module = TensorDictModule(_DictOut(), ["observation"], ["out"])
+    wrapped = TorchDictModule(module)
+    obs = _observation()
+    expected = module(TensorDict(observation=obs, batch_size=[6]))["out", "value"]
+    for _ in range(2):  # the fallback, then tensordict's call from the start
+        out = wrapped(ArrayDict({"observation": obs}, batch_size=(6,)))
+        torch.testing.assert_close(out.get(("out", "value")), expected)
+    assert wrapped._direct is None

@@ -370,6 +370,8 @@ def _run_direct(steps: list[_DirectStep], batch: Any, flat: Mapping[str, Any], o
         own = {name[cut:]: leaf for name, leaf in flat.items() if name.startswith(step.prefix)}
         out = functional_call(step.module, own, args)
         outs = out if isinstance(out, tuple) else (out,)
+        if not all(isinstance(value, torch.Tensor) for value in outs):
+            raise _NotTensors  # a dict or TensorDict output: tensordict's own call writes it
         if len(outs) != len(step.out_keys):
             raise RuntimeError(
                 f"{owner}: {type(step.module).__name__} returned {len(outs)} tensors for "
@@ -379,6 +381,10 @@ def _run_direct(steps: list[_DirectStep], batch: Any, flat: Mapping[str, Any], o
             if key != "_":
                 batch.set(key, value)
     return batch
+
+
+class _NotTensors(Exception):
+    """A direct step returned something other than tensors."""
 
 
 def _tensor_at(batch: Any, key: NestedKey, owner: str) -> torch.Tensor:
@@ -434,7 +440,10 @@ class TorchDictModule(Module):
         if _is_tensordict(batch):
             return call_with_params(self.module, flat, (batch,), plan=self._plan)
         if self._direct is not None:
-            return _run_direct(self._direct, batch, flat, owner)
+            try:
+                return _run_direct(self._direct, batch, flat, owner)
+            except _NotTensors:
+                self._direct = None  # from now on tensordict's call, which rewrites all outputs
         view = _tensordict_view(batch, self.in_keys, owner)
         out = call_with_params(self.module, flat, (view,), plan=self._plan)
         for key in self.out_keys:
