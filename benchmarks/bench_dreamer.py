@@ -70,17 +70,13 @@ def _example() -> Any:
 # -- modules ------------------------------------------------------------------------------
 def v1_modules(state: int = 30, belief: int = 200, hidden: int = 200, act: int = 6) -> tuple:
     """(imagination env, actor, critic, start states) with Dreamer's sizes."""
-    from tensordict import TensorDict
     from tensordict.nn import (
-        InteractionType,
-        ProbabilisticTensorDictModule,
-        ProbabilisticTensorDictSequential,
         TensorDictModule,
     )
     from torchrl.data import Bounded, Composite, Unbounded
     from torchrl.envs.model_based.dreamer import DreamerEnv
-    from torchrl.modules import MLP, SafeSequential, TanhNormal, WorldModelWrapper
-    from torchrl.modules.models.model_based import DreamerActor, RSSMPrior
+    from torchrl.modules import MLP, SafeSequential, WorldModelWrapper
+    from torchrl.modules.models.model_based import RSSMPrior
 
     prior = RSSMPrior(
         action_spec=Unbounded(act),
@@ -109,21 +105,7 @@ def v1_modules(state: int = 30, belief: int = 200, hidden: int = 200, act: int =
     env.observation_spec = Composite(state=Unbounded(state), belief=Unbounded(belief))
     env.reward_spec = Unbounded(1)
     env.state_spec = Composite(state=Unbounded(state), belief=Unbounded(belief))
-    actor = ProbabilisticTensorDictSequential(
-        TensorDictModule(
-            DreamerActor(act, depth=4, num_cells=hidden), ["state", "belief"], ["loc", "scale"]
-        ),
-        ProbabilisticTensorDictModule(
-            in_keys=["loc", "scale"],
-            out_keys="action",
-            default_interaction_type=InteractionType.RANDOM,
-            distribution_class=TanhNormal,
-        ),
-    )
-    with torch.no_grad():  # DreamerActor's first layer is lazy
-        actor(
-            TensorDict(state=torch.zeros(1, state), belief=torch.zeros(1, belief), batch_size=[1])
-        )
+    actor = _example().dreamer_actor(act, state, belief, depth=4, num_cells=hidden)
     critic = TensorDictModule(
         MLP(in_features=state + belief, out_features=1, depth=3, num_cells=hidden,
             activation_class=torch.nn.ELU),

@@ -34,9 +34,10 @@ from .loss_cases import (
     _host,
     _mlp_weights,
     arrayrl_batch,
+    arrayrl_mlp,
     torch_gradients,
 )
-from .loss_oracle import LossDeviation, _to_torch
+from .loss_oracle import LossDeviation, _to_torch, torchrl_mlp
 
 __all__ = ["DEVIATIONS", "DTCase", "cases"]
 
@@ -112,19 +113,9 @@ class DTCase(LossCase):
         from arrayrl.backends import backend_of
 
         import arrayrl.objectives.decision_transformer as dt
-        from arrayrl.modules import MLP, unflatten_params
         from arrayrl.specs import Bounded
 
-        spec = self.network_specs()["actor"]
-        dtype = next(iter(inputs.weights["actor"].values())).dtype
-        mlp = MLP(
-            spec.in_features,
-            spec.out_features,
-            list(spec.num_cells),
-            activate_last_layer=spec.activate_last_layer,
-            dtype=dtype,
-        )
-        mlp.params = unflatten_params(dict(inputs.weights["actor"]))
+        mlp = arrayrl_mlp(self.network_specs()["actor"], inputs.weights["actor"])
         actor = _arrayrl_actor(self.actor, mlp)
         kwargs = dict(self.config)
         if self.loss == "OnlineDTLoss":
@@ -151,19 +142,9 @@ class DTCase(LossCase):
         import torch
         import torchrl.objectives as objectives
         from tensordict import TensorDict
-        from torchrl.modules import MLP
 
-        spec = self.network_specs()["actor"]
         torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-        mlp = MLP(
-            in_features=spec.in_features,
-            out_features=spec.out_features,
-            num_cells=list(spec.num_cells),
-            activate_last_layer=spec.activate_last_layer,
-        ).to(torch_dtype)
-        mlp.load_state_dict(
-            {k: torch.from_numpy(np.array(v)) for k, v in inputs.weights["actor"].items()}
-        )
+        mlp = torchrl_mlp(self.network_specs()["actor"], inputs.weights["actor"], dtype)
         batch = TensorDict(_to_torch(inputs.batch), batch_size=inputs.batch_size)
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.simplefilter("ignore")

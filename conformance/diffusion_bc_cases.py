@@ -35,6 +35,7 @@ from .loss_cases import (
     _host,
     _mlp_weights,
     arrayrl_batch,
+    arrayrl_mlp,
     torch_gradients,
 )
 from .loss_oracle import LossDeviation, _to_torch
@@ -92,20 +93,12 @@ class DiffusionBCCase(LossCase):
         """arrayrl's loss and deterministic action and, on torch, the loss's gradients."""
         from arrayrl.backends import backend_of
 
-        from arrayrl.modules import MLP, SiLU, flatten_params, unflatten_params
+        from arrayrl.modules import SiLU, flatten_params
         from arrayrl.modules.diffusion import DiffusionActor
         from arrayrl.objectives.diffusion_bc import DiffusionBCLoss
 
         spec = self.network_specs()["actor"]
-        dtype = next(iter(inputs.weights["actor"].values())).dtype
-        mlp = MLP(
-            spec.in_features,
-            spec.out_features,
-            list(spec.num_cells),
-            activation_class=SiLU,
-            dtype=dtype,
-        )
-        mlp.params = unflatten_params(dict(inputs.weights["actor"]))
+        mlp = arrayrl_mlp(spec, inputs.weights["actor"], activation_class=SiLU)
         num_steps, beta_start, beta_end = self.schedule
         actor = DiffusionActor(
             ACT, score_network=mlp, num_steps=num_steps, beta_start=beta_start, beta_end=beta_end

@@ -44,9 +44,10 @@ from .loss_cases import (
     NetSpec,
     _host,
     _mlp_weights,
+    arrayrl_mlp,
     torch_gradients,
 )
-from .loss_oracle import LossDeviation, _to_torch
+from .loss_oracle import LossDeviation, _to_torch, torchrl_mlp
 
 __all__ = [
     "DEVIATIONS",
@@ -237,11 +238,7 @@ def _part_weights(parts: dict[str, tuple], seed: int) -> dict[str, dict[str, np.
 
 
 def _arrayrl_mlp(weights: dict[str, np.ndarray], fin: int, fout: int) -> Any:
-    from arrayrl.modules import MLP, unflatten_params
-
-    mlp = MLP(fin, fout, [HIDDEN], dtype=next(iter(weights.values())).dtype)
-    mlp.params = unflatten_params(dict(weights))
-    return mlp
+    return arrayrl_mlp(NetSpec(fin, fout, (HIDDEN,)), weights)
 
 
 def _arrayrl_world_model(parts: dict[str, tuple], weights: dict[str, Any]) -> tuple[Any, dict]:
@@ -277,14 +274,10 @@ def _torchrl_parts(
     """TorchRL ``TensorDictModule`` s of the parts, and each part's ``MLP``."""
     import torch
     from tensordict.nn import NormalParamExtractor, TensorDictModule
-    from torchrl.modules import MLP
 
-    torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     modules, mlps = [], {}
     for name, (fin, fout, in_keys, out_keys, head) in parts.items():
-        mlp = MLP(in_features=fin, out_features=fout, num_cells=[HIDDEN]).to(torch_dtype)
-        mlp.load_state_dict(_to_torch(weights[name]))
-        mlps[name] = mlp
+        mlp = mlps[name] = torchrl_mlp(NetSpec(fin, fout, (HIDDEN,)), weights[name], dtype)
         net = mlp
         if head == "normal":
             net = _torch_headed(mlp, NormalParamExtractor())

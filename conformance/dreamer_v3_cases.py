@@ -45,7 +45,7 @@ from .loss_cases import (
     _mlp_weights,
     torch_gradients,
 )
-from .loss_oracle import LossDeviation, _to_torch
+from .loss_oracle import LossDeviation, _to_torch, never_measured, torchrl_mlp
 
 __all__ = [
     "DEVIATIONS",
@@ -125,14 +125,11 @@ def _torchrl_world_model(parts: dict[str, tuple], weights: dict[str, Any], dtype
     """TorchRL's ``TensorDictSequential`` of the parts, and each part's ``MLP``."""
     import torch
     from tensordict.nn import TensorDictModule, TensorDictSequential
-    from torchrl.modules import MLP, SymExpTwoHot
+    from torchrl.modules import SymExpTwoHot
 
-    torch_dtype = getattr(torch, dtype)
     modules, mlps = [], {}
     for name, (fin, fout, in_keys, out_keys, head) in parts.items():
-        mlp = MLP(in_features=fin, out_features=fout, num_cells=[HIDDEN]).to(torch_dtype)
-        mlp.load_state_dict(_to_torch(weights[name]))
-        mlps[name] = mlp
+        mlp = mlps[name] = torchrl_mlp(NetSpec(fin, fout, (HIDDEN,)), weights[name], dtype)
         net = _torch_headed(mlp, torch.nn.Unflatten(-1, head)) if isinstance(head, tuple) else mlp
         modules.append(TensorDictModule(net, in_keys=in_keys, out_keys=out_keys))
         if head == "two_hot":
@@ -447,10 +444,6 @@ def _float32_casts(case: LossCase, dtype: str) -> bool:
     )
 
 
-def _never(case: LossCase, dtype: str) -> bool:
-    """Recorded for the record: no case exercises it (arrayrl raises, see the tests)."""
-    return False
-
 
 _MODEL_VALUE_DEVIATIONS: tuple[LossDeviation, ...] = (
     LossDeviation(
@@ -469,7 +462,7 @@ _MODEL_VALUE_DEVIATIONS: tuple[LossDeviation, ...] = (
     ),
     LossDeviation(
         key="torchrl-dreamerv3-continue-missing",
-        applies=_never,
+        applies=never_measured,
         reason=(
             "With lambda_continue > 0, TorchRL 0.14.1's DreamerV3ModelLoss silently omits "
             "loss_model_continue when the world model wrote no continue_pred or the batch "

@@ -53,7 +53,7 @@ from .loss_cases import (
     _mlp_weights,
     arrayrl_batch,
 )
-from .loss_oracle import LossDeviation, _to_torch
+from .loss_oracle import LossDeviation, _to_torch, never_measured, torchrl_mlp
 
 __all__ = ["DEVIATIONS", "GAILCase", "cases", "numpy_gail_outputs"]
 
@@ -158,17 +158,10 @@ class GAILCase(LossCase):
         import torch
         from tensordict import TensorDict
         from tensordict.nn import TensorDictModule, TensorDictSequential
-        from torchrl.modules import MLP
         from torchrl.objectives import GAILLoss
 
         inputs = inputs.astype(np.float32)
-        spec = self.network_specs()["discriminator"]
-        mlp = MLP(
-            in_features=spec.in_features,
-            out_features=spec.out_features,
-            num_cells=list(spec.num_cells),
-        )
-        mlp.load_state_dict(_to_torch(inputs.weights["discriminator"]))
+        mlp = torchrl_mlp(self.network_specs()["discriminator"], inputs.weights["discriminator"])
         discriminator = TensorDictSequential(
             TensorDictModule(mlp, ["observation", "action"], ["logit"]),
             TensorDictModule(torch.nn.Sigmoid(), ["logit"], ["d_logits"]),
@@ -319,11 +312,6 @@ def _penalised_logits(case: Any, dtype: str) -> bool:
     return isinstance(case, GAILCase) and case.penalty and case.from_logits
 
 
-def _never(case: Any, dtype: str) -> bool:
-    """For the recorded deviations no case measures (TorchRL raises there)."""
-    return False
-
-
 DEVIATIONS: tuple[LossDeviation, ...] = (
     LossDeviation(
         key="torchrl-gail-float32-labels",
@@ -354,7 +342,7 @@ DEVIATIONS: tuple[LossDeviation, ...] = (
     ),
     LossDeviation(
         key="torchrl-gail-prediction-range",
-        applies=_never,
+        applies=never_measured,
         reason=(
             "With probabilities (the default, TorchRL's contract), TorchRL's nn.BCELoss "
             "raises on a prediction outside [0, 1]; arrayrl returns NaN there, as it reads "
@@ -365,7 +353,7 @@ DEVIATIONS: tuple[LossDeviation, ...] = (
     ),
     LossDeviation(
         key="torchrl-gail-batch-dims",
-        applies=_never,
+        applies=never_measured,
         reason=(
             "TorchRL 0.14.1's GAILLoss unpacks the batch shape as [B] or [B, T] and raises "
             "for three or more batch dims; arrayrl takes any number (labels shaped "

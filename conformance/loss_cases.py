@@ -215,6 +215,18 @@ def _mlp_weights(spec: NetSpec, seed: int) -> dict[str, np.ndarray]:
     return {name: np.asarray(w) for name, w in flatten_params(mlp.params).items()}
 
 
+def arrayrl_mlp(spec: NetSpec, weights: dict[str, np.ndarray], **kwargs: Any) -> Any:
+    """arrayrl's ``MLP`` of ``spec`` (on NumPy, in the weights' dtype) holding ``weights``;
+    ``kwargs`` go to ``MLP`` (e.g. ``activation_class``)."""
+    from arrayrl.modules import MLP, unflatten_params
+
+    mlp = MLP(spec.in_features, spec.out_features, list(spec.num_cells),
+              activate_last_layer=spec.activate_last_layer,
+              dtype=next(iter(weights.values())).dtype, **kwargs)  # fmt: skip
+    mlp.params = unflatten_params(dict(weights))
+    return mlp
+
+
 def _perturbed(
     weights: dict[str, np.ndarray], rng: np.random.Generator, scale: float
 ) -> dict[str, np.ndarray]:

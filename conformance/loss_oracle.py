@@ -36,6 +36,7 @@ from .loss_cases import (
     Evaluation,
     LossCase,
     LossInputs,
+    NetSpec,
     torch_gradients,
 )
 from .oracle import Deviation
@@ -77,8 +78,11 @@ def _multi_dim_ppo_batch(case: Any, dtype: str) -> bool:
 def _inexact_td3_bounds(case: LossCase, dtype: str) -> bool:
     """TD3 on float64 with bounds that float32 does not hold exactly."""
     bounds = case.config.get("bounds", ())
-    return (case.loss == "TD3Loss" and dtype == "float64"
-            and any(float(np.float32(b)) != b for b in bounds))
+    return (
+        case.loss == "TD3Loss"
+        and dtype == "float64"
+        and any(float(np.float32(b)) != b for b in bounds)
+    )
 
 
 LOSS_DEVIATIONS: tuple[LossDeviation, ...] = (
@@ -207,6 +211,12 @@ def all_loss_deviations() -> tuple[LossDeviation, ...]:
     return (*LOSS_DEVIATIONS, *(d for m in family_modules() for d in m.DEVIATIONS))
 
 
+def never_measured(case: Any, dtype: str) -> bool:
+    """``applies`` of a deviation that no case measures: recorded for the record (TorchRL
+    raises there, or arrayrl does; the tests show it)."""
+    return False
+
+
 def _torch_dtype(dtype: str) -> Any:
     """The torch dtype called ``dtype``."""
     import torch
@@ -225,24 +235,32 @@ def _distribution_class(case: LossCase) -> type:
     return getattr(modules, name)
 
 
+def torchrl_mlp(spec: NetSpec, weights: Mapping[str, np.ndarray], dtype: str = "float32") -> Any:
+    """TorchRL's ``MLP`` of ``spec`` (tanh activations) in ``dtype``, holding ``weights``
+    (``torch.nn.Sequential``'s names, as arrayrl's ``MLP`` writes them)."""
+    from torchrl.modules import MLP
+
+    mlp = MLP(
+        in_features=spec.in_features,
+        out_features=spec.out_features,
+        num_cells=list(spec.num_cells),
+        activate_last_layer=spec.activate_last_layer,
+    ).to(_torch_dtype(dtype))
+    mlp.load_state_dict(_to_torch(weights))
+    return mlp
+
+
 def torchrl_networks(
     case: LossCase, weights: Mapping[str, Mapping[str, np.ndarray]], dtype: str
 ) -> tuple[Any, Any, dict[str, Any]]:
     """``(actor, critic, MLPs by role)``: TorchRL's modules holding ``weights``."""
     import torch
     from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictSequential
-    from torchrl.modules import MLP, ProbabilisticActor, ValueOperator
+    from torchrl.modules import ProbabilisticActor, ValueOperator
 
-    mlps = {}
-    for role, spec in case.network_specs().items():
-        mlp = MLP(
-            in_features=spec.in_features,
-            out_features=spec.out_features,
-            num_cells=list(spec.num_cells),
-            activate_last_layer=spec.activate_last_layer,
-        ).to(_torch_dtype(dtype))
-        mlp.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights[role].items()})
-        mlps[role] = mlp
+    mlps = {
+        role: torchrl_mlp(spec, weights[role], dtype) for role, spec in case.network_specs().items()
+    }
     features = "hidden" if case.shared_trunk else "observation"
     trunk = (
         [TensorDictModule(mlps["trunk"], ["observation"], [features])] if case.shared_trunk else []

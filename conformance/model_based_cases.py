@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .loss_cases import HIDDEN, Evaluation, LossCase, LossInputs, NetSpec, _mlp_weights
-from .loss_oracle import LossDeviation
+from .loss_oracle import LossDeviation, torchrl_mlp
 
 __all__ = ["DEVIATIONS", "FunctionCase", "PilcoCase", "WorldModelCase", "cases"]
 
@@ -551,21 +551,11 @@ def _torchrl_world_model(inputs: LossInputs, dtype: str) -> tuple[Any, dict[str,
     """TorchRL's world model of the case (a ``TensorDictSequential`` of
     ``TensorDictModule`` s over TorchRL ``MLP`` s holding the case's weights) and its
     parameters by canonical name (``"<role>.<param>"``)."""
-    import torch
     from tensordict.nn import TensorDictModule, TensorDictSequential
-    from torchrl.modules import MLP
 
     mlps = {}
     for role, spec in _world_model_specs().items():
-        mlp = MLP(
-            in_features=spec.in_features,
-            out_features=spec.out_features,
-            num_cells=list(spec.num_cells),
-        ).to(_torch_dtype(dtype))
-        mlp.load_state_dict(
-            {k: torch.from_numpy(np.array(v)) for k, v in inputs.weights[role].items()}
-        )
-        mlps[role] = mlp
+        mlps[role] = torchrl_mlp(spec, inputs.weights[role], dtype)
     steps = [
         TensorDictModule(mlps[role], in_keys=list(in_keys), out_keys=[out_key])
         for role, in_keys, out_key in _WORLD_MODEL

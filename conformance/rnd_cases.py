@@ -38,7 +38,7 @@ from .loss_cases import (
     arrayrl_batch,
     torch_gradients,
 )
-from .loss_oracle import LossDeviation, _to_torch
+from .loss_oracle import LossDeviation, _to_torch, never_measured, torchrl_mlp
 
 __all__ = ["DEVIATIONS", "RNDCase", "cases"]
 
@@ -151,22 +151,12 @@ class RNDCase(LossCase):
         import torch
         from tensordict import TensorDict
         from torchrl.envs.transforms.rnd import RunningMeanStd
-        from torchrl.modules import MLP
         from torchrl.objectives import RNDLoss
 
         networks = {}
         for role, spec in self.network_specs().items():
-            mlp = MLP(
-                in_features=spec.in_features,
-                out_features=spec.out_features,
-                num_cells=list(spec.num_cells),
-            )
-            state = {
-                k: torch.from_numpy(np.array(v, dtype=np.float32))
-                for k, v in inputs.weights[role].items()
-            }
-            mlp.load_state_dict(state)
-            networks[role] = mlp
+            weights = {k: np.asarray(v, np.float32) for k, v in inputs.weights[role].items()}
+            networks[role] = torchrl_mlp(spec, weights)
         rms = None
         if self.obs_rms:
             rms = RunningMeanStd((OBS,))
@@ -270,10 +260,6 @@ def cases() -> list[RNDCase]:
 
 
 # -- deviations -----------------------------------------------------------------------------------
-def _never(case: LossCase, dtype: str) -> bool:
-    """For the recorded deviations no case measures (TorchRL raises or poisons there)."""
-    return False
-
 
 DEVIATIONS: tuple[LossDeviation, ...] = (
     LossDeviation(
@@ -292,7 +278,7 @@ DEVIATIONS: tuple[LossDeviation, ...] = (
     ),
     LossDeviation(
         key="torchrl-running-mean-std-empty-batch",
-        applies=_never,
+        applies=never_measured,
         reason=(
             "TorchRL 0.14.1's RunningMeanStd.update folds an empty batch in as a NaN mean "
             "(x.mean() of no elements), which poisons the statistics for good; arrayrl's "

@@ -38,9 +38,10 @@ from .loss_cases import (
     _host,
     _mlp_weights,
     arrayrl_batch,
+    arrayrl_mlp,
     torch_gradients,
 )
-from .loss_oracle import LossDeviation, _to_torch
+from .loss_oracle import LossDeviation, _to_torch, never_measured, torchrl_mlp
 from .offpolicy_cases import (
     OffPolicyCase,
     _flat,
@@ -275,19 +276,9 @@ class BCCase(LossCase):
         """arrayrl's ``loss_bc`` and, on torch, its gradients."""
         from arrayrl.backends import backend_of
 
-        from arrayrl.modules import MLP, unflatten_params
         from arrayrl.objectives.bc import BCLoss
 
-        spec = self.network_specs()["actor"]
-        dtype = next(iter(inputs.weights["actor"].values())).dtype
-        mlp = MLP(
-            spec.in_features,
-            spec.out_features,
-            list(spec.num_cells),
-            activate_last_layer=spec.activate_last_layer,
-            dtype=dtype,
-        )
-        mlp.params = unflatten_params(dict(inputs.weights["actor"]))
+        mlp = arrayrl_mlp(self.network_specs()["actor"], inputs.weights["actor"])
         loss = self.configure(BCLoss(_arrayrl_actor(self.actor, mlp), **self.loss_kwargs()))
         loss.to(backend, device)
         out = loss(arrayrl_batch(self, inputs, backend, device))
@@ -299,22 +290,10 @@ class BCCase(LossCase):
     def evaluate_torchrl(self, inputs: LossInputs, dtype: str) -> Evaluation:
         """TorchRL's ``loss_bc`` and its gradients (on the flattened batch where
         :attr:`flattens_for_torchrl`)."""
-        import torch
         from tensordict import TensorDict
-        from torchrl.modules import MLP
         from torchrl.objectives import BCLoss
 
-        spec = self.network_specs()["actor"]
-        torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-        mlp = MLP(
-            in_features=spec.in_features,
-            out_features=spec.out_features,
-            num_cells=list(spec.num_cells),
-            activate_last_layer=spec.activate_last_layer,
-        ).to(torch_dtype)
-        mlp.load_state_dict(
-            {k: torch.from_numpy(np.array(v)) for k, v in inputs.weights["actor"].items()}
-        )
+        mlp = torchrl_mlp(self.network_specs()["actor"], inputs.weights["actor"], dtype)
         batch = TensorDict(_to_torch(inputs.batch), batch_size=inputs.batch_size)
         if self.flattens_for_torchrl:
             batch = batch.reshape(-1)
@@ -451,10 +430,6 @@ def _flattened(case: LossCase, dtype: str) -> bool:
     return isinstance(case, BCCase) and case.flattens_for_torchrl
 
 
-def _never(case: LossCase, dtype: str) -> bool:
-    """For the recorded deviations no case measures (TorchRL raises there)."""
-    return False
-
 
 DEVIATIONS: tuple[LossDeviation, ...] = (
     LossDeviation(
@@ -473,7 +448,7 @@ DEVIATIONS: tuple[LossDeviation, ...] = (
     ),
     LossDeviation(
         key="torchrl-bc-integer-action-dtypes",
-        applies=_never,
+        applies=never_measured,
         reason=(
             "TorchRL 0.14.1's BCLoss treats only int64/int32 expert actions as class indices, "
             "and F.cross_entropy then raises for int32; uint8/int8/int16 indices fall "
@@ -485,7 +460,7 @@ DEVIATIONS: tuple[LossDeviation, ...] = (
     ),
     LossDeviation(
         key="torchrl-bc-stochastic-integer-actions",
-        applies=_never,
+        applies=never_measured,
         reason=(
             "With loss_function=None and integer expert actions, TorchRL 0.14.1's BCLoss "
             "applies cross-entropy to what the actor wrote at the action key; for a "

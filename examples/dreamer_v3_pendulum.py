@@ -34,6 +34,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -246,11 +247,12 @@ def build_imagination_env(world_model: TensorDictSequential, act_dim: int, sizes
     return env
 
 
-def build_actor_critic(act_dim: int, sizes: Sizes) -> tuple:
-    """A ``DreamerActor`` with a ``TanhNormal`` head, and an MLP critic on the latent."""
+def dreamer_actor(act_dim: int, state: int, belief: int, depth: int, num_cells: int) -> Any:
+    """TorchRL's ``DreamerActor`` (``loc``, ``scale`` from the latent) with a
+    ``TanhNormal`` head, its lazy first layer built."""
     actor = ProbabilisticTensorDictSequential(
         TensorDictModule(
-            DreamerActor(act_dim, depth=2, num_cells=sizes.hidden),
+            DreamerActor(act_dim, depth=depth, num_cells=num_cells),
             ["state", "belief"],
             ["loc", "scale"],
         ),
@@ -262,13 +264,16 @@ def build_actor_critic(act_dim: int, sizes: Sizes) -> tuple:
         ),
     )
     with torch.no_grad():  # DreamerActor's first layer is lazy
-        actor(
-            TensorDict(
-                state=torch.zeros(1, sizes.state),
-                belief=torch.zeros(1, sizes.belief),
-                batch_size=[1],
-            )
+        latent = TensorDict(
+            state=torch.zeros(1, state), belief=torch.zeros(1, belief), batch_size=[1]
         )
+        actor(latent)
+    return actor
+
+
+def build_actor_critic(act_dim: int, sizes: Sizes) -> tuple:
+    """A ``DreamerActor`` with a ``TanhNormal`` head, and an MLP critic on the latent."""
+    actor = dreamer_actor(act_dim, sizes.state, sizes.belief, 2, sizes.hidden)
     critic = TensorDictModule(
         _mlp(sizes.state + sizes.belief, 1, sizes, zero_output=True),
         ["state", "belief"],

@@ -64,7 +64,7 @@ from arrayrl.modules.diffusion import DiffusionActor
 from arrayrl.modules.layers import Layer
 
 from .curve import OFFLINE_PANELS, Panel
-from .offpolicy import adam_groups, box_bounds, scalar_or_array, scalar_terms
+from .offpolicy import adam_groups, box_bounds, scalar_terms
 from .runner import RunConfig, TrainResult, check_device, config_from, run_training
 from .sac import build_q_critic, build_tanh_normal_actor
 
@@ -318,24 +318,11 @@ def load_transitions(config: OfflineConfig) -> Any:
 
 
 def build_bc_actor(observation_space: Any, action_space: Any, config: OfflineConfig) -> Any:
-    """BC's deterministic actor (TD3's): ``MLP(obs, act, num_cells, relu)`` (seed
-    ``config.seed``) through a ``TanhDelta`` into the action box."""
-    from arrayrl.backends import get_backend
-    from arrayrl.modules import MLP, DictModule, ProbabilisticActor
-    from arrayrl.modules.distributions import TanhDelta
+    """BC's deterministic actor, TD3's (:func:`~arrayrl.train.td3.build_deterministic_actor`):
+    ``MLP(obs, act, num_cells, relu)`` through a ``TanhDelta`` into the action box."""
+    from .td3 import build_deterministic_actor
 
-    backend = get_backend(config.backend, config.device)
-    low, high = box_bounds(action_space)
-    network = MLP(observation_space.shape[0], action_space.shape[0], list(config.num_cells),
-                  activation_class="relu", seed=config.seed)  # fmt: skip
-    return ProbabilisticActor(
-        DictModule(network, in_keys=["observation"], out_keys=["param"]),
-        in_keys=["param"],
-        distribution_class=TanhDelta,
-        distribution_kwargs={"low": scalar_or_array(low, backend),
-                             "high": scalar_or_array(high, backend)},
-        default_interaction_type="deterministic",
-    ).to(backend)  # fmt: skip
+    return build_deterministic_actor(observation_space, action_space, config)
 
 
 class BoxDiffusionActor(DiffusionActor):

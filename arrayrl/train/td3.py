@@ -92,6 +92,27 @@ def check_td3_setup(config: TD3Config) -> None:
     check_offpolicy_setup(config)
 
 
+def build_deterministic_actor(observation_space: Any, action_space: Any, config: Any) -> Any:
+    """TD3's actor (also BC's): ``MLP(obs, act, num_cells, relu)`` (seed
+    ``config.seed``) through a ``TanhDelta`` into the action box, deterministic."""
+    from arrayrl.backends import get_backend
+    from arrayrl.modules import MLP, DictModule, ProbabilisticActor
+    from arrayrl.modules.distributions import TanhDelta
+
+    backend = get_backend(config.backend, config.device)
+    low, high = box_bounds(action_space)
+    network = MLP(observation_space.shape[0], action_space.shape[0], list(config.num_cells),
+                  activation_class="relu", seed=config.seed)  # fmt: skip
+    return ProbabilisticActor(
+        DictModule(network, in_keys=["observation"], out_keys=["param"]),
+        in_keys=["param"],
+        distribution_class=TanhDelta,
+        distribution_kwargs={"low": scalar_or_array(low, backend),
+                             "high": scalar_or_array(high, backend)},
+        default_interaction_type="deterministic",
+    ).to(backend)  # fmt: skip
+
+
 def build_td3_loss(observation_space: Any, action_space: Any, config: TD3Config) -> Any:
     """``TD3Loss`` (two critics, target actor and critics) over a fresh actor and critic.
 
@@ -100,23 +121,11 @@ def build_td3_loss(observation_space: Any, action_space: Any, config: TD3Config)
     A box with different half-widths per dimension uses their mean.
     """
     from arrayrl.backends import get_backend
-    from arrayrl.modules import MLP, DictModule, ProbabilisticActor
-    from arrayrl.modules.distributions import TanhDelta
     from arrayrl.objectives import TD3Loss, ValueEstimators
 
     backend = get_backend(config.backend, config.device)
-    obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
     low, high = box_bounds(action_space)
-    cells = list(config.num_cells)
-    policy = MLP(obs_dim, act_dim, cells, activation_class="relu", seed=config.seed)
-    actor = ProbabilisticActor(
-        DictModule(policy, in_keys=["observation"], out_keys=["param"]),
-        in_keys=["param"],
-        distribution_class=TanhDelta,
-        distribution_kwargs={"low": scalar_or_array(low, backend),
-                             "high": scalar_or_array(high, backend)},
-        default_interaction_type="deterministic",
-    ).to(backend)  # fmt: skip
+    actor = build_deterministic_actor(observation_space, action_space, config)
     critic = build_q_critic(observation_space, action_space, config)
     scale = float(np.mean((high - low) / 2))
     loss = TD3Loss(
