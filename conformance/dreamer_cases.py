@@ -97,12 +97,10 @@ class DreamerValueCase(LossCase):
         from arrayrl.backends import backend_of
 
         from arrayrl.data import ArrayDict
-        from arrayrl.modules import MLP, DictModule, flatten_params, unflatten_params
+        from arrayrl.modules import DictModule, flatten_params
         from arrayrl.objectives.dreamer import DreamerValueLoss
 
-        dtype = next(iter(inputs.weights["value"].values())).dtype
-        mlp = MLP(STATE + BELIEF, 1, [HIDDEN], dtype=dtype)
-        mlp.params = unflatten_params(dict(inputs.weights["value"]))
+        mlp = _arrayrl_mlp(inputs.weights["value"], STATE + BELIEF, 1)
         value = DictModule(mlp, in_keys=["state", "belief"], out_keys=["state_value"])
         loss = DreamerValueLoss(value, **self.config)
         loss.to(backend, device)
@@ -120,15 +118,11 @@ class DreamerValueCase(LossCase):
 
     def evaluate_torchrl(self, inputs: LossInputs, dtype: str) -> Evaluation:
         """TorchRL's ``DreamerValueLoss`` on TorchRL's ``MLP`` with the same weights."""
-        import torch
         from tensordict import TensorDict
         from tensordict.nn import TensorDictModule
-        from torchrl.modules import MLP
         from torchrl.objectives import DreamerValueLoss
 
-        torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-        mlp = MLP(in_features=STATE + BELIEF, out_features=1, num_cells=[HIDDEN]).to(torch_dtype)
-        mlp.load_state_dict(_to_torch(inputs.weights["value"]))
+        mlp = torchrl_mlp(NetSpec(STATE + BELIEF, 1, (HIDDEN,)), inputs.weights["value"], dtype)
         value = TensorDictModule(mlp, in_keys=["state", "belief"], out_keys=["state_value"])
         data = TensorDict(_to_torch(inputs.batch), batch_size=inputs.batch_size)
         out, _ = DreamerValueLoss(value, **self.config)(data)

@@ -315,13 +315,11 @@ class DreamerV3ValueCase(LossCase):
         from arrayrl.backends import backend_of
 
         from arrayrl.data import ArrayDict
-        from arrayrl.modules import MLP, DictModule, flatten_params, unflatten_params
+        from arrayrl.modules import DictModule, flatten_params
         from arrayrl.modules.model_based import SymExpTwoHot
         from arrayrl.objectives.dreamer_v3 import DreamerV3ValueLoss
 
-        dtype = next(iter(inputs.weights["value"].values())).dtype
-        mlp = MLP(STATE + BELIEF, _value_outputs(self.config), [HIDDEN], dtype=dtype)
-        mlp.params = unflatten_params(dict(inputs.weights["value"]))
+        mlp = _arrayrl_mlp(inputs.weights["value"], STATE + BELIEF, _value_outputs(self.config))
         keys = ["state", "belief"]
         if self.config.get("value_loss") == "two_hot":
             head = _LogitsAndValue(mlp, SymExpTwoHot(NUM_BINS))
@@ -348,14 +346,11 @@ class DreamerV3ValueCase(LossCase):
         import torch
         from tensordict import TensorDict
         from tensordict.nn import TensorDictModule, TensorDictSequential
-        from torchrl.modules import MLP, SymExpTwoHot
+        from torchrl.modules import SymExpTwoHot
         from torchrl.objectives import DreamerV3ValueLoss
 
-        mlp = MLP(
-            in_features=STATE + BELIEF, out_features=_value_outputs(self.config), num_cells=[HIDDEN]
-        )
-        mlp = mlp.to(getattr(torch, dtype))
-        mlp.load_state_dict(_to_torch(inputs.weights["value"]))
+        spec = NetSpec(STATE + BELIEF, _value_outputs(self.config), (HIDDEN,))
+        mlp = torchrl_mlp(spec, inputs.weights["value"], dtype)
         keys = ["state", "belief"]
         if self.config.get("value_loss") == "two_hot":
             value = TensorDictSequential(
